@@ -1,0 +1,396 @@
+//! Node configuration: the keys of PROTOCOL.md "Running a node", their defaults, loading from
+//! file and environment (the `config` crate lives only here), and validation.
+//!
+//! Command-line flags are parsed in `main.rs` and arrive here as [`Overrides`], applied last.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables `ROOMCAST_SECTION__KEY` override the file.
+pub const ENV_PREFIX: &str = "ROOMCAST";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub limits: LimitsConfig,
+    pub broker: BrokerConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub history: HistoryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub path: String,
+    /// Empty means "host name and pid", filled in by [`Config::node_id`].
+    pub node_id: String,
+    pub max_connections: u64,
+    pub connect_rate_per_ip: u32,
+    pub allowed_origins: Vec<String>,
+    pub handshake_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            path: "/ws".into(),
+            node_id: String::new(),
+            max_connections: 100_000,
+            connect_rate_per_ip: 50,
+            allowed_origins: Vec::new(),
+            handshake_timeout_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub api_key: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9090".into(),
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Messages dropped for the rate limit in a row before the connection is closed with 1008.
+    pub rate_limit_strikes: u32,
+    pub max_rooms_per_connection: usize,
+    pub outbox_messages: usize,
+    pub idle_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 65_536,
+            rate_per_sec: 50,
+            rate_burst: 100,
+            rate_limit_strikes: 50,
+            max_rooms_per_connection: 64,
+            outbox_messages: 1024,
+            idle_timeout_ms: 60_000,
+            ping_interval_ms: 25_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub kind: BrokerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    pub pool_size: usize,
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "roomcast:".into(),
+            pool_size: 16,
+            command_timeout_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Jwt,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub rooms: Vec<HistoryRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub size: usize,
+    pub ttl_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// Values from command-line flags; they win over file and environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub redis_url: Option<String>,
+    pub node_id: Option<String>,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+        ConfigError(format!("invalid configuration key `{key}`: {problem}"))
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file, then `ROOMCAST_SECTION__KEY` variables from `env`, then
+    /// the overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("server.allowed_origins")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>,
+                   key: &str,
+                   v: &Option<String>| match v {
+            Some(v) => b.set_override(key, v.clone()),
+            None => Ok(b),
+        };
+        let map_err = |e: config::ConfigError| ConfigError(e.to_string());
+        builder = set(builder, "server.listen", &overrides.listen).map_err(map_err)?;
+        builder = set(builder, "admin.listen", &overrides.admin_listen).map_err(map_err)?;
+        builder = set(builder, "server.node_id", &overrides.node_id).map_err(map_err)?;
+        if let Some(url) = &overrides.redis_url {
+            builder = builder
+                .set_override("broker.kind", "redis")
+                .and_then(|b| b.set_override("redis.url", url.clone()))
+                .map_err(map_err)?;
+        }
+        let raw = builder.build().map_err(map_err)?;
+        let config: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError(describe_deserialize_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("admin.listen", &self.admin.listen)?;
+        if !self.server.path.starts_with('/') {
+            return Err(ConfigError::key("server.path", "must start with `/`"));
+        }
+        positive("server.max_connections", self.server.max_connections)?;
+        positive(
+            "server.connect_rate_per_ip",
+            self.server.connect_rate_per_ip.into(),
+        )?;
+        positive("server.handshake_timeout_ms", self.server.handshake_timeout_ms)?;
+        if self.admin.api_key.as_deref() == Some("") {
+            return Err(ConfigError::key("admin.api_key", "must not be empty"));
+        }
+        positive(
+            "limits.max_message_bytes",
+            self.limits.max_message_bytes as u64,
+        )?;
+        positive("limits.rate_per_sec", self.limits.rate_per_sec.into())?;
+        positive("limits.rate_burst", self.limits.rate_burst.into())?;
+        positive(
+            "limits.rate_limit_strikes",
+            self.limits.rate_limit_strikes.into(),
+        )?;
+        positive(
+            "limits.max_rooms_per_connection",
+            self.limits.max_rooms_per_connection as u64,
+        )?;
+        positive("limits.outbox_messages", self.limits.outbox_messages as u64)?;
+        positive("limits.idle_timeout_ms", self.limits.idle_timeout_ms)?;
+        positive("limits.ping_interval_ms", self.limits.ping_interval_ms)?;
+        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+            return Err(ConfigError::key(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        positive("redis.pool_size", self.redis.pool_size as u64)?;
+        positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.jwt_secret.is_none()
+            && self.auth.jwt_public_key_file.is_none()
+        {
+            return Err(ConfigError::key(
+                "auth.mode",
+                "`jwt` needs auth.jwt_secret or auth.jwt_public_key_file",
+            ));
+        }
+        for (i, rule) in self.history.rooms.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                return Err(ConfigError::key(
+                    &format!("history.rooms[{i}].pattern"),
+                    "must not be empty",
+                ));
+            }
+            positive(&format!("history.rooms[{i}].size"), rule.size as u64)?;
+            positive(&format!("history.rooms[{i}].ttl_s"), rule.ttl_s)?;
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_addr("server.listen", &self.server.listen).unwrap_or_else(|_| default_listen())
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse_addr("admin.listen", &self.admin.listen).unwrap_or_else(|_| default_admin())
+    }
+
+    /// `server.node_id`, or "HOST-PID" when it is not set.
+    pub fn node_id(&self) -> String {
+        if !self.server.node_id.is_empty() {
+            return self.server.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "roomcast".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// Accepts `HOST:PORT` and `:PORT` (all interfaces).
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let normalized = if value.starts_with(':') {
+        format!("0.0.0.0{value}")
+    } else if value == "localhost" || value.starts_with("localhost:") {
+        value.replacen("localhost", "127.0.0.1", 1)
+    } else {
+        value.to_owned()
+    };
+    normalized
+        .parse()
+        .map_err(|_| ConfigError::key(key, format!("`{value}` is not an address like 127.0.0.1:8080")))
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::key(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The `config` crate names the section; serde names the field. Put them together so the
+/// message names the whole key.
+fn describe_deserialize_error(err: config::ConfigError) -> String {
+    format!("invalid configuration: {err}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_validation() {
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn addresses_accept_port_only() {
+        assert_eq!(
+            parse_addr("k", ":0").expect("addr"),
+            "0.0.0.0:0".parse::<SocketAddr>().expect("addr")
+        );
+        assert!(parse_addr("k", "nowhere").is_err());
+    }
+}

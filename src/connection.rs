@@ -1,0 +1,298 @@
+//! One client connection after its handshake: reading and answering commands, writing the
+//! outbox, heartbeats, limits, and closing with the right code.
+//!
+//! A reader half handles commands one at a time, so replies leave in the order the commands
+//! arrived; a writer half drains the bounded outbox, many frames per flush. Both stop when the
+//! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and its
+//! checks are the listener's; rooms and publishing are the node's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::limits::{MessageRate, RateDecision};
+use crate::metrics::Drop;
+use crate::node::{Node, Session};
+use crate::outbox::{Closer, OutboxReceiver};
+use crate::protocol::{
+    self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
+};
+
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 256;
+/// How long a closing connection waits for its close frame to go out and the peer's reply.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
+pub async fn serve<S>(
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    user: Option<Arc<str>>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut session, receiver) = match node.open_session(user).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            error!(%err, "cannot register connection with the broker");
+            let mut ws = ws;
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                ws.close(Some(close_frame(Disconnect::Internal))),
+            )
+            .await;
+            node.metrics().disconnected(Disconnect::Internal);
+            return;
+        }
+    };
+    let closer = receiver.closer.clone();
+    let config = node.config();
+    session.outbox.offer(protocol::welcome(
+        &session.conn_id,
+        node.node_id(),
+        session.user.as_deref(),
+        config.limits.ping_interval_ms,
+    ));
+
+    let (sink, stream) = ws.split();
+    let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
+    let writer = tokio::spawn(write_loop(sink, receiver, ping_every, shutdown));
+    let stream = read_loop(&node, stream, &mut session, &closer).await;
+
+    node.close_session(&mut session).await;
+    let _ = writer.await;
+    drop(stream);
+    let reason = closer.reason().unwrap_or(Disconnect::PeerGone);
+    node.metrics().disconnected(reason);
+    debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
+}
+
+async fn read_loop<S>(
+    node: &Node,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    session: &mut Session,
+    closer: &Closer,
+) -> SplitStream<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut rate = MessageRate::new(&node.config().limits);
+
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            _ = &mut idle_timer => {
+                closer.close(Disconnect::Idle);
+                break;
+            }
+            next = stream.next() => next,
+        };
+        idle_timer.as_mut().reset(Instant::now() + idle);
+        match next {
+            None => {
+                closer.close(Disconnect::PeerGone);
+                break;
+            }
+            Some(Err(err)) => {
+                closer.close(classify(&err));
+                break;
+            }
+            Some(Ok(Message::Text(text))) => {
+                handle_text(node, session, &mut rate, text.as_str()).await;
+            }
+            Some(Ok(Message::Binary(_))) => {
+                if check_rate(node, session, &mut rate, None) {
+                    node.metrics().received(CommandKind::Invalid);
+                    let err = CommandError::bad_request("binary frames are not supported");
+                    reply_error(node, session, &err, None);
+                }
+            }
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite queued the close reply; the drain below flushes it.
+                closer.close(Disconnect::PeerGone);
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+        }
+    }
+
+    // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    stream
+}
+
+/// Apply the rate limit to one client frame. Returns false when the frame must be dropped
+/// (the client has been told, or is being closed).
+fn check_rate(
+    node: &Node,
+    session: &Session,
+    rate: &mut MessageRate,
+    id: Option<&RequestId>,
+) -> bool {
+    match rate.check() {
+        RateDecision::Allowed => true,
+        RateDecision::Limited => {
+            node.metrics().rate_limited.inc();
+            node.metrics().dropped(Drop::RateLimited, 1);
+            let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
+            session.outbox.offer(protocol::error(&err, id));
+            false
+        }
+        RateDecision::Exceeded => {
+            node.metrics().rate_limited.inc();
+            node.metrics().dropped(Drop::RateLimited, 1);
+            session.outbox.closer().close(Disconnect::RateLimited);
+            false
+        }
+    }
+}
+
+async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate, text: &str) {
+    if text == "ping" {
+        if check_rate(node, session, rate, None) {
+            node.metrics().received(CommandKind::TextPing);
+            session.outbox.offer(Frame::plain_pong());
+        }
+        return;
+    }
+    let decoded = protocol::decode_command(text);
+    let id = decoded.id.as_ref();
+    if !check_rate(node, session, rate, id) {
+        return;
+    }
+    let command = match decoded.result {
+        Ok(command) => command,
+        Err(err) => {
+            node.metrics().received(CommandKind::Invalid);
+            reply_error(node, session, &err, id);
+            return;
+        }
+    };
+    node.metrics().received(command.kind());
+    let reply = match command {
+        Command::Join { room, since, .. } => node
+            .join(session, &room, since.as_deref())
+            .await
+            .map(|outcome| protocol::joined(&room, id, outcome.recovered, None)),
+        Command::Leave { room } => node
+            .leave(session, &room)
+            .await
+            .map(|()| protocol::left(&room, id)),
+        Command::Publish { room, data, echo } => node
+            .publish_from_client(session, &room, data, echo)
+            .await
+            .map(|msg_id| protocol::ack(&room, &msg_id, id)),
+        Command::Ping => Ok(protocol::pong(id)),
+    };
+    match reply {
+        Ok(frame) => {
+            session.outbox.offer(frame);
+        }
+        Err(err) => reply_error(node, session, &err, id),
+    }
+}
+
+fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&RequestId>) {
+    node.metrics().invalid(err.code);
+    if err.code == ErrorCode::BadRequest {
+        node.metrics().dropped(Drop::Invalid, 1);
+    }
+    session.outbox.offer(protocol::error(err, id));
+}
+
+/// Map a read error to why the connection ends.
+fn classify(err: &WsError) -> Disconnect {
+    match err {
+        WsError::Capacity(_) => Disconnect::TooLarge,
+        WsError::Utf8(_) => Disconnect::InvalidUtf8,
+        WsError::Protocol(_) | WsError::AttackAttempt => Disconnect::ProtocolError,
+        _ => Disconnect::PeerGone,
+    }
+}
+
+fn close_frame(reason: Disconnect) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(reason.close_code().unwrap_or(1000)),
+        reason: reason.reason().into(),
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut outbox: OutboxReceiver,
+    ping_every: Duration,
+    shutdown: CancellationToken,
+) -> SplitSink<WebSocketStream<S>, Message>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let closer = outbox.closer.clone();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            _ = shutdown.cancelled() => {
+                closer.close(Disconnect::Shutdown);
+                break;
+            }
+            received = outbox.rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                let write = async {
+                    for frame in batch.drain(..) {
+                        sink.feed(Message::Text(frame.into_utf8_bytes())).await?;
+                    }
+                    sink.flush().await
+                };
+                let written = tokio::select! {
+                    biased;
+                    _ = closer.closed() => break,
+                    written = write => written,
+                };
+                if written.is_err() {
+                    closer.close(Disconnect::PeerGone);
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    closer.close(Disconnect::PeerGone);
+                    break;
+                }
+            }
+        }
+    }
+
+    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            sink.send(Message::Close(Some(close_frame(reason)))),
+        )
+        .await;
+    }
+    sink
+}

@@ -1,0 +1,173 @@
+//! roomcast: a WebSocket broadcast gateway.
+//!
+//! # Layout
+//!
+//! Leaves first; imports flow one way:
+//!
+//! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
+//! - `config`: the keys of PROTOCOL.md "Running a node", loading and validation.
+//! - `metrics`: every Prometheus metric.
+//! - `outbox`: the bounded per-connection queue and its close signal.
+//! - `limits`: per-connection rate decisions.
+//! - `hub`: local rooms and users → outboxes; synchronous.
+//! - `broker`: the broker trait, the in-process broker and the Redis broker.
+//! - `node`: hub + broker; interest, ids, publishing, dispatching broker events.
+//! - `connection`, `listener`, `admin`: the sockets.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and run
+//! the real server.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod protocol;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, BrokerEvent};
+use crate::config::{BrokerKind, Config};
+use crate::metrics::Metrics;
+use crate::node::{BROKER_EVENT_QUEUE, Node};
+
+/// The two sockets a node serves, bound by the caller.
+pub struct Listeners {
+    pub ws: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            ws: TcpListener::bind(config.listen_addr()).await?,
+            admin: TcpListener::bind(config.admin_addr()).await?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("admin server failed: {0}")]
+    Admin(std::io::Error),
+    #[error("cannot start the broker: {0}")]
+    Broker(String),
+}
+
+fn start_broker(
+    config: &Config,
+    events: mpsc::Sender<BrokerEvent>,
+    metrics: Arc<Metrics>,
+) -> Result<Box<dyn Broker>, RunError> {
+    match config.broker.kind {
+        BrokerKind::Memory => {
+            metrics.broker_up.set(1);
+            Ok(Box::new(MemoryBroker::new(
+                events,
+                Duration::from_millis(config.redis.command_timeout_ms),
+            )))
+        }
+        BrokerKind::Redis => broker::redis::RedisBroker::start(&config.redis, events, metrics)
+            .map(|b| Box::new(b) as Box<dyn Broker>)
+            .map_err(|e| RunError::Broker(e.to_string())),
+    }
+}
+
+/// Serve until `shutdown` resolves, then drain: `/readyz` turns 503, accepting stops, every
+/// client is closed with 1001, and connections get `server.shutdown_grace_ms` to finish.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);
+    let broker = start_broker(&config, events_tx, metrics.clone())?;
+    let node = Node::new(config.clone(), broker, metrics);
+    let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
+
+    let stop_accepting = CancellationToken::new();
+    let close_clients = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let broadcast_interest = {
+        let node = node.clone();
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            // Without this subscription no broadcast arrives; keep trying while the broker is down.
+            loop {
+                match node.subscribe_broadcast().await {
+                    Ok(()) => break,
+                    Err(err) => warn!(%err, "cannot subscribe to broadcasts yet"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+
+    let admin = {
+        let app = admin::router(node.clone());
+        let stop = stop_admin.clone();
+        let listener = listeners.admin;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    if let Ok(addr) = listeners.ws.local_addr() {
+        info!(%addr, path = %config.server.path, node = node.node_id(), "websocket listening");
+    }
+    let accept = tokio::spawn(listener::Listener::new(node.clone()).run(
+        listeners.ws,
+        stop_accepting.clone(),
+        close_clients.clone(),
+        tracker.clone(),
+    ));
+
+    shutdown.await;
+    info!("shutting down: refusing new clients, closing open ones with 1001");
+    node.stop_accepting();
+    stop_accepting.cancel();
+    let _ = accept.await;
+    broadcast_interest.abort();
+    close_clients.cancel();
+    tracker.close();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = tracker.len(),
+            "shutdown grace elapsed with connections still open"
+        );
+    }
+    stop_admin.cancel();
+    let admin_result = admin.await;
+    dispatcher.abort();
+    match admin_result {
+        Ok(Err(err)) => Err(RunError::Admin(err)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,201 @@
+//! The public WebSocket listener: the accept loop and every check made at the handshake (path,
+//! `Origin`, per-address handshake rate, the node's connection cap, shutdown), each answered
+//! with the HTTP status PROTOCOL.md names.
+//!
+//! Once a handshake succeeds the socket is handed to `connection::serve`; this module never
+//! sees a frame.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::connection;
+use crate::metrics::Refusal;
+use crate::node::{Node, SlotGuard};
+
+/// Per-socket buffers: small, because idle connections dominate memory at scale.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// How often forgotten per-address limiter entries are purged.
+const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
+
+pub struct Listener {
+    node: Arc<Node>,
+    per_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    ws_config: WebSocketConfig,
+    handshake_timeout: Duration,
+}
+
+impl Listener {
+    pub fn new(node: Arc<Node>) -> Self {
+        let config = node.config();
+        let rate = NonZeroU32::new(config.server.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN);
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        let max = config.limits.max_message_bytes;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        Listener {
+            handshake_timeout: Duration::from_millis(config.server.handshake_timeout_ms),
+            per_address: Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            )),
+            ws_config,
+            node,
+        }
+    }
+
+    /// Accept until `stop` fires. Connection tasks are spawned on `tracker` and closed with
+    /// 1001 when `close_clients` fires.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        close_clients: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let this = Arc::new(self);
+        let sweeper = {
+            let limiter = this.per_address.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ADDRESS_LIMITER_SWEEP);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            limiter.retain_recent();
+                            limiter.shrink_to_fit();
+                        }
+                    }
+                }
+            })
+        };
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let this = this.clone();
+                    let close_clients = close_clients.clone();
+                    tracker.spawn(async move { this.handle(tcp, peer, close_clients).await });
+                }
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        sweeper.abort();
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, close_clients: CancellationToken) {
+        let _ = tcp.set_nodelay(true);
+        let node = &self.node;
+        let mut slot: Option<SlotGuard> = None;
+        let mut refusal: Option<Refusal> = None;
+        let check = |request: &Request, response: Response| {
+            match self.admit(request, peer) {
+                Ok(guard) => {
+                    slot = Some(guard);
+                    Ok(response)
+                }
+                Err((reason, status, message)) => {
+                    refusal = Some(reason);
+                    Err(error_response(status, message))
+                }
+            }
+        };
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+            tcp,
+            check,
+            Some(self.ws_config),
+        );
+        let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Err(_) => {
+                node.metrics().refused(Refusal::HandshakeTimeout);
+                debug!(%peer, "handshake timed out");
+                return;
+            }
+            Ok(Err(err)) => {
+                node.metrics()
+                    .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
+                debug!(%peer, %err, "handshake refused");
+                return;
+            }
+            Ok(Ok(ws)) => ws,
+        };
+        let Some(_slot) = slot else {
+            return;
+        };
+        node.metrics().connections_accepted.inc();
+        connection::serve(node.clone(), ws, None, close_clients).await;
+    }
+
+    fn admit(
+        &self,
+        request: &Request,
+        peer: SocketAddr,
+    ) -> Result<SlotGuard, (Refusal, StatusCode, &'static str)> {
+        let config = self.node.config();
+        if request.uri().path() != config.server.path {
+            return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
+        }
+        if !config.server.allowed_origins.is_empty() {
+            let origin = request
+                .headers()
+                .get("origin")
+                .and_then(|v| v.to_str().ok());
+            let allowed = origin.is_some_and(|o| {
+                config
+                    .server
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            });
+            if !allowed {
+                return Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin not allowed"));
+            }
+        }
+        if self.per_address.check_key(&peer.ip()).is_err() {
+            return Err((
+                Refusal::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            ));
+        }
+        if !self.node.is_accepting() {
+            return Err((
+                Refusal::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node is shutting down",
+            ));
+        }
+        self.node.reserve_slot().ok_or((
+            Refusal::Capacity,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is at its connection limit",
+        ))
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(message.to_owned()));
+    *response.status_mut() = status;
+    response
+}

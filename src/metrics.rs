@@ -1,0 +1,285 @@
+//! Every Prometheus metric of the node, registered in one place.
+//!
+//! Labels are closed enums (command kinds, error codes, close reasons), never room or user
+//! names, so cardinality is bounded whatever clients send. Components update these; rendering
+//! for `/metrics` is here too.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::protocol::{CommandKind, Disconnect, ErrorCode};
+
+/// Why a handshake was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Capacity,
+    RateLimited,
+    Origin,
+    Unauthorized,
+    NotFound,
+    HandshakeFailed,
+    HandshakeTimeout,
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 8] = [
+        Refusal::Capacity,
+        Refusal::RateLimited,
+        Refusal::Origin,
+        Refusal::Unauthorized,
+        Refusal::NotFound,
+        Refusal::HandshakeFailed,
+        Refusal::HandshakeTimeout,
+        Refusal::ShuttingDown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Capacity => "capacity",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::Origin => "origin",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::NotFound => "not_found",
+            Refusal::HandshakeFailed => "handshake_failed",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Why a message was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    RateLimited,
+    Invalid,
+    SlowConsumer,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 3] = [Drop::RateLimited, Drop::Invalid, Drop::SlowConsumer];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::RateLimited => "rate_limited",
+            Drop::Invalid => "invalid",
+            Drop::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: IntGauge,
+    pub connections_accepted: IntCounter,
+    connections_refused: IntCounterVec,
+    pub rooms: IntGauge,
+    messages_received: IntCounterVec,
+    pub messages_delivered: IntCounter,
+    messages_dropped: IntCounterVec,
+    pub rate_limited: IntCounter,
+    invalid: IntCounterVec,
+    disconnects: IntCounterVec,
+    pub slow_consumer_closes: IntCounter,
+    pub delivery_latency: Histogram,
+    pub broker_publish_latency: Histogram,
+    pub broker_up: IntGauge,
+    pub broker_publish_errors: IntCounter,
+    pub broker_reconnects: IntCounter,
+    pub broker_subscriptions: IntGauge,
+    pub broker_roundtrip: Histogram,
+    pub pubsub_lag: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            // Every label value exists from the start, so dashboards and tests see zeros.
+            for v in values {
+                c.with_label_values(&[*v]);
+            }
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            g
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            h
+        };
+        let labels = |it: &mut dyn Iterator<Item = &'static str>| it.collect::<Vec<_>>();
+
+        Metrics {
+            connections_open: gauge("roomcast_connections_open", "WebSocket connections open now"),
+            connections_accepted: counter(
+                "roomcast_connections_accepted_total",
+                "WebSocket handshakes accepted",
+            ),
+            connections_refused: counter_vec(
+                "roomcast_connections_refused_total",
+                "Connections refused before or at the handshake, by reason",
+                "reason",
+                &labels(&mut Refusal::ALL.iter().map(|r| r.label())),
+            ),
+            rooms: gauge("roomcast_rooms", "Rooms with at least one member on this node"),
+            messages_received: counter_vec(
+                "roomcast_messages_received_total",
+                "Client frames received, by command type",
+                "command",
+                &labels(&mut CommandKind::ALL.iter().map(|k| k.as_str())),
+            ),
+            messages_delivered: counter(
+                "roomcast_messages_delivered_total",
+                "Frames queued for local recipients (one per recipient)",
+            ),
+            messages_dropped: counter_vec(
+                "roomcast_messages_dropped_total",
+                "Messages not delivered, by reason",
+                "reason",
+                &labels(&mut Drop::ALL.iter().map(|d| d.label())),
+            ),
+            rate_limited: counter(
+                "roomcast_rate_limited_total",
+                "Client messages refused by the per-connection rate limit",
+            ),
+            invalid: counter_vec(
+                "roomcast_invalid_messages_total",
+                "Client commands answered with an error, by error code",
+                "code",
+                &labels(&mut ErrorCode::ALL.iter().map(|c| c.as_str())),
+            ),
+            disconnects: counter_vec(
+                "roomcast_disconnects_total",
+                "Connections ended, by reason",
+                "reason",
+                &labels(&mut Disconnect::ALL.iter().map(|d| d.label())),
+            ),
+            slow_consumer_closes: counter(
+                "roomcast_slow_consumer_closes_total",
+                "Connections closed with 1013 because their outbox filled",
+            ),
+            delivery_latency: histogram(
+                "roomcast_delivery_latency_seconds",
+                "From a message's ts to its fan-out on this node",
+            ),
+            broker_publish_latency: histogram(
+                "roomcast_broker_publish_seconds",
+                "Time for the broker to accept a publish",
+            ),
+            broker_up: gauge("roomcast_broker_up", "1 while the broker is reachable"),
+            broker_publish_errors: counter(
+                "roomcast_broker_publish_errors_total",
+                "Publishes that failed with unavailable",
+            ),
+            broker_reconnects: counter(
+                "roomcast_broker_reconnects_total",
+                "Times the broker's subscription link was re-established",
+            ),
+            broker_subscriptions: gauge(
+                "roomcast_broker_subscriptions",
+                "Broker channels this node is subscribed to",
+            ),
+            broker_roundtrip: histogram(
+                "roomcast_broker_roundtrip_seconds",
+                "Round-trip time of broker commands (PING, SUBSCRIBE)",
+            ),
+            pubsub_lag: histogram(
+                "roomcast_pubsub_lag_seconds",
+                "From a publication's ts to its arrival from the broker",
+            ),
+            registry,
+        }
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        self.connections_refused
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn received(&self, kind: CommandKind) {
+        self.messages_received
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    pub fn invalid(&self, code: ErrorCode) {
+        self.invalid.with_label_values(&[code.as_str()]).inc();
+    }
+
+    pub fn dropped(&self, reason: Drop, n: u64) {
+        if n > 0 {
+            self.messages_dropped
+                .with_label_values(&[reason.label()])
+                .inc_by(n);
+        }
+    }
+
+    pub fn disconnected(&self, reason: Disconnect) {
+        self.disconnects.with_label_values(&[reason.label()]).inc();
+        if reason == Disconnect::SlowConsumer {
+            self.slow_consumer_closes.inc();
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_zeros() {
+        let m = Metrics::new();
+        m.received(CommandKind::Join);
+        let text = m.render();
+        assert!(text.contains(r#"roomcast_messages_received_total{command="join"} 1"#));
+        assert!(text.contains(r#"roomcast_connections_refused_total{reason="capacity"} 0"#));
+    }
+}

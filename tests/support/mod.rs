@@ -1,0 +1,341 @@
+//! Test support: real nodes on port 0, real WebSocket clients, a real `redis-server` on a free
+//! loopback port. Everything started here is stopped on drop, also when a test fails.
+//! Every wait is bounded by [`WAIT`].
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::config::Config;
+use roomcast::{Listeners, RunError, run};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The longest any test waits for one event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A configuration for tests: loopback, port 0, defaults otherwise.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.admin.listen = "127.0.0.1:0".into();
+    config.server.node_id = "test-node".into();
+    config
+}
+
+/// A node running in this process on port 0.
+pub struct TestNode {
+    pub ws_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> TestNode {
+        let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let ws_addr = ws.local_addr().expect("ws addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(run(Listeners { ws, admin }, config, async move {
+            let _ = rx.await;
+        }));
+        TestNode {
+            ws_addr,
+            admin_addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// Begin shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shut down and wait for `run` to return.
+    pub async fn stop(mut self) -> Result<(), RunError> {
+        self.begin_shutdown();
+        let handle = self.handle.take().expect("handle");
+        tokio::time::timeout(WAIT * 3, handle)
+            .await
+            .expect("node stops in time")
+            .expect("node task")
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Value of one un-labelled or labelled sample in a Prometheus text page.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name_and_labels)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("metric {name_and_labels} not found"))
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A real WebSocket client speaking PROTOCOL.md.
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+}
+
+/// What the server sent, as the tests care about it.
+#[derive(Debug)]
+pub enum Received {
+    Json(Value),
+    Text(String),
+    Close(Option<u16>),
+    /// The socket ended without a close frame.
+    Ended,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let mut client = Client {
+            ws,
+            welcome: Value::Null,
+        };
+        let welcome = client.recv_json().await;
+        assert_eq!(welcome["type"], "welcome", "first frame is welcome");
+        client.welcome = welcome;
+        client
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next data frame or close, skipping WebSocket pings and pongs.
+    pub async fn recv(&mut self) -> Received {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame arrives in time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return match serde_json::from_str::<Value>(t.as_str()) {
+                        Ok(v) if v.is_object() => Received::Json(v),
+                        _ => Received::Text(t.to_string()),
+                    };
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Received::Close(frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Ended,
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Received::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame must be a close with this code.
+    pub async fn expect_close(&mut self, code: u16) {
+        loop {
+            match self.recv().await {
+                Received::Close(got) => {
+                    assert_eq!(got, Some(code), "close code");
+                    return;
+                }
+                Received::Json(_) | Received::Text(_) => continue,
+                Received::Ended => panic!("socket ended without a close frame (wanted {code})"),
+            }
+        }
+    }
+
+    /// Send a command with an id and return its reply.
+    pub async fn request(&mut self, mut command: Value, id: &str) -> Value {
+        command["id"] = json!(id);
+        self.send_json(command).await;
+        loop {
+            let reply = self.recv_json().await;
+            if reply["id"] == json!(id) {
+                return reply;
+            }
+            assert!(
+                matches!(reply["type"].as_str(), Some("message" | "notification" | "broadcast")),
+                "unexpected frame while waiting for reply {id}: {reply}"
+            );
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let reply = self
+            .request(json!({"type": "join", "room": room}), &format!("join-{room}"))
+            .await;
+        assert_eq!(reply["type"], "joined", "join {room}: {reply}");
+        reply
+    }
+
+    /// Skip frames until one of `type`.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+}
+
+/// Poll `check` until it returns true, at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `redis-server` of our own on a free loopback port, no persistence; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port())
+    }
+
+    /// Start (or restart) on a given port.
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL) and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
