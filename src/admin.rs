@@ -60,14 +60,14 @@ async fn broadcast(State(node): State<Arc<Node>>, request: Request) -> Response 
 }
 
 async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Response {
-    if let Some(key) = &node.config().admin.api_key {
-        if !bearer_matches(request.headers(), key) {
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong API key",
-            );
-        }
+    if let Some(key) = &node.config().admin.api_key
+        && !bearer_matches(request.headers(), key)
+    {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key",
+        );
     }
     let limit = node.config().limits.max_message_bytes;
     let body = match to_bytes(request.into_body(), limit).await {

@@ -81,6 +81,9 @@ pub struct LimitsConfig {
     pub outbox_messages: usize,
     pub idle_timeout_ms: u64,
     pub ping_interval_ms: u64,
+    /// How long a closing connection waits for its close frame to be written and for the
+    /// peer's reply, before the socket is dropped.
+    pub close_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +97,7 @@ impl Default for LimitsConfig {
             outbox_messages: 1024,
             idle_timeout_ms: 60_000,
             ping_interval_ms: 25_000,
+            close_timeout_ms: 2_000,
         }
     }
 }
@@ -267,7 +271,10 @@ impl Config {
             "server.connect_rate_per_ip",
             self.server.connect_rate_per_ip.into(),
         )?;
-        positive("server.handshake_timeout_ms", self.server.handshake_timeout_ms)?;
+        positive(
+            "server.handshake_timeout_ms",
+            self.server.handshake_timeout_ms,
+        )?;
         if self.admin.api_key.as_deref() == Some("") {
             return Err(ConfigError::key("admin.api_key", "must not be empty"));
         }
@@ -288,6 +295,7 @@ impl Config {
         positive("limits.outbox_messages", self.limits.outbox_messages as u64)?;
         positive("limits.idle_timeout_ms", self.limits.idle_timeout_ms)?;
         positive("limits.ping_interval_ms", self.limits.ping_interval_ms)?;
+        positive("limits.close_timeout_ms", self.limits.close_timeout_ms)?;
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
             return Err(ConfigError::key(
                 "redis.url",
@@ -357,9 +365,12 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     } else {
         value.to_owned()
     };
-    normalized
-        .parse()
-        .map_err(|_| ConfigError::key(key, format!("`{value}` is not an address like 127.0.0.1:8080")))
+    normalized.parse().map_err(|_| {
+        ConfigError::key(
+            key,
+            format!("`{value}` is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
@@ -373,7 +384,24 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
 /// The `config` crate names the section; serde names the field. Put them together so the
 /// message names the whole key.
 fn describe_deserialize_error(err: config::ConfigError) -> String {
-    format!("invalid configuration: {err}")
+    let text = err.to_string();
+    let field = between(&text, "unknown field `", "`");
+    let section = text
+        .rfind("for key `")
+        .and_then(|i| between(&text[i..], "for key `", "`"));
+    match (field, section) {
+        (Some(field), Some(section)) => {
+            format!("unknown configuration key `{section}.{field}` ({text})")
+        }
+        (Some(field), None) => format!("unknown configuration key `{field}` ({text})"),
+        _ => format!("invalid configuration: {text}"),
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
 }
 
 #[cfg(test)]

@@ -31,8 +31,6 @@ use crate::protocol::{
 
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 256;
-/// How long a closing connection waits for its close frame to go out and the peer's reply.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
 pub async fn serve<S>(
@@ -43,13 +41,14 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
     let (mut session, receiver) = match node.open_session(user).await {
         Ok(opened) => opened,
         Err(err) => {
             error!(%err, "cannot register connection with the broker");
             let mut ws = ws;
             let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
+                close_timeout,
                 ws.close(Some(close_frame(Disconnect::Internal))),
             )
             .await;
@@ -68,8 +67,14 @@ pub async fn serve<S>(
 
     let (sink, stream) = ws.split();
     let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
-    let writer = tokio::spawn(write_loop(sink, receiver, ping_every, shutdown));
-    let stream = read_loop(&node, stream, &mut session, &closer).await;
+    let writer = tokio::spawn(write_loop(
+        sink,
+        receiver,
+        ping_every,
+        close_timeout,
+        shutdown,
+    ));
+    let stream = read_loop(&node, stream, &mut session, &closer, close_timeout).await;
 
     node.close_session(&mut session).await;
     let _ = writer.await;
@@ -84,6 +89,7 @@ async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
     session: &mut Session,
     closer: &Closer,
+    close_timeout: Duration,
 ) -> SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -133,7 +139,7 @@ where
     }
 
     // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let _ = tokio::time::timeout(close_timeout, async {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
@@ -240,6 +246,7 @@ async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbox: OutboxReceiver,
     ping_every: Duration,
+    close_timeout: Duration,
     shutdown: CancellationToken,
 ) -> SplitSink<WebSocketStream<S>, Message>
 where
@@ -289,7 +296,7 @@ where
 
     if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
         let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
+            close_timeout,
             sink.send(Message::Close(Some(close_frame(reason)))),
         )
         .await;

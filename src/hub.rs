@@ -297,12 +297,31 @@ mod tests {
         hub.join("r", &a);
         hub.join("r", &b);
         let d = hub.deliver_room("r", &Frame::plain_pong(), Some(1));
-        assert_eq!(d, Delivery { delivered: 1, overflowed: 0 });
+        assert_eq!(
+            d,
+            Delivery {
+                delivered: 1,
+                overflowed: 0
+            }
+        );
         assert!(ra.rx.try_recv().is_err());
         let d = hub.deliver_room("r", &Frame::plain_pong(), None);
-        assert_eq!(d, Delivery { delivered: 1, overflowed: 1 });
+        assert_eq!(
+            d,
+            Delivery {
+                delivered: 1,
+                overflowed: 1
+            }
+        );
         assert_eq!(rb.closer.reason(), Some(Disconnect::SlowConsumer));
-        assert_eq!(ra.rx.try_recv().map(|f| f.text().to_owned()).ok().as_deref(), Some("pong"));
+        assert_eq!(
+            ra.rx
+                .try_recv()
+                .map(|f| f.text().to_owned())
+                .ok()
+                .as_deref(),
+            Some("pong")
+        );
     }
 
     #[test]

@@ -109,23 +109,20 @@ impl Listener {
         let node = &self.node;
         let mut slot: Option<SlotGuard> = None;
         let mut refusal: Option<Refusal> = None;
-        let check = |request: &Request, response: Response| {
-            match self.admit(request, peer) {
-                Ok(guard) => {
-                    slot = Some(guard);
-                    Ok(response)
-                }
-                Err((reason, status, message)) => {
-                    refusal = Some(reason);
-                    Err(error_response(status, message))
-                }
+        // The Err type is fixed by tungstenite's handshake `Callback` signature.
+        #[allow(clippy::result_large_err)]
+        let check = |request: &Request, response: Response| match self.admit(request, peer) {
+            Ok(guard) => {
+                slot = Some(guard);
+                Ok(response)
+            }
+            Err((reason, status, message)) => {
+                refusal = Some(reason);
+                Err(error_response(status, message))
             }
         };
-        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-            tcp,
-            check,
-            Some(self.ws_config),
-        );
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(self.ws_config));
         let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Err(_) => {
                 node.metrics().refused(Refusal::HandshakeTimeout);

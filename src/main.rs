@@ -49,7 +49,10 @@ fn main() -> ExitCode {
     };
     init_logging(config.log.format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("roomcast: cannot start the runtime: {err}");

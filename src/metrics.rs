@@ -145,7 +145,10 @@ impl Metrics {
         let labels = |it: &mut dyn Iterator<Item = &'static str>| it.collect::<Vec<_>>();
 
         Metrics {
-            connections_open: gauge("roomcast_connections_open", "WebSocket connections open now"),
+            connections_open: gauge(
+                "roomcast_connections_open",
+                "WebSocket connections open now",
+            ),
             connections_accepted: counter(
                 "roomcast_connections_accepted_total",
                 "WebSocket handshakes accepted",
@@ -156,7 +159,10 @@ impl Metrics {
                 "reason",
                 &labels(&mut Refusal::ALL.iter().map(|r| r.label())),
             ),
-            rooms: gauge("roomcast_rooms", "Rooms with at least one member on this node"),
+            rooms: gauge(
+                "roomcast_rooms",
+                "Rooms with at least one member on this node",
+            ),
             messages_received: counter_vec(
                 "roomcast_messages_received_total",
                 "Client frames received, by command type",

@@ -155,11 +155,11 @@ impl Node {
         if let Some(user) = &user {
             let target = Target::User(user.clone());
             let _guard = self.interest_lock(&target).await;
-            if self.hub.add_connection(&outbox, Some(user)) {
-                if let Err(err) = self.subscribe(target).await {
-                    self.hub.remove_connection(conn, Some(user));
-                    return Err(err);
-                }
+            if self.hub.add_connection(&outbox, Some(user))
+                && let Err(err) = self.subscribe(target).await
+            {
+                self.hub.remove_connection(conn, Some(user));
+                return Err(err);
             }
         } else {
             self.hub.add_connection(&outbox, None);
@@ -382,7 +382,8 @@ impl Node {
             Target::Broadcast => self.hub.deliver_all(&frame),
         };
         self.metrics.messages_delivered.inc_by(delivery.delivered);
-        self.metrics.dropped(Drop::SlowConsumer, delivery.overflowed);
+        self.metrics
+            .dropped(Drop::SlowConsumer, delivery.overflowed);
     }
 
     /// Feed broker events to the hub until the broker's queue closes.

@@ -26,9 +26,9 @@ pub struct Closer {
 impl Closer {
     /// Ask the connection to close for `reason`; later reasons are ignored.
     pub fn close(&self, reason: Disconnect) {
-        let _ = self
-            .reason
-            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.reason
+                .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
         self.token.cancel();
     }
 

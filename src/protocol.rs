@@ -232,9 +232,7 @@ pub fn decode_command(text: &str) -> Decoded {
     if !text.trim_start().starts_with('{') {
         return Decoded {
             id: None,
-            result: Err(CommandError::bad_request(
-                "a command must be a JSON object",
-            )),
+            result: Err(CommandError::bad_request("a command must be a JSON object")),
         };
     }
     let raw: RawCommand<'_> = match serde_json::from_str(text) {
@@ -251,7 +249,12 @@ pub fn decode_command(text: &str) -> Decoded {
             };
         }
     };
-    let id = match raw.id.filter(|v| !is_null(v)).map(parse_request_id).transpose() {
+    let id = match raw
+        .id
+        .filter(|v| !is_null(v))
+        .map(parse_request_id)
+        .transpose()
+    {
         Ok(id) => id,
         Err(err) => {
             return Decoded {
@@ -595,7 +598,10 @@ pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
         id: Some(Cow::Borrowed(&envelope.id)),
         from: Some(Cow::Borrowed(&envelope.from)),
         ts: Some(envelope.ts),
-        node: envelope.origin.as_ref().map(|o| Cow::Borrowed(o.node.as_str())),
+        node: envelope
+            .origin
+            .as_ref()
+            .map(|o| Cow::Borrowed(o.node.as_str())),
         conn: envelope.origin.as_ref().map(|o| o.conn),
         echo: envelope.origin.as_ref().map(|o| o.echo),
     };
@@ -624,7 +630,9 @@ pub fn decode_envelope(
             target,
             id: wire.id.map_or_else(fresh_id, Cow::into_owned),
             data: wire.data.to_owned(),
-            from: wire.from.map_or_else(|| "server".to_owned(), Cow::into_owned),
+            from: wire
+                .from
+                .map_or_else(|| "server".to_owned(), Cow::into_owned),
             ts: wire.ts.unwrap_or(now_ms),
             origin,
         };
@@ -716,10 +724,7 @@ struct AdminErrorBody<'a> {
 /// `{"error":{"code","message"}}`, the admin API's error body.
 pub fn admin_error_body(code: &str, message: &str) -> String {
     serde_json::to_string(&AdminError {
-        error: AdminErrorBody {
-            code,
-            message,
-        },
+        error: AdminErrorBody { code, message },
     })
     .unwrap_or_default()
 }
@@ -834,7 +839,9 @@ mod tests {
     fn decodes_every_command() {
         let d = decode(r#"{"type":"join","room":"a","id":"x1"}"#);
         assert_eq!(d.id, Some(RequestId::Str("x1".into())));
-        assert!(matches!(d.result, Ok(Command::Join { ref room, since: None, history: None }) if room == "a"));
+        assert!(
+            matches!(d.result, Ok(Command::Join { ref room, since: None, history: None }) if room == "a")
+        );
 
         let d = decode(r#"{"type":"join","room":"a","since":"5-1","history":10}"#);
         assert!(
@@ -877,7 +884,10 @@ mod tests {
             (r#"{"type":"join","room":"r","history":-1,"id":"a"}"#, true),
             (r#"{"type":"join","room":"r","since":3,"id":"a"}"#, true),
             (r#"{"type":"publish","room":"r","id":"a"}"#, true),
-            (r#"{"type":"publish","room":"r","data":1,"echo":"no","id":"a"}"#, true),
+            (
+                r#"{"type":"publish","room":"r","data":1,"echo":"no","id":"a"}"#,
+                true,
+            ),
             (r#"{"type":"ping","id":1.5}"#, false),
             (r#"{"type":"ping","id":{"a":1}}"#, false),
         ] {
@@ -917,12 +927,14 @@ mod tests {
     #[test]
     fn frames_encode_as_protocol_says() {
         let id = RequestId::Str("q".into());
-        let v: serde_json::Value = serde_json::from_str(joined("r", Some(&id), None, None).text())
-            .expect("json");
-        assert_eq!(v, serde_json::json!({"type":"joined","room":"r","id":"q"}));
         let v: serde_json::Value =
-            serde_json::from_str(ack("r", "m1", None).text()).expect("json");
-        assert_eq!(v, serde_json::json!({"type":"ack","room":"r","msg_id":"m1"}));
+            serde_json::from_str(joined("r", Some(&id), None, None).text()).expect("json");
+        assert_eq!(v, serde_json::json!({"type":"joined","room":"r","id":"q"}));
+        let v: serde_json::Value = serde_json::from_str(ack("r", "m1", None).text()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"ack","room":"r","msg_id":"m1"})
+        );
         let data = data_from_payload(br#"{"k":1}"#);
         let v: serde_json::Value =
             serde_json::from_str(message("r", "m1", &data, "c1", 5).text()).expect("json");
@@ -969,7 +981,11 @@ mod tests {
             data: data_from_payload(br#"{"a":1}"#),
             from: "c9".into(),
             ts: 42,
-            origin: Some(Origin { node: "n1".into(), conn: 9, echo: false }),
+            origin: Some(Origin {
+                node: "n1".into(),
+                conn: 9,
+                echo: false,
+            }),
         };
         let bytes = encode_envelope(&env);
         let back = decode_envelope(Target::Room("r".into()), &bytes, || "x".into(), 1);
@@ -979,14 +995,23 @@ mod tests {
         assert_eq!(back.ts, 42);
         assert_eq!(back.origin, env.origin);
 
-        let ext = decode_envelope(Target::Broadcast, br#"{"data":{"headline":"hi"}}"#, || "g1".into(), 7);
-        assert_eq!((ext.id.as_str(), ext.from.as_str(), ext.ts), ("g1", "server", 7));
+        let ext = decode_envelope(
+            Target::Broadcast,
+            br#"{"data":{"headline":"hi"}}"#,
+            || "g1".into(),
+            7,
+        );
+        assert_eq!(
+            (ext.id.as_str(), ext.from.as_str(), ext.ts),
+            ("g1", "server", 7)
+        );
         assert_eq!(ext.data.get(), r#"{"headline":"hi"}"#);
         assert!(ext.origin.is_none());
 
         let plain = decode_envelope(Target::Broadcast, b"hello world", || "g2".into(), 7);
         assert_eq!(plain.data.get(), r#""hello world""#);
-        let other_json = decode_envelope(Target::Broadcast, br#"{"headline":"x"}"#, || "g3".into(), 7);
+        let other_json =
+            decode_envelope(Target::Broadcast, br#"{"headline":"x"}"#, || "g3".into(), 7);
         assert_eq!(other_json.data.get(), r#"{"headline":"x"}"#);
         let number = decode_envelope(Target::Broadcast, b"12", || "g4".into(), 7);
         assert_eq!(number.data.get(), "12");
@@ -994,23 +1019,40 @@ mod tests {
 
     #[test]
     fn admin_bodies() {
-        let (t, d) = decode_admin_body(AdminRoute::Publish, br#"{"room":"news","data":{"h":1}}"#).expect("ok");
+        let (t, d) = decode_admin_body(AdminRoute::Publish, br#"{"room":"news","data":{"h":1}}"#)
+            .expect("ok");
         assert_eq!(t, Target::Room("news".into()));
         assert_eq!(d.get(), r#"{"h":1}"#);
-        let (t, _) = decode_admin_body(AdminRoute::Notify, br#"{"user":"42","data":1}"#).expect("ok");
+        let (t, _) =
+            decode_admin_body(AdminRoute::Notify, br#"{"user":"42","data":1}"#).expect("ok");
         assert_eq!(t, Target::User("42".into()));
         let (t, _) = decode_admin_body(AdminRoute::Broadcast, br#"{"data":"x"}"#).expect("ok");
         assert_eq!(t, Target::Broadcast);
         for (route, body, code) in [
             (AdminRoute::Publish, &b"nope"[..], ErrorCode::BadRequest),
-            (AdminRoute::Publish, br#"{"room":"a"}"#, ErrorCode::BadRequest),
+            (
+                AdminRoute::Publish,
+                br#"{"room":"a"}"#,
+                ErrorCode::BadRequest,
+            ),
             (AdminRoute::Publish, br#"{"data":1}"#, ErrorCode::BadRequest),
-            (AdminRoute::Publish, br#"{"room":"a b","data":1}"#, ErrorCode::InvalidRoom),
+            (
+                AdminRoute::Publish,
+                br#"{"room":"a b","data":1}"#,
+                ErrorCode::InvalidRoom,
+            ),
             (AdminRoute::Notify, br#"{"data":1}"#, ErrorCode::BadRequest),
-            (AdminRoute::Notify, br#"{"user":"","data":1}"#, ErrorCode::BadRequest),
+            (
+                AdminRoute::Notify,
+                br#"{"user":"","data":1}"#,
+                ErrorCode::BadRequest,
+            ),
             (AdminRoute::Broadcast, br#"[]"#, ErrorCode::BadRequest),
         ] {
-            assert_eq!(decode_admin_body(route, body).expect_err("invalid").code, code);
+            assert_eq!(
+                decode_admin_body(route, body).expect_err("invalid").code,
+                code
+            );
         }
     }
 }

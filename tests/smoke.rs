@@ -9,7 +9,12 @@ async fn two_clients_share_a_room() {
     let mut b = node.connect().await;
     a.join("lobby").await;
     b.join("lobby").await;
-    let ack = a.request(json!({"type":"publish","room":"lobby","data":{"hi":1}}), "p1").await;
+    let ack = a
+        .request(
+            json!({"type":"publish","room":"lobby","data":{"hi":1}}),
+            "p1",
+        )
+        .await;
     assert_eq!(ack["type"], "ack");
     let m = b.recv_type("message").await;
     assert_eq!(m["data"], json!({"hi":1}));

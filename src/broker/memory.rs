@@ -82,7 +82,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let broker = MemoryBroker::new(tx, Duration::from_millis(50));
         for i in 0..5 {
-            broker.publish(envelope(&i.to_string())).await.expect("publish");
+            broker
+                .publish(envelope(&i.to_string()))
+                .await
+                .expect("publish");
         }
         for i in 0..5 {
             match rx.recv().await {
@@ -97,6 +100,9 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let broker = MemoryBroker::new(tx, Duration::from_millis(20));
         broker.publish(envelope("a")).await.expect("first fits");
-        assert_eq!(broker.publish(envelope("b")).await, Err(BrokerError::Timeout));
+        assert_eq!(
+            broker.publish(envelope("b")).await,
+            Err(BrokerError::Timeout)
+        );
     }
 }

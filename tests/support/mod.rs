@@ -196,6 +196,12 @@ impl Client {
             match self.recv().await {
                 Received::Close(got) => {
                     assert_eq!(got, Some(code), "close code");
+                    // Keep reading, as a real client does: that sends our close reply and
+                    // sees the server drop the socket.
+                    let _ = tokio::time::timeout(WAIT, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
                     return;
                 }
                 Received::Json(_) | Received::Text(_) => continue,
@@ -214,7 +220,10 @@ impl Client {
                 return reply;
             }
             assert!(
-                matches!(reply["type"].as_str(), Some("message" | "notification" | "broadcast")),
+                matches!(
+                    reply["type"].as_str(),
+                    Some("message" | "notification" | "broadcast")
+                ),
                 "unexpected frame while waiting for reply {id}: {reply}"
             );
         }
@@ -222,7 +231,10 @@ impl Client {
 
     pub async fn join(&mut self, room: &str) -> Value {
         let reply = self
-            .request(json!({"type": "join", "room": room}), &format!("join-{room}"))
+            .request(
+                json!({"type": "join", "room": room}),
+                &format!("join-{room}"),
+            )
             .await;
         assert_eq!(reply["type"], "joined", "join {room}: {reply}");
         reply

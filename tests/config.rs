@@ -1,0 +1,226 @@
+//! Configuration: the example file matches the defaults, precedence file < env < flags, and a
+//! bad key or value is refused naming the key — in the library and in the real binary.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use roomcast::config::{BrokerKind, Config, Overrides};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn example() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/roomcast.example.toml"
+    ))
+}
+
+#[test]
+fn example_file_lists_every_key_with_its_default() {
+    let loaded =
+        Config::load(Some(example()), env(&[]), &Overrides::default()).expect("example loads");
+    assert_eq!(loaded, Config::default());
+    // Every key of the defaults appears in the example (commented-out optional keys too).
+    let text = std::fs::read_to_string(example()).expect("read example");
+    let defaults = toml_keys(&Config::default());
+    for key in defaults {
+        let leaf = key.rsplit('.').next().unwrap_or(&key);
+        assert!(
+            text.lines().any(|l| l
+                .trim_start_matches(['#', ' '])
+                .starts_with(&format!("{leaf} ="))),
+            "roomcast.example.toml lacks `{key}`"
+        );
+    }
+    for optional in ["api_key", "jwt_secret", "jwt_public_key_file"] {
+        assert!(
+            text.contains(&format!("# {optional} =")),
+            "{optional} documented"
+        );
+    }
+}
+
+/// Dotted keys of a config, from its serde form.
+fn toml_keys(config: &Config) -> Vec<String> {
+    let value = serde_json::to_value(config).expect("serialize");
+    let mut keys = Vec::new();
+    if let serde_json::Value::Object(sections) = value {
+        for (section, fields) in sections {
+            if let serde_json::Value::Object(fields) = fields {
+                for (field, v) in fields {
+                    if !v.is_null() {
+                        keys.push(format!("{section}.{field}"));
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn precedence_is_file_then_env_then_flags() {
+    let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("node.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nrate_per_sec = 10\nrate_burst = 11\n[server]\nlisten = \"127.0.0.1:1111\"\nallowed_origins = [\"https://a\"]\n",
+    )
+    .expect("write");
+    let config = Config::load(
+        Some(&file),
+        env(&[
+            ("ROOMCAST_LIMITS__RATE_PER_SEC", "20"),
+            ("ROOMCAST_SERVER__LISTEN", "127.0.0.1:2222"),
+            ("ROOMCAST_SERVER__ALLOWED_ORIGINS", "https://x,https://y"),
+            ("UNRELATED", "1"),
+        ]),
+        &Overrides {
+            listen: Some("127.0.0.1:3333".into()),
+            redis_url: Some("redis://127.0.0.1:7777".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("loads");
+    assert_eq!(config.limits.rate_per_sec, 20, "env beats file");
+    assert_eq!(config.limits.rate_burst, 11, "file beats default");
+    assert_eq!(config.server.listen, "127.0.0.1:3333", "flag beats env");
+    assert_eq!(
+        config.server.allowed_origins,
+        vec!["https://x", "https://y"]
+    );
+    assert_eq!(
+        config.broker.kind,
+        BrokerKind::Redis,
+        "--redis selects redis"
+    );
+    assert_eq!(config.redis.url, "redis://127.0.0.1:7777");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_values_and_unknown_keys_name_the_key() {
+    for (pairs, key) in [
+        (
+            vec![("ROOMCAST_LIMITS__RATE_PER_SEC", "abc")],
+            "limits.rate_per_sec",
+        ),
+        (
+            vec![("ROOMCAST_LIMITS__RATE_PER_SEC", "0")],
+            "limits.rate_per_sec",
+        ),
+        (vec![("ROOMCAST_LIMITS__BOGUS", "1")], "limits.bogus"),
+        (
+            vec![("ROOMCAST_SERVER__LISTEN", "nowhere")],
+            "server.listen",
+        ),
+        (vec![("ROOMCAST_BROKER__KIND", "kafka")], "broker.kind"),
+        (vec![("ROOMCAST_REDIS__URL", "http://x")], "redis.url"),
+        (
+            vec![("ROOMCAST_LIMITS__OUTBOX_MESSAGES", "0")],
+            "limits.outbox_messages",
+        ),
+        (
+            vec![("ROOMCAST_LIMITS__CLOSE_TIMEOUT_MS", "0")],
+            "limits.close_timeout_ms",
+        ),
+        (vec![("ROOMCAST_AUTH__MODE", "jwt")], "auth.mode"),
+    ] {
+        let err = Config::load(None, env(&pairs), &Overrides::default())
+            .expect_err(&format!("{pairs:?} must be refused"));
+        assert!(err.to_string().contains(key), "`{err}` names {key}");
+    }
+}
+
+#[test]
+fn binary_exits_2_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .env("ROOMCAST_LIMITS__MAX_MESSAGE_BYTES", "lots")
+        .output()
+        .expect("run roomcast");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.max_message_bytes"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["--config", "/nonexistent/roomcast.toml"])
+        .output()
+        .expect("run roomcast");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--node-id",
+                "bin-node",
+            ])
+            .env("RUST_LOG", "info")
+            .env("ROOMCAST_LOG__FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn roomcast"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    // The bound address is logged; read it from the JSON log line.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["fields"]["message"] == "websocket listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(support::WAIT, rx)
+        .await
+        .expect("listening line in time")
+        .expect("address");
+    let mut client = support::Client::connect(&format!("ws://{addr}/ws")).await;
+    assert_eq!(client.welcome["node"], "bin-node");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    client.expect_close(1001).await;
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let code = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "exits in time");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+}

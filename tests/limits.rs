@@ -1,0 +1,335 @@
+//! PROTOCOL.md "Limits and what breaking them costs" and the handshake checks of "Connecting":
+//! each limit, set small in configuration, and its close code or HTTP status.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+#[tokio::test]
+async fn oversize_message_closes_with_1009() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 1024;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    let fits = json!({"type":"ping","id":"x".repeat(10)}).to_string();
+    a.send_text(&fits).await;
+    assert_eq!(a.recv_json().await["type"], "pong");
+    a.send_text(&"x".repeat(2000)).await;
+    a.expect_close(1009).await;
+    // Other connections are untouched.
+    let mut b = node.connect().await;
+    assert_eq!(b.request(json!({"type":"ping"}), "b").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let node = TestNode::start(test_config()).await;
+    let mut a = node.connect().await;
+    let frame = Frame::message(
+        Bytes::from_static(b"{\"type\":\"ping\xff\"}"),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    a.ws.send(Message::Frame(frame))
+        .await
+        .expect("send raw frame");
+    a.expect_close(1007).await;
+}
+
+#[tokio::test]
+async fn rate_limit_drops_with_error_then_closes_with_1008() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 1;
+    config.limits.rate_burst = 3;
+    config.limits.rate_limit_strikes = 2;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    for i in 0..3 {
+        a.send_json(json!({"type":"ping","id":i})).await;
+    }
+    for i in 0..3 {
+        assert_eq!(a.recv_json().await, json!({"type":"pong","id":i}));
+    }
+    // The burst is spent (one token a second refills; the test sends far faster than that).
+    a.send_json(json!({"type":"ping","id":"over"})).await;
+    let err = a.recv_json().await;
+    assert_eq!(err["code"], "rate_limited");
+    assert_eq!(err["id"], "over");
+    a.send_text("ping").await;
+    assert_eq!(a.recv_json().await["code"], "rate_limited");
+    a.send_json(json!({"type":"ping"})).await;
+    a.expect_close(1008).await;
+
+    eventually("the close is counted", || async {
+        let metrics = node.metrics().await;
+        metric(&metrics, "roomcast_rate_limited_total") >= 3.0
+            && metric(
+                &metrics,
+                r#"roomcast_disconnects_total{reason="rate_limited"}"#,
+            ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_1013_while_readers_get_everything() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 1_000_000;
+    config.limits.rate_burst = 1_000_000;
+    config.limits.outbox_messages = 8;
+    // Long enough that the close frame is still queued when the slow client starts reading.
+    config.limits.close_timeout_ms = 60_000;
+    let node = TestNode::start(config).await;
+    let mut publisher = node.connect().await;
+    let mut reader = node.connect().await;
+    let mut sleeper = node.connect().await;
+    reader.join("flood").await;
+    sleeper.join("flood").await;
+    publisher.join("flood").await;
+
+    // Big messages fill the socket buffers quickly; then the sleeper's outbox fills.
+    let payload = "x".repeat(32 * 1024);
+    let mut sent = 0u64;
+    let reading = async {
+        let mut next = 0u64;
+        loop {
+            let m = reader.recv_type("message").await;
+            assert_eq!(m["data"]["seq"], next, "reader gets every message in order");
+            next += 1;
+            if m["data"]["last"] == true {
+                return next;
+            }
+        }
+    };
+    let publishing = async {
+        let mut closed = false;
+        while !closed {
+            publisher
+                .request(
+                    json!({"type":"publish","room":"flood","echo":false,"data":{"seq":sent,"pad":payload}}),
+                    "p",
+                )
+                .await;
+            sent += 1;
+            // Counted the moment the sleeper's outbox overflows (the close itself waits for
+            // its close frame to be written).
+            closed = metric(
+                &node.metrics().await,
+                r#"roomcast_messages_dropped_total{reason="slow_consumer"}"#,
+            ) >= 1.0;
+            assert!(sent < 10_000, "the sleeper was never closed");
+        }
+        publisher
+            .request(
+                json!({"type":"publish","room":"flood","echo":false,"data":{"seq":sent,"last":true}}),
+                "p",
+            )
+            .await;
+        sent += 1;
+    };
+    let (received, ()) = tokio::join!(reading, publishing);
+    assert_eq!(received, sent);
+    sleeper.expect_close(1013).await;
+    eventually("the slow-consumer close is counted", || async {
+        metric(&node.metrics().await, "roomcast_slow_consumer_closes_total") == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_client_is_closed_with_1001() {
+    let mut config = test_config();
+    config.limits.idle_timeout_ms = 300;
+    config.limits.ping_interval_ms = 600_000;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    a.expect_close(1001).await;
+    eventually("the idle close is counted", || async {
+        metric(
+            &node.metrics().await,
+            r#"roomcast_disconnects_total{reason="idle"}"#,
+        ) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_pings_and_the_pongs_keep_a_quiet_client_alive() {
+    let mut config = test_config();
+    config.limits.idle_timeout_ms = 400;
+    config.limits.ping_interval_ms = 100;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    assert_eq!(a.welcome["heartbeat_ms"], 100);
+    // Six pings span longer than the idle timeout; tungstenite answers each with a pong.
+    let mut pings = 0;
+    while pings < 6 {
+        match tokio::time::timeout(WAIT, a.ws.next())
+            .await
+            .expect("frame")
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(f))) => panic!("closed while answering pings: {f:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+    assert_eq!(
+        a.request(json!({"type":"ping"}), "alive").await["type"],
+        "pong"
+    );
+}
+
+async fn handshake_status(url: &str, origin: Option<&str>) -> Result<(), u16> {
+    let mut request = url.into_client_request().expect("request");
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+    {
+        Ok(_) => Ok(()),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("unexpected handshake error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn connection_cap_answers_503() {
+    let mut config = test_config();
+    config.server.max_connections = 2;
+    let node = TestNode::start(config).await;
+    let a = node.connect().await;
+    let _b = node.connect().await;
+    assert_eq!(handshake_status(&node.ws_url(), None).await, Err(503));
+    a.close().await;
+    // The slot comes back once the first client is gone.
+    eventually("a slot frees up", || async {
+        handshake_status(&node.ws_url(), None).await.is_ok()
+    })
+    .await;
+    let metrics = node.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"roomcast_connections_refused_total{reason="capacity"}"#
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn handshakes_too_fast_from_one_address_get_429() {
+    let mut config = test_config();
+    config.server.connect_rate_per_ip = 1; // burst 2
+    let node = TestNode::start(config).await;
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        results.push(handshake_status(&node.ws_url(), None).await);
+    }
+    assert_eq!(results[0], Ok(()));
+    assert!(results.contains(&Err(429)), "{results:?}");
+}
+
+#[tokio::test]
+async fn origins_outside_the_list_get_403() {
+    let mut config = test_config();
+    config.server.allowed_origins = vec!["https://app.example".into()];
+    let node = TestNode::start(config).await;
+    assert_eq!(
+        handshake_status(&node.ws_url(), Some("https://app.example")).await,
+        Ok(())
+    );
+    assert_eq!(
+        handshake_status(&node.ws_url(), Some("https://evil.example")).await,
+        Err(403)
+    );
+    assert_eq!(handshake_status(&node.ws_url(), None).await, Err(403));
+}
+
+#[tokio::test]
+async fn other_paths_get_404() {
+    let node = TestNode::start(test_config()).await;
+    let url = format!("ws://{}/elsewhere", node.ws_addr);
+    assert_eq!(handshake_status(&url, None).await, Err(404));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    let mut config = test_config();
+    config.server.handshake_timeout_ms = 200;
+    let node = TestNode::start(config).await;
+    let mut tcp = tokio::net::TcpStream::connect(node.ws_addr)
+        .await
+        .expect("tcp");
+    // Half a request line, then silence.
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET /ws HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("server drops the socket in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = node.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"roomcast_connections_refused_total{reason="handshake_timeout"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001_and_readyz_turns_503() {
+    let mut config = test_config();
+    config.server.shutdown_grace_ms = 5_000;
+    let mut node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    let ready = reqwest::get(node.admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    node.begin_shutdown();
+    a.expect_close(1001).await;
+    node.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn limits_never_take_down_other_connections() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 512;
+    let node = TestNode::start(config).await;
+    let mut good = node.connect().await;
+    good.join("calm").await;
+    for _ in 0..5 {
+        let mut bad = node.connect().await;
+        bad.send_text("{\"type\":").await;
+        assert_eq!(bad.recv_json().await["code"], "bad_request");
+        bad.send_text(&"y".repeat(4096)).await;
+        bad.expect_close(1009).await;
+    }
+    let mut publisher = node.connect().await;
+    publisher.join("calm").await;
+    publisher
+        .request(
+            json!({"type":"publish","room":"calm","data":"still here"}),
+            "p",
+        )
+        .await;
+    assert_eq!(good.recv_type("message").await["data"], "still here");
+    let _ = Duration::ZERO;
+}
