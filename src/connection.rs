@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::Drop;
 use crate::node::{Node, Session};
@@ -36,13 +37,13 @@ const WRITE_BATCH: usize = 256;
 pub async fn serve<S>(
     node: Arc<Node>,
     ws: WebSocketStream<S>,
-    user: Option<Arc<str>>,
+    identity: Option<Identity>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-    let (mut session, receiver) = match node.open_session(user).await {
+    let (mut session, receiver) = match node.open_session(identity).await {
         Ok(opened) => opened,
         Err(err) => {
             error!(%err, "cannot register connection with the broker");
@@ -97,6 +98,13 @@ where
     let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    // A connection lives no longer than its token.
+    let expiry = session
+        .identity
+        .as_ref()
+        .map(|i| token_deadline(i.expires_at));
+    let token_timer = tokio::time::sleep_until(expiry.unwrap_or_else(far_future));
+    tokio::pin!(token_timer);
     let mut rate = MessageRate::new(&node.config().limits);
 
     loop {
@@ -105,6 +113,10 @@ where
             _ = closer.closed() => break,
             _ = &mut idle_timer => {
                 closer.close(Disconnect::Idle);
+                break;
+            }
+            _ = &mut token_timer, if expiry.is_some() => {
+                closer.close(Disconnect::TokenExpired);
                 break;
             }
             next = stream.next() => next,
@@ -144,6 +156,24 @@ where
     })
     .await;
     stream
+}
+
+/// The instant a token with `exp` (seconds since the epoch) runs out.
+fn token_deadline(exp: u64) -> Instant {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let left = (exp as f64 - now_s).max(0.0);
+    Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
+}
+
+fn far_future_secs() -> f64 {
+    // About 30 years: effectively never, and far from Instant overflow.
+    86_400.0 * 365.0 * 30.0
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs_f64(far_future_secs())
 }
 
 /// Apply the rate limit to one client frame. Returns false when the frame must be dropped

@@ -9,6 +9,7 @@
 //! - `metrics`: every Prometheus metric.
 //! - `outbox`: the bounded per-connection queue and its close signal.
 //! - `limits`: per-connection rate decisions.
+//! - `auth`: token verification and room permission patterns.
 //! - `hub`: local rooms and users → outboxes; synchronous.
 //! - `broker`: the broker trait, the in-process broker and the Redis broker.
 //! - `node`: hub + broker; interest, ids, publishing, dispatching broker events.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -69,6 +71,8 @@ pub enum RunError {
     Admin(std::io::Error),
     #[error("cannot start the broker: {0}")]
     Broker(String),
+    #[error("cannot set up authentication: {0}")]
+    Auth(String),
 }
 
 fn start_broker(
@@ -98,6 +102,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    let authenticator = auth::Authenticator::from_config(&config.auth)
+        .map_err(|err| RunError::Auth(err.to_string()))?
+        .map(Arc::new);
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);
     let broker = start_broker(&config, events_tx, metrics.clone())?;
@@ -141,7 +148,7 @@ pub async fn run(
     if let Ok(addr) = listeners.ws.local_addr() {
         info!(%addr, path = %config.server.path, node = node.node_id(), "websocket listening");
     }
-    let accept = tokio::spawn(listener::Listener::new(node.clone()).run(
+    let accept = tokio::spawn(listener::Listener::new(node.clone(), authenticator).run(
         listeners.ws,
         stop_accepting.clone(),
         close_clients.clone(),

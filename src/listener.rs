@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::auth::{AuthFailure, Authenticator, Identity, token_from_request};
 use crate::connection;
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
@@ -31,13 +32,14 @@ const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
 pub struct Listener {
     node: Arc<Node>,
+    authenticator: Option<Arc<Authenticator>>,
     per_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     ws_config: WebSocketConfig,
     handshake_timeout: Duration,
 }
 
 impl Listener {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, authenticator: Option<Arc<Authenticator>>) -> Self {
         let config = node.config();
         let rate = NonZeroU32::new(config.server.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
@@ -54,6 +56,7 @@ impl Listener {
             )),
             ws_config,
             node,
+            authenticator,
         }
     }
 
@@ -107,13 +110,13 @@ impl Listener {
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, close_clients: CancellationToken) {
         let _ = tcp.set_nodelay(true);
         let node = &self.node;
-        let mut slot: Option<SlotGuard> = None;
+        let mut admitted: Option<(SlotGuard, Option<Identity>)> = None;
         let mut refusal: Option<Refusal> = None;
         // The Err type is fixed by tungstenite's handshake `Callback` signature.
         #[allow(clippy::result_large_err)]
         let check = |request: &Request, response: Response| match self.admit(request, peer) {
-            Ok(guard) => {
-                slot = Some(guard);
+            Ok(admission) => {
+                admitted = Some(admission);
                 Ok(response)
             }
             Err((reason, status, message)) => {
@@ -137,18 +140,18 @@ impl Listener {
             }
             Ok(Ok(ws)) => ws,
         };
-        let Some(_slot) = slot else {
+        let Some((_slot, identity)) = admitted else {
             return;
         };
         node.metrics().connections_accepted.inc();
-        connection::serve(node.clone(), ws, None, close_clients).await;
+        connection::serve(node.clone(), ws, identity, close_clients).await;
     }
 
     fn admit(
         &self,
         request: &Request,
         peer: SocketAddr,
-    ) -> Result<SlotGuard, (Refusal, StatusCode, &'static str)> {
+    ) -> Result<(SlotGuard, Option<Identity>), (Refusal, StatusCode, &'static str)> {
         let config = self.node.config();
         if request.uri().path() != config.server.path {
             return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
@@ -176,6 +179,33 @@ impl Listener {
                 "too many connections from this address",
             ));
         }
+        let identity = match &self.authenticator {
+            None => None,
+            Some(authenticator) => {
+                let token = token_from_request(
+                    request.uri().query(),
+                    request
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let verified = match token {
+                    None => Err(AuthFailure::Missing),
+                    Some(token) => authenticator.verify(&token),
+                };
+                match verified {
+                    Ok(identity) => Some(identity),
+                    Err(failure) => {
+                        self.node.metrics().auth_failed(failure);
+                        return Err((
+                            Refusal::Unauthorized,
+                            StatusCode::UNAUTHORIZED,
+                            "missing, expired or invalid token",
+                        ));
+                    }
+                }
+            }
+        };
         if !self.node.is_accepting() {
             return Err((
                 Refusal::ShuttingDown,
@@ -183,11 +213,12 @@ impl Listener {
                 "node is shutting down",
             ));
         }
-        self.node.reserve_slot().ok_or((
+        let slot = self.node.reserve_slot().ok_or((
             Refusal::Capacity,
             StatusCode::SERVICE_UNAVAILABLE,
             "node is at its connection limit",
-        ))
+        ))?;
+        Ok((slot, identity))
     }
 }
 

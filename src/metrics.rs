@@ -9,6 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::auth::AuthFailure;
 use crate::protocol::{CommandKind, Disconnect, ErrorCode};
 
 /// Why a handshake was refused.
@@ -75,6 +76,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_accepted: IntCounter,
     connections_refused: IntCounterVec,
+    auth_failures: IntCounterVec,
     pub rooms: IntGauge,
     messages_received: IntCounterVec,
     pub messages_delivered: IntCounter,
@@ -159,6 +161,12 @@ impl Metrics {
                 "reason",
                 &labels(&mut Refusal::ALL.iter().map(|r| r.label())),
             ),
+            auth_failures: counter_vec(
+                "roomcast_auth_failures_total",
+                "Handshakes refused with 401, by what was wrong with the token",
+                "reason",
+                &labels(&mut AuthFailure::ALL.iter().map(|f| f.label())),
+            ),
             rooms: gauge(
                 "roomcast_rooms",
                 "Rooms with at least one member on this node",
@@ -235,6 +243,12 @@ impl Metrics {
     pub fn refused(&self, reason: Refusal) {
         self.connections_refused
             .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn auth_failed(&self, failure: AuthFailure) {
+        self.auth_failures
+            .with_label_values(&[failure.label()])
             .inc();
     }
 

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, warn};
 
+use crate::auth::Identity;
 use crate::broker::{Broker, BrokerError, BrokerEvent, Envelope, Origin, Target};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -33,6 +34,8 @@ pub struct Session {
     /// `conn_id` on the wire: unique across nodes and restarts.
     pub conn_id: String,
     pub user: Option<Arc<str>>,
+    /// What the connection's token allows; `None` without authentication.
+    pub identity: Option<Arc<Identity>>,
     pub outbox: Outbox,
     pub rooms: HashSet<Arc<str>>,
 }
@@ -148,8 +151,10 @@ impl Node {
     /// first connection here.
     pub async fn open_session(
         &self,
-        user: Option<Arc<str>>,
+        identity: Option<Identity>,
     ) -> Result<(Session, OutboxReceiver), BrokerError> {
+        let identity = identity.map(Arc::new);
+        let user = identity.as_ref().map(|i| i.user.clone());
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, receiver) = outbox(conn, self.config.limits.outbox_messages);
         if let Some(user) = &user {
@@ -169,6 +174,7 @@ impl Node {
             conn,
             conn_id: format!("{}.{conn}", self.instance),
             user,
+            identity,
             outbox,
             rooms: HashSet::new(),
         };
@@ -206,6 +212,14 @@ impl Node {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 "rooms named user:… are reserved",
+            ));
+        }
+        if let Some(identity) = &session.identity
+            && !identity.may_join(room)
+        {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "your token does not allow joining this room",
             ));
         }
         // No history is kept yet: a client resuming with `since` must reload its state.
@@ -272,6 +286,14 @@ impl Node {
                 "join the room before publishing to it",
             ));
         };
+        if let Some(identity) = &session.identity
+            && !identity.may_publish(room)
+        {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "your token does not allow publishing to this room",
+            ));
+        }
         let envelope = Envelope {
             target: Target::Room(room.clone()),
             id: self.next_message_id(),

@@ -755,10 +755,12 @@ pub enum Disconnect {
     SlowConsumer,
     /// Our fault (1011).
     Internal,
+    /// The connection's token expired (4001): reconnect with a fresh one.
+    TokenExpired,
 }
 
 impl Disconnect {
-    pub const ALL: [Disconnect; 9] = [
+    pub const ALL: [Disconnect; 10] = [
         Disconnect::PeerGone,
         Disconnect::Idle,
         Disconnect::Shutdown,
@@ -768,6 +770,7 @@ impl Disconnect {
         Disconnect::TooLarge,
         Disconnect::SlowConsumer,
         Disconnect::Internal,
+        Disconnect::TokenExpired,
     ];
 
     /// The close code to send, or `None` when the socket is already gone.
@@ -781,6 +784,7 @@ impl Disconnect {
             Disconnect::TooLarge => Some(1009),
             Disconnect::Internal => Some(1011),
             Disconnect::SlowConsumer => Some(1013),
+            Disconnect::TokenExpired => Some(4001),
         }
     }
 
@@ -795,6 +799,7 @@ impl Disconnect {
             Disconnect::TooLarge => "message too large",
             Disconnect::SlowConsumer => "slow consumer",
             Disconnect::Internal => "internal error",
+            Disconnect::TokenExpired => "token expired",
         }
     }
 
@@ -810,6 +815,7 @@ impl Disconnect {
             Disconnect::TooLarge => "too_large",
             Disconnect::SlowConsumer => "slow_consumer",
             Disconnect::Internal => "internal",
+            Disconnect::TokenExpired => "token_expired",
         }
     }
 

@@ -40,7 +40,13 @@ fn example_file_lists_every_key_with_its_default() {
             "roomcast.example.toml lacks `{key}`"
         );
     }
-    for optional in ["api_key", "jwt_secret", "jwt_public_key_file"] {
+    for optional in [
+        "api_key",
+        "jwt_secret",
+        "jwt_public_key_file",
+        "issuer",
+        "audience",
+    ] {
         assert!(
             text.contains(&format!("# {optional} =")),
             "{optional} documented"

@@ -1,0 +1,293 @@
+//! Token verification and room permissions (PROTOCOL.md "Tokens").
+//!
+//! Owns the JWT rules (HS256 with a shared secret, or RS256/ES256 with a PEM public key; `exp`
+//! and `sub` required, `nbf` honoured, optional `iss`/`aud`, a small leeway) and the glob
+//! patterns of the `rooms` and `publish` claims. Where the token comes from (query or header)
+//! and what a refusal costs on the wire are the listener's; applying permissions is the node's.
+
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use crate::config::{AuthConfig, AuthMode};
+
+/// Who a connection belongs to and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Arc<str>,
+    /// Patterns of rooms the user may join; `None` means any room.
+    pub rooms: Option<Vec<String>>,
+    /// Patterns of rooms the user may publish to; `None` means any joined room.
+    pub publish: Option<Vec<String>>,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    pub fn may_join(&self, room: &str) -> bool {
+        self.rooms
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| glob_match(p, room)))
+    }
+
+    pub fn may_publish(&self, room: &str) -> bool {
+        self.publish
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| glob_match(p, room)))
+    }
+}
+
+/// Why a token was refused (a metric label; the client only sees HTTP 401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    WrongAlgorithm,
+    Invalid,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 6] = [
+        AuthFailure::Missing,
+        AuthFailure::Expired,
+        AuthFailure::NotYetValid,
+        AuthFailure::BadSignature,
+        AuthFailure::WrongAlgorithm,
+        AuthFailure::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::WrongAlgorithm => "wrong_algorithm",
+            AuthFailure::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: serde_json::Value,
+    exp: u64,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+}
+
+/// Verifies tokens; built once from configuration.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthConfigError(pub String);
+
+impl Authenticator {
+    /// `None` when `auth.mode = "none"`.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, AuthConfigError> {
+        if config.mode == AuthMode::None {
+            return Ok(None);
+        }
+        let (key, algorithms) = if let Some(path) = &config.jwt_public_key_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                AuthConfigError(format!(
+                    "auth.jwt_public_key_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                (key, vec![Algorithm::RS256])
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                (key, vec![Algorithm::ES256])
+            } else {
+                return Err(AuthConfigError(format!(
+                    "auth.jwt_public_key_file: {} is not an RSA or EC public key in PEM",
+                    path.display()
+                )));
+            }
+        } else if let Some(secret) = &config.jwt_secret {
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                vec![Algorithm::HS256],
+            )
+        } else {
+            return Err(AuthConfigError(
+                "auth.mode: `jwt` needs auth.jwt_secret or auth.jwt_public_key_file".into(),
+            ));
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = config.leeway_s;
+        validation.validate_nbf = true;
+        // `sub` is checked below: numeric user ids are accepted as their decimal text.
+        validation.set_required_spec_claims(&["exp"]);
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Some(Authenticator { key, validation }))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        // The algorithm is pinned by configuration: a header naming another (or `none`) is
+        // refused before any signature check, which closes the algorithm-confusion hole.
+        let header = decode_header(token).map_err(|_| AuthFailure::Invalid)?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err(AuthFailure::WrongAlgorithm);
+        }
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthFailure::Expired,
+                ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+                ErrorKind::InvalidSignature => AuthFailure::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthFailure::WrongAlgorithm,
+                _ => AuthFailure::Invalid,
+            })?;
+        let claims = data.claims;
+        let user = match claims.sub {
+            serde_json::Value::String(s) if !s.is_empty() => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(AuthFailure::Invalid),
+        };
+        Ok(Identity {
+            user: user.into(),
+            rooms: claims.rooms,
+            publish: claims.publish,
+            expires_at: claims.exp.saturating_add(self.validation.leeway),
+        })
+    }
+}
+
+/// The token of a handshake: `?token=…` (what browsers can send) or `Authorization: Bearer …`.
+pub fn token_from_request(query: Option<&str>, authorization: Option<&str>) -> Option<String> {
+    if let Some(query) = query {
+        for pair in query.split('&') {
+            if let Some(value) = pair.strip_prefix("token=")
+                && !value.is_empty()
+            {
+                return Some(percent_decode(value));
+            }
+        }
+    }
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Glob match: `*` is any run of characters (including none), `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("chat:*", "chat:general"));
+        assert!(glob_match("chat:*", "chat:"));
+        assert!(!glob_match("chat:*", "chatter"));
+        assert!(glob_match("*", "anything/at:all"));
+        assert!(glob_match("team-?/news", "team-a/news"));
+        assert!(!glob_match("team-?/news", "team-ab/news"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn tokens_come_from_query_or_header() {
+        assert_eq!(
+            token_from_request(Some("a=1&token=abc.def"), None).as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(
+            token_from_request(Some("token=a%2Eb"), None).as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(
+            token_from_request(None, Some("Bearer xyz")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(token_from_request(Some("token="), Some("Basic xyz")), None);
+        assert_eq!(token_from_request(None, None), None);
+        assert_eq!(
+            token_from_request(Some("token=%zz"), None).as_deref(),
+            Some("%zz")
+        );
+        assert_eq!(
+            token_from_request(Some("token=ab%"), None).as_deref(),
+            Some("ab%")
+        );
+    }
+}
