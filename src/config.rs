@@ -34,6 +34,12 @@ pub struct ServerConfig {
     pub max_connections: u64,
     pub connect_rate_per_ip: u32,
     pub allowed_origins: Vec<String>,
+    /// Connections open at once from one client address; above it HTTP 429.
+    pub max_connections_per_ip: u64,
+    /// Addresses of load balancers whose `client_ip_header` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Header carrying the client address when the peer is a trusted proxy.
+    pub client_ip_header: String,
     pub handshake_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
@@ -47,6 +53,9 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             connect_rate_per_ip: 50,
             allowed_origins: Vec::new(),
+            max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
             handshake_timeout_ms: 5_000,
             shutdown_grace_ms: 10_000,
         }
@@ -251,6 +260,7 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("server.allowed_origins")
+                .with_list_parse_key("server.trusted_proxies")
                 .try_parsing(true)
                 .source(Some(env)),
         );
@@ -296,6 +306,30 @@ impl Config {
         )?;
         if self.admin.api_key.as_deref() == Some("") {
             return Err(ConfigError::key("admin.api_key", "must not be empty"));
+        }
+        if self.admin.api_key.is_none() && !self.admin_addr().ip().is_loopback() {
+            return Err(ConfigError::key(
+                "admin.api_key",
+                "is required when admin.listen is not a loopback address",
+            ));
+        }
+        positive(
+            "server.max_connections_per_ip",
+            self.server.max_connections_per_ip,
+        )?;
+        for (i, proxy) in self.server.trusted_proxies.iter().enumerate() {
+            if proxy.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::key(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("`{proxy}` is not an IP address"),
+                ));
+            }
+        }
+        if http_header_name_invalid(&self.server.client_ip_header) {
+            return Err(ConfigError::key(
+                "server.client_ip_header",
+                "must be an HTTP header name",
+            ));
         }
         positive(
             "limits.max_message_bytes",
@@ -390,6 +424,22 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
             format!("`{value}` is not an address like 127.0.0.1:8080"),
         )
     })
+}
+
+fn http_header_name_invalid(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Addresses of `server.trusted_proxies` (validated at load).
+pub fn trusted_proxy_addrs(config: &ServerConfig) -> Vec<std::net::IpAddr> {
+    config
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

@@ -1,13 +1,17 @@
 //! The public WebSocket listener: the accept loop and every check made at the handshake (path,
-//! `Origin`, per-address handshake rate, the node's connection cap, shutdown), each answered
-//! with the HTTP status PROTOCOL.md names.
+//! `Origin`, per-address handshake rate and concurrent connections, the token, the node's
+//! connection cap, shutdown), each answered with the HTTP status PROTOCOL.md names.
+//!
+//! The client address is the TCP peer, or, when the peer is a configured trusted proxy, the
+//! rightmost untrusted address of `server.client_ip_header`: never a header any client can set.
 //!
 //! Once a handshake succeeds the socket is handed to `connection::serve`; this module never
 //! sees a frame.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -20,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::auth::{AuthFailure, Authenticator, Identity, token_from_request};
+use crate::config::trusted_proxy_addrs;
 use crate::connection;
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
@@ -34,6 +39,8 @@ pub struct Listener {
     node: Arc<Node>,
     authenticator: Option<Arc<Authenticator>>,
     per_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    open_per_address: Arc<AddressSlots>,
+    trusted_proxies: Vec<IpAddr>,
     ws_config: WebSocketConfig,
     handshake_timeout: Duration,
 }
@@ -55,6 +62,11 @@ impl Listener {
                 Quota::per_second(rate).allow_burst(burst),
             )),
             ws_config,
+            open_per_address: Arc::new(AddressSlots {
+                max: config.server.max_connections_per_ip,
+                open: Mutex::new(HashMap::new()),
+            }),
+            trusted_proxies: trusted_proxy_addrs(&config.server),
             node,
             authenticator,
         }
@@ -110,7 +122,7 @@ impl Listener {
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, close_clients: CancellationToken) {
         let _ = tcp.set_nodelay(true);
         let node = &self.node;
-        let mut admitted: Option<(SlotGuard, Option<Identity>)> = None;
+        let mut admitted: Option<Admission> = None;
         let mut refusal: Option<Refusal> = None;
         // The Err type is fixed by tungstenite's handshake `Callback` signature.
         #[allow(clippy::result_large_err)]
@@ -140,19 +152,21 @@ impl Listener {
             }
             Ok(Ok(ws)) => ws,
         };
-        let Some((_slot, identity)) = admitted else {
+        let Some(admission) = admitted else {
             return;
         };
         node.metrics().connections_accepted.inc();
-        connection::serve(node.clone(), ws, identity, close_clients).await;
+        connection::serve(node.clone(), ws, admission.identity, close_clients).await;
+        drop(admission.slots);
     }
 
     fn admit(
         &self,
         request: &Request,
         peer: SocketAddr,
-    ) -> Result<(SlotGuard, Option<Identity>), (Refusal, StatusCode, &'static str)> {
+    ) -> Result<Admission, (Refusal, StatusCode, &'static str)> {
         let config = self.node.config();
+        let client = self.client_ip(request, peer.ip());
         if request.uri().path() != config.server.path {
             return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
         }
@@ -172,7 +186,7 @@ impl Listener {
                 return Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin not allowed"));
             }
         }
-        if self.per_address.check_key(&peer.ip()).is_err() {
+        if self.per_address.check_key(&client).is_err() {
             return Err((
                 Refusal::RateLimited,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -213,12 +227,83 @@ impl Listener {
                 "node is shutting down",
             ));
         }
-        let slot = self.node.reserve_slot().ok_or((
+        let address_slot = AddressSlots::reserve(&self.open_per_address, client).ok_or((
+            Refusal::RateLimited,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many open connections from this address",
+        ))?;
+        let node_slot = self.node.reserve_slot().ok_or((
             Refusal::Capacity,
             StatusCode::SERVICE_UNAVAILABLE,
             "node is at its connection limit",
         ))?;
-        Ok((slot, identity))
+        Ok(Admission {
+            slots: (node_slot, address_slot),
+            identity,
+        })
+    }
+}
+
+impl Listener {
+    fn client_ip(&self, request: &Request, peer: IpAddr) -> IpAddr {
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let header = &self.node.config().server.client_ip_header;
+        request
+            .headers()
+            .get_all(header.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+            .rev()
+            .find(|ip| !self.trusted_proxies.contains(ip))
+            .unwrap_or(peer)
+    }
+}
+
+/// What a successful handshake holds for the connection's lifetime.
+struct Admission {
+    slots: (SlotGuard, AddressSlot),
+    identity: Option<Identity>,
+}
+
+/// Open connections per client address.
+struct AddressSlots {
+    max: u64,
+    open: Mutex<HashMap<IpAddr, u64>>,
+}
+
+impl AddressSlots {
+    fn reserve(this: &Arc<AddressSlots>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = this.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= this.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: this.clone(),
+            ip,
+        })
+    }
+}
+
+struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -140,6 +140,18 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "limits.close_timeout_ms",
         ),
         (vec![("ROOMCAST_AUTH__MODE", "jwt")], "auth.mode"),
+        (
+            vec![("ROOMCAST_ADMIN__LISTEN", "0.0.0.0:9090")],
+            "admin.api_key",
+        ),
+        (
+            vec![("ROOMCAST_SERVER__TRUSTED_PROXIES", "10.0.0.1,nope")],
+            "server.trusted_proxies[1]",
+        ),
+        (
+            vec![("ROOMCAST_SERVER__MAX_CONNECTIONS_PER_IP", "0")],
+            "server.max_connections_per_ip",
+        ),
     ] {
         let err = Config::load(None, env(&pairs), &Overrides::default())
             .expect_err(&format!("{pairs:?} must be refused"));

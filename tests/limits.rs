@@ -333,3 +333,107 @@ async fn limits_never_take_down_other_connections() {
     assert_eq!(good.recv_type("message").await["data"], "still here");
     let _ = Duration::ZERO;
 }
+
+async fn handshake_from(url: &str, forwarded_for: &str) -> Result<Ws, u16> {
+    let mut request = url.into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().expect("header"));
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("unexpected handshake error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn open_connections_per_address_are_capped_with_429() {
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 2;
+    let node = TestNode::start(config).await;
+    let a = node.connect().await;
+    let _b = node.connect().await;
+    assert_eq!(handshake_status(&node.ws_url(), None).await, Err(429));
+    a.close().await;
+    eventually("the address gets its slot back", || async {
+        handshake_status(&node.ws_url(), None).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_client_address_header_is_believed_only_from_trusted_proxies() {
+    // Trusted: each forwarded client has its own budget of 1 open connection.
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 1;
+    config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    let node = TestNode::start(config).await;
+    let mut held = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.2", "198.51.100.7, 203.0.113.3"] {
+        held.push(handshake_from(&node.ws_url(), client).await.expect(client));
+    }
+    // The rightmost untrusted entry counts: a client cannot dodge the cap by prepending.
+    assert_eq!(
+        handshake_from(&node.ws_url(), "10.9.9.9, 203.0.113.1")
+            .await
+            .err(),
+        Some(429)
+    );
+
+    // Untrusted peer: the header is ignored, so all share 127.0.0.1's single slot.
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 1;
+    let node = TestNode::start(config).await;
+    let _first = handshake_from(&node.ws_url(), "203.0.113.1")
+        .await
+        .expect("first");
+    assert_eq!(
+        handshake_from(&node.ws_url(), "203.0.113.2").await.err(),
+        Some(429)
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_malformed_frames_leaves_other_clients_delivery_intact() {
+    let mut config = test_config();
+    config.limits.rate_per_sec = 1_000;
+    config.limits.rate_burst = 1_000;
+    let node = TestNode::start(config).await;
+    let mut reader = node.connect().await;
+    let mut publisher = node.connect().await;
+    reader.join("steady").await;
+    publisher.join("steady").await;
+    let mut flooder = node.connect().await;
+    let flood = async {
+        for i in 0..3_000u32 {
+            let garbage = match i % 4 {
+                0 => "{not json".to_owned(),
+                1 => json!({"type":"publish","room":"steady"}).to_string(),
+                2 => json!({"type":"join","room":"bad room!"}).to_string(),
+                _ => "x".repeat(200),
+            };
+            if flooder
+                .ws
+                .send(Message::Text(garbage.into()))
+                .await
+                .is_err()
+            {
+                break; // closed for its behaviour: fine
+            }
+        }
+    };
+    let traffic = async {
+        for i in 0..300u32 {
+            publisher
+                .send_json(json!({"type":"publish","room":"steady","data":i,"echo":false}))
+                .await;
+        }
+        for i in 0..300u32 {
+            assert_eq!(reader.recv_type("message").await["data"], i);
+        }
+    };
+    tokio::join!(flood, traffic);
+}
