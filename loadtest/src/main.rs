@@ -1,0 +1,354 @@
+//! `roomcast-loadtest`: load a roomcast node (or several) over loopback and report.
+//!
+//! Owns the command line, the runtime, the watchdog that ends the process whatever happens,
+//! and where output goes: progress bars and the human summary on stderr, one JSON line on
+//! stdout, `--report PATH.html` for a self-contained HTML page. Exit status: 0 when the run's
+//! criteria passed, 1 when they did not, 2 when it could not run.
+//!
+//! Run a node first (`cargo run --release -- --listen 127.0.0.1:8080 --admin-listen
+//! 127.0.0.1:9090`, with `ROOMCAST_SERVER__CONNECT_RATE_PER_IP=100000` so the per-address
+//! handshake limit does not refuse the load), then for example:
+//!
+//! ```text
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws \
+//!     fanout --subscribers 1000 --rate 100 --duration 10 --report /tmp/fanout.html
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws rooms --rooms 200 --members 5
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws --pid $(pgrep -n roomcast) \
+//!     --sources 4 connections --connections 50000 --hold 30
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws \
+//!     ramp --subscribers 1000 --rates 10,20,50,100,200
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use roomcast_loadtest::Common;
+use roomcast_loadtest::report::{self, Report};
+use roomcast_loadtest::scenario::connections::{self, ConnectionsParams};
+use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
+use roomcast_loadtest::scenario::ramp::{self, RampParams};
+use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "roomcast-loadtest",
+    version,
+    about = "Load generator for roomcast (PROTOCOL.md), loopback targets only"
+)]
+struct Cli {
+    /// Node URL; repeat (or separate with commas) for several nodes.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws",
+        global = true
+    )]
+    urls: Vec<String>,
+    /// Spread connections over this many loopback source addresses (127.0.0.1, .2, ...).
+    #[arg(long, default_value_t = 1, global = true)]
+    sources: usize,
+    /// Connections in their handshake at once.
+    #[arg(long, default_value_t = 64, global = true)]
+    connect_concurrency: usize,
+    /// Seconds one handshake (and, separately, one join) may take.
+    #[arg(long, default_value_t = 10.0, global = true)]
+    handshake_timeout: f64,
+    /// Seconds the whole connect phase may take.
+    #[arg(long, default_value_t = 120.0, global = true)]
+    connect_timeout: f64,
+    /// Seconds between text `ping` heartbeats on every connection.
+    #[arg(long, default_value_t = 20.0, global = true)]
+    heartbeat: f64,
+    /// A gateway process to measure (CPU; memory for `connections`); repeatable.
+    #[arg(long = "pid", global = true)]
+    pids: Vec<u32>,
+    /// Write a self-contained HTML report here.
+    #[arg(long, global = true)]
+    report: Option<PathBuf>,
+    /// Runtime worker threads (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// No progress bars or notes.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// S subscribers in one room, P publishers at a total rate R on a fixed schedule.
+    Fanout(FanoutArgs),
+    /// Many rooms with a few members each; every member publishes and receives (chat).
+    Rooms(RoomsArgs),
+    /// Open C connections, hold them with heartbeats, report survivors and memory.
+    Connections(ConnectionsArgs),
+    /// Fanout at rising rates; reports the highest passing rate.
+    Ramp(RampArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Criteria {
+    /// Lowest delivery ratio that passes.
+    #[arg(long, default_value_t = 0.999)]
+    min_ratio: f64,
+    /// p99 latency (ms) must be below this to pass.
+    #[arg(long, default_value_t = 100.0)]
+    max_p99_ms: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct FanoutArgs {
+    #[arg(long, default_value_t = 1000)]
+    subscribers: u64,
+    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
+    #[arg(long, default_value_t = 0)]
+    publishers: u64,
+    /// Upper bound of one publisher's rate, msg/s (roomcast allows 50 per connection).
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_pub: f64,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds to wait for deliveries in flight after the last send.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Bytes of each message's data.
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    #[arg(long, default_value = "bench")]
+    room: String,
+    #[command(flatten)]
+    criteria: Criteria,
+}
+
+impl FanoutArgs {
+    fn params(&self) -> FanoutParams {
+        FanoutParams {
+            subscribers: self.subscribers,
+            publishers: self.publishers,
+            max_rate_per_pub: self.max_rate_per_pub,
+            rate: self.rate,
+            duration_s: self.duration,
+            drain_s: self.drain,
+            payload_bytes: self.payload_bytes,
+            room: self.room.clone(),
+            min_ratio: self.criteria.min_ratio,
+            max_p99_ms: self.criteria.max_p99_ms,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct RoomsArgs {
+    #[arg(long, default_value_t = 200)]
+    rooms: u64,
+    /// Members per room.
+    #[arg(long, default_value_t = 5)]
+    members: u64,
+    /// Messages per second, all members together.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_member: f64,
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    #[arg(long, default_value = "chat")]
+    room_prefix: String,
+    #[command(flatten)]
+    criteria: Criteria,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConnectionsArgs {
+    #[arg(long, default_value_t = 10_000)]
+    connections: u64,
+    /// Seconds to hold them once all are open.
+    #[arg(long, default_value_t = 30.0)]
+    hold: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RampArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Step rates in msg/s (comma-separated); default: --start × --factor^n up to --max.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Step rates as deliveries/s (rate = deliveries / subscribers), like the peers harness.
+    #[arg(long, value_delimiter = ',', conflicts_with = "rates")]
+    deliveries: Vec<f64>,
+    #[arg(long, default_value_t = 10.0)]
+    start: f64,
+    #[arg(long, default_value_t = 2.0)]
+    factor: f64,
+    #[arg(long, default_value_t = 1280.0)]
+    max: f64,
+    /// Do not retry a failing step.
+    #[arg(long)]
+    no_retry: bool,
+}
+
+impl Cli {
+    fn common(&self) -> Common {
+        Common {
+            urls: self.urls.clone(),
+            sources: self.sources.clamp(1, 254),
+            connect_concurrency: self.connect_concurrency.max(1),
+            handshake_timeout: secs(self.handshake_timeout, 10.0),
+            connect_phase_timeout: secs(self.connect_timeout, 120.0),
+            heartbeat: secs(self.heartbeat, 20.0).max(Duration::from_millis(100)),
+            pids: self.pids.clone(),
+            progress: !self.quiet,
+        }
+    }
+
+    /// An upper bound of the whole run, for the watchdog.
+    fn time_limit(&self) -> Duration {
+        let connect = self.connect_timeout.max(0.0) + 30.0;
+        let run = |f: &FanoutArgs| f.duration.max(0.0) + f.drain.max(0.0) + 40.0 + connect;
+        let s = match &self.scenario {
+            Scenario::Fanout(f) => run(f),
+            Scenario::Rooms(r) => r.duration.max(0.0) + r.drain.max(0.0) + 40.0 + connect,
+            Scenario::Connections(c) => c.hold.max(0.0) + connect + 30.0,
+            Scenario::Ramp(r) => (run(&r.fanout) + 2.0) * 2.0 * ramp_rates(r).len() as f64,
+        };
+        secs(s, 600.0)
+    }
+}
+
+fn secs(s: f64, default: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or_else(|_| Duration::from_secs_f64(default))
+}
+
+fn ramp_rates(r: &RampArgs) -> Vec<f64> {
+    if !r.rates.is_empty() {
+        r.rates.clone()
+    } else if !r.deliveries.is_empty() {
+        let subs = r.fanout.subscribers.max(1) as f64;
+        r.deliveries.iter().map(|d| d / subs).collect()
+    } else {
+        ramp::geometric_rates(r.start, r.factor, r.max)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = cli.common();
+    roomcast_loadtest::scenario::traffic::now_us(); // start the shared clock
+
+    let wanted_fds = match &cli.scenario {
+        Scenario::Connections(c) => c.connections + 1024,
+        Scenario::Fanout(f) => f.subscribers + 1024,
+        Scenario::Ramp(r) => r.fanout.subscribers + 1024,
+        Scenario::Rooms(r) => r.rooms * r.members + 1024,
+    };
+    let fds = roomcast_loadtest::procfs::raise_nofile_limit(wanted_fds);
+    if fds < wanted_fds {
+        eprintln!(
+            "roomcast-loadtest: open-files limit is {fds}, fewer than the {wanted_fds} this run may need"
+        );
+    }
+
+    // Whatever happens, the process ends.
+    let limit = cli.time_limit();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("roomcast-loadtest: watchdog: the run exceeded {limit:?}, exiting");
+        std::process::exit(3);
+    });
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomcast-loadtest: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: Result<Report, String> = runtime.block_on(async {
+        match &cli.scenario {
+            Scenario::Fanout(a) => fanout::run(&common, &a.params())
+                .await
+                .map(|r| Report::Traffic(Box::new(r))),
+            Scenario::Rooms(a) => {
+                let params = RoomsParams {
+                    rooms: a.rooms,
+                    members: a.members,
+                    rate: a.rate,
+                    max_rate_per_member: a.max_rate_per_member,
+                    duration_s: a.duration,
+                    drain_s: a.drain,
+                    payload_bytes: a.payload_bytes,
+                    room_prefix: a.room_prefix.clone(),
+                    min_ratio: a.criteria.min_ratio,
+                    max_p99_ms: a.criteria.max_p99_ms,
+                };
+                rooms::run(&common, &params)
+                    .await
+                    .map(|r| Report::Traffic(Box::new(r)))
+            }
+            Scenario::Connections(a) => {
+                let params = ConnectionsParams {
+                    connections: a.connections,
+                    hold_s: a.hold,
+                };
+                connections::run(&common, &params)
+                    .await
+                    .map(Report::Connections)
+            }
+            Scenario::Ramp(a) => {
+                let params = RampParams {
+                    fanout: a.fanout.params(),
+                    rates: ramp_rates(a),
+                    retry: !a.no_retry,
+                    pause: Duration::from_secs(1),
+                };
+                ramp::run(&common, &params).await.map(Report::Ramp)
+            }
+        }
+    });
+    // Do not wait for connections the runtime may still be closing.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roomcast-loadtest: {e}");
+            println!("{}", serde_json::json!({ "error": e }));
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!("{}", report.text());
+    println!("{}", report.json_line());
+    if let Some(path) = &cli.report {
+        let title = format!(
+            "roomcast-loadtest {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        match std::fs::write(path, report::html(&report, &title)) {
+            Ok(()) => eprintln!("report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("roomcast-loadtest: cannot write {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if report.pass() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

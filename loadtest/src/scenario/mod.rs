@@ -1,0 +1,9 @@
+//! The scenarios. `fanout` and `rooms` describe a [`traffic::TrafficPlan`] and let the
+//! `traffic` engine run it; `ramp` repeats `fanout` at rising rates; `connections` opens and
+//! holds idle connections. Each returns a report struct; printing is `report`'s business.
+
+pub mod connections;
+pub mod fanout;
+pub mod ramp;
+pub mod rooms;
+pub mod traffic;
