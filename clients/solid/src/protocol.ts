@@ -1,0 +1,130 @@
+// Wire types for roomcast protocol version 1 (PROTOCOL.md). Client → server commands and
+// server → client frames. JSON text frames, plus the plain text heartbeat "ping" → "pong".
+
+export type RequestId = string | number;
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export interface JoinCommand {
+  type: "join";
+  room: string;
+  id?: RequestId;
+  /** Replay every retained message after this message id (rooms with history). */
+  since?: string;
+  /** How many recent messages to replay (rooms with history). */
+  history?: number;
+}
+export interface LeaveCommand {
+  type: "leave";
+  room: string;
+  id?: RequestId;
+}
+export interface PublishCommand {
+  type: "publish";
+  room: string;
+  data: unknown;
+  id?: RequestId;
+  /** Default true: the sender receives its own message too. */
+  echo?: boolean;
+}
+export interface PingCommand {
+  type: "ping";
+  id?: RequestId;
+}
+export type Command = JoinCommand | LeaveCommand | PublishCommand | PingCommand;
+
+export interface WelcomeFrame {
+  type: "welcome";
+  conn_id: string;
+  node: string;
+  user: string | null;
+  heartbeat_ms: number;
+}
+export interface JoinedFrame {
+  type: "joined";
+  room: string;
+  id?: RequestId;
+  /** Present when the join carried `since`: false means messages were lost; reload state. */
+  recovered?: boolean;
+  /** How many messages were replayed. */
+  history?: number;
+}
+export interface LeftFrame {
+  type: "left";
+  room: string;
+  id?: RequestId;
+}
+export interface AckFrame {
+  type: "ack";
+  room: string;
+  msg_id: string;
+  id?: RequestId;
+}
+export interface PongFrame {
+  type: "pong";
+  id?: RequestId;
+}
+export type ErrorCode =
+  | "bad_request"
+  | "too_large"
+  | "rate_limited"
+  | "invalid_room"
+  | "forbidden"
+  | "not_joined"
+  | "too_many_rooms"
+  | "unavailable"
+  | "internal";
+export interface ErrorFrame {
+  type: "error";
+  code: ErrorCode | string;
+  message: string;
+  id?: RequestId;
+}
+export interface MessageFrame<T = unknown> {
+  type: "message";
+  room: string;
+  id: string;
+  data: T;
+  /** The sender's user id, else its conn_id, or "server" for service messages. */
+  from: string;
+  /** Milliseconds since the Unix epoch, set where the message entered the system. */
+  ts: number;
+}
+export interface NotificationFrame<T = unknown> {
+  type: "notification";
+  id: string;
+  data: T;
+  ts: number;
+}
+export interface BroadcastFrame<T = unknown> {
+  type: "broadcast";
+  id: string;
+  data: T;
+  ts: number;
+}
+export type ServerFrame =
+  | WelcomeFrame
+  | JoinedFrame
+  | LeftFrame
+  | AckFrame
+  | PongFrame
+  | ErrorFrame
+  | MessageFrame
+  | NotificationFrame
+  | BroadcastFrame;
+
+/** WebSocket close codes that roomcast uses (PROTOCOL.md "Limits"). */
+export const CloseCode = {
+  normal: 1000,
+  /** Server shutting down or idle timeout: reconnect at once (to another node). */
+  goingAway: 1001,
+  abnormal: 1006,
+  invalidUtf8: 1007,
+  /** Policy violation (kept going past the rate limit): back off hard. */
+  policyViolation: 1008,
+  /** Message too large. */
+  tooLarge: 1009,
+  /** Outbound queue full (a slow reader): back off. */
+  tryAgainLater: 1013,
+  /** The connection's JWT expired: reconnect with a fresh token. */
+  tokenExpired: 4001,
+} as const;
