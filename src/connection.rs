@@ -225,10 +225,24 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
     };
     node.metrics().received(command.kind());
     let reply = match command {
-        Command::Join { room, since, .. } => node
-            .join(session, &room, since.as_deref())
-            .await
-            .map(|outcome| protocol::joined(&room, id, outcome.recovered, None)),
+        Command::Join {
+            room,
+            since,
+            history,
+        } => match node.join(session, &room, since.as_deref(), history).await {
+            Ok(outcome) => {
+                let joined = protocol::joined(&room, id, outcome.recovered, outcome.history);
+                session.outbox.offer(joined);
+                for frame in outcome.replay {
+                    session.outbox.offer(frame);
+                }
+                if let Some((gate, after)) = outcome.gate {
+                    node.open_gate(session, gate, after);
+                }
+                return;
+            }
+            Err(err) => Err(err),
+        },
         Command::Leave { room } => node
             .leave(session, &room)
             .await

@@ -16,13 +16,64 @@ use crate::protocol::Frame;
 const SHARDS: usize = 64;
 
 type Members = HashMap<ConnId, Outbox>;
+type RoomMembers = HashMap<ConnId, RoomMember>;
 
-struct Sharded<K> {
-    hasher: RandomState,
-    shards: Box<[Mutex<HashMap<K, Members>>]>,
+/// A room member; while `gate` is set and closed, its room traffic is held back (a joining
+/// client is being sent history first).
+struct RoomMember {
+    outbox: Outbox,
+    gate: Option<Arc<Mutex<GateState>>>,
 }
 
-impl<K: std::hash::Hash + Eq> Sharded<K> {
+struct GateState {
+    open: bool,
+    held: Vec<(Option<u64>, Frame)>,
+    capacity: usize,
+}
+
+/// Holds back one member's room traffic until [`Gate::open`]: what a joining client receives
+/// after `joined` and its history replay, with nothing lost and nothing twice.
+pub struct Gate {
+    room: Arc<str>,
+    conn: ConnId,
+    state: Arc<Mutex<GateState>>,
+}
+
+impl Gate {
+    /// Release held frames newer than `after` (by history offset) into `outbox`, then let
+    /// traffic flow directly.
+    pub fn open(self, hub: &Hub, outbox: &Outbox, after: Option<u64>) -> Delivery {
+        let mut delivery = Delivery::default();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (offset, frame) in state.held.drain(..) {
+                let newer = match (offset, after) {
+                    (Some(o), Some(a)) => o > a,
+                    _ => true,
+                };
+                if newer {
+                    delivery.count(outbox.offer(frame));
+                }
+            }
+            state.open = true;
+        }
+        let mut shard = hub.rooms.shard(&*self.room);
+        if let Some(member) = shard
+            .get_mut(&*self.room)
+            .and_then(|m| m.get_mut(&self.conn))
+        {
+            member.gate = None;
+        }
+        delivery
+    }
+}
+
+struct Sharded<K, V> {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<K, V>>]>,
+}
+
+impl<K: std::hash::Hash + Eq, V> Sharded<K, V> {
     fn new() -> Self {
         Sharded {
             hasher: RandomState::new(),
@@ -30,7 +81,7 @@ impl<K: std::hash::Hash + Eq> Sharded<K> {
         }
     }
 
-    fn shard<Q: std::hash::Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, Members>> {
+    fn shard<Q: std::hash::Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, V>> {
         let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
         // A poisoned shard only means another thread panicked mid-update of plain maps; the
         // maps stay structurally valid, so keep serving rather than take the node down.
@@ -74,8 +125,8 @@ pub struct Joined {
 }
 
 pub struct Hub {
-    rooms: Sharded<Arc<str>>,
-    users: Sharded<Arc<str>>,
+    rooms: Sharded<Arc<str>, RoomMembers>,
+    users: Sharded<Arc<str>, Members>,
     /// Every connection, for broadcasts; one pseudo-entry per shard keyed by `()`.
     conns: Box<[Mutex<Members>]>,
 }
@@ -140,6 +191,42 @@ impl Hub {
     }
 
     pub fn join(&self, room: &str, outbox: &Outbox) -> Joined {
+        self.join_member(room, outbox, None)
+    }
+
+    /// Join with the member's room traffic held back until the returned gate opens; `None`
+    /// when it was already a member. At most `capacity` frames are held; one more closes the
+    /// member as a slow consumer.
+    pub fn join_gated(
+        &self,
+        room: &str,
+        outbox: &Outbox,
+        capacity: usize,
+    ) -> (Joined, Option<Gate>) {
+        let state = Arc::new(Mutex::new(GateState {
+            open: false,
+            held: Vec::new(),
+            capacity,
+        }));
+        let joined = self.join_member(room, outbox, Some(state.clone()));
+        let gate = (!joined.already).then(|| Gate {
+            room: Arc::from(room),
+            conn: outbox.conn(),
+            state,
+        });
+        (joined, gate)
+    }
+
+    fn join_member(
+        &self,
+        room: &str,
+        outbox: &Outbox,
+        gate: Option<Arc<Mutex<GateState>>>,
+    ) -> Joined {
+        let member = || RoomMember {
+            outbox: outbox.clone(),
+            gate: gate.clone(),
+        };
         let mut shard = self.rooms.shard(room);
         match shard.get_mut(room) {
             Some(members) => match members.entry(outbox.conn()) {
@@ -148,7 +235,7 @@ impl Hub {
                     already: true,
                 },
                 Entry::Vacant(v) => {
-                    v.insert(outbox.clone());
+                    v.insert(member());
                     Joined {
                         first: false,
                         already: false,
@@ -156,8 +243,8 @@ impl Hub {
                 }
             },
             None => {
-                let mut members = Members::new();
-                members.insert(outbox.conn(), outbox.clone());
+                let mut members = RoomMembers::new();
+                members.insert(outbox.conn(), member());
                 shard.insert(Arc::from(room), members);
                 Joined {
                     first: true,
@@ -215,14 +302,39 @@ impl Hub {
         self.users.keys()
     }
 
-    /// Offer `frame` to every local member of `room`, except `skip`.
-    pub fn deliver_room(&self, room: &str, frame: &Frame, skip: Option<ConnId>) -> Delivery {
+    /// Offer `frame` to every local member of `room`, except `skip`. `offset` is the
+    /// message's history offset, if it is kept, so gated members can drop what their replay
+    /// already covered.
+    pub fn deliver_room(
+        &self,
+        room: &str,
+        frame: &Frame,
+        skip: Option<ConnId>,
+        offset: Option<u64>,
+    ) -> Delivery {
         let shard = self.rooms.shard(room);
         let mut delivery = Delivery::default();
         if let Some(members) = shard.get(room) {
-            for (conn, outbox) in members {
-                if Some(*conn) != skip {
-                    delivery.count(outbox.offer(frame.clone()));
+            for (conn, member) in members {
+                if Some(*conn) == skip {
+                    continue;
+                }
+                match &member.gate {
+                    None => delivery.count(member.outbox.offer(frame.clone())),
+                    Some(gate) => {
+                        let mut state = gate.lock().unwrap_or_else(|p| p.into_inner());
+                        if state.open {
+                            delivery.count(member.outbox.offer(frame.clone()));
+                        } else if state.held.len() < state.capacity {
+                            state.held.push((offset, frame.clone()));
+                        } else {
+                            member
+                                .outbox
+                                .closer()
+                                .close(crate::protocol::Disconnect::SlowConsumer);
+                            delivery.overflowed += 1;
+                        }
+                    }
                 }
             }
         }
@@ -252,7 +364,7 @@ impl Hub {
     }
 }
 
-impl Sharded<Arc<str>> {
+impl<V> Sharded<Arc<str>, V> {
     fn keys(&self) -> Vec<Arc<str>> {
         self.shards
             .iter()
@@ -296,7 +408,7 @@ mod tests {
         let (b, rb) = outbox(2, 1);
         hub.join("r", &a);
         hub.join("r", &b);
-        let d = hub.deliver_room("r", &Frame::plain_pong(), Some(1));
+        let d = hub.deliver_room("r", &Frame::plain_pong(), Some(1), None);
         assert_eq!(
             d,
             Delivery {
@@ -305,7 +417,7 @@ mod tests {
             }
         );
         assert!(ra.rx.try_recv().is_err());
-        let d = hub.deliver_room("r", &Frame::plain_pong(), None);
+        let d = hub.deliver_room("r", &Frame::plain_pong(), None, None);
         assert_eq!(
             d,
             Delivery {
@@ -340,5 +452,47 @@ mod tests {
         assert!(hub.remove_connection(2, Some("u1")));
         assert_eq!(hub.user_count(), 0);
         assert_eq!(hub.connection_count(), 1);
+    }
+
+    #[test]
+    fn a_gate_holds_traffic_and_releases_only_what_the_replay_did_not_cover() {
+        let hub = Hub::new();
+        let (a, mut ra) = outbox(1, 16);
+        let (joined, gate) = hub.join_gated("h", &a, 8);
+        assert!(joined.first);
+        let gate = gate.expect("gate");
+        let frame = |t: &str| Frame::text_for_tests(t);
+        hub.deliver_room("h", &frame("m4"), None, Some(4));
+        hub.deliver_room("h", &frame("m5"), None, Some(5));
+        hub.deliver_room("h", &frame("ext"), None, None);
+        assert!(ra.rx.try_recv().is_err(), "held while the gate is closed");
+        // The replay covered offsets up to 4.
+        let released = gate.open(&hub, &a, Some(4));
+        assert_eq!(released.delivered, 2);
+        let got: Vec<String> = std::iter::from_fn(|| ra.rx.try_recv().ok())
+            .map(|f| f.text().to_owned())
+            .collect();
+        assert_eq!(got, ["m5", "ext"]);
+        hub.deliver_room("h", &frame("m6"), None, Some(6));
+        assert_eq!(
+            ra.rx
+                .try_recv()
+                .map(|f| f.text().to_owned())
+                .ok()
+                .as_deref(),
+            Some("m6")
+        );
+    }
+
+    #[test]
+    fn a_gate_that_overflows_closes_the_member() {
+        let hub = Hub::new();
+        let (a, ra) = outbox(1, 16);
+        let (_, gate) = hub.join_gated("h", &a, 2);
+        for i in 0..3 {
+            hub.deliver_room("h", &Frame::plain_pong(), None, Some(i));
+        }
+        assert_eq!(ra.closer.reason(), Some(Disconnect::SlowConsumer));
+        drop(gate);
     }
 }

@@ -5,8 +5,8 @@
 //! turning broker events into hub deliveries. Connections reach the broker only through here.
 //! Sockets, frames on the wire and HTTP are left to `connection`, `listener` and `admin`.
 
-use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,13 +16,15 @@ use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, warn};
 
-use crate::auth::Identity;
-use crate::broker::{Broker, BrokerError, BrokerEvent, Envelope, Origin, Target};
+use crate::auth::{Identity, glob_match};
+use crate::broker::{
+    Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Origin, Position, Retention, Target,
+};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Gate, Hub};
 use crate::metrics::{Drop, Metrics};
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
-use crate::protocol::{CommandError, ErrorCode, RESERVED_ROOM_PREFIX, validate_room};
+use crate::protocol::{CommandError, ErrorCode, Frame, RESERVED_ROOM_PREFIX, validate_room};
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -50,12 +52,28 @@ impl Session {
     }
 }
 
-/// Outcome of a successful join.
-#[derive(Debug, PartialEq, Eq)]
+/// Outcome of a successful join: what goes into `joined`, the history to send right after
+/// it, and the gate holding the member's live traffic until the replay is out.
+#[derive(Default)]
 pub struct JoinOutcome {
-    /// `recovered` of the reply: `Some(false)` when the client asked to resume with `since`
-    /// and nothing is retained to resume from.
+    /// `recovered` of the reply, when the client asked to resume with `since`.
     pub recovered: Option<bool>,
+    /// `history` of the reply: how many kept messages are replayed.
+    pub history: Option<u64>,
+    pub replay: Vec<Frame>,
+    /// Open with [`Node::open_gate`] after `joined` and the replay are queued.
+    pub gate: Option<(Gate, Option<u64>)>,
+}
+
+/// What this node knows of a kept room's history, for de-duplication and catching up after
+/// a broker outage.
+#[derive(Default)]
+struct RoomCursor {
+    /// The newest kept message delivered here.
+    delivered: Option<Position>,
+    /// The history's top when this node subscribed: messages up to it were either older than
+    /// the subscription or delivered live.
+    seed: Option<Position>,
 }
 
 pub struct Node {
@@ -73,6 +91,8 @@ pub struct Node {
     interest_hasher: RandomState,
     next_conn: AtomicU64,
     next_msg: AtomicU64,
+    history_rules: Vec<(String, Retention)>,
+    cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
     /// Connections open or mid-handshake, for `server.max_connections`.
     slots: AtomicU64,
@@ -82,6 +102,20 @@ pub struct Node {
 impl Node {
     pub fn new(config: Arc<Config>, broker: Box<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let history_rules = config
+            .history
+            .rooms
+            .iter()
+            .map(|r| {
+                (
+                    r.pattern.clone(),
+                    Retention {
+                        size: r.size,
+                        ttl: Duration::from_secs(r.ttl_s),
+                    },
+                )
+            })
+            .collect();
         Arc::new(Node {
             node_id: config.node_id(),
             command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
@@ -94,6 +128,8 @@ impl Node {
             interest_hasher: RandomState::new(),
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
+            history_rules,
+            cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             slots: AtomicU64::new(0),
         })
@@ -101,6 +137,18 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// How `room`'s traffic is kept: the first `history.rooms` rule whose pattern matches.
+    pub fn retention_for(&self, room: &str) -> Option<Retention> {
+        self.history_rules
+            .iter()
+            .find(|(pattern, _)| glob_match(pattern, room))
+            .map(|(_, retention)| *retention)
+    }
+
+    fn cursors(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomCursor>> {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn node_id(&self) -> &str {
@@ -206,6 +254,7 @@ impl Node {
         session: &mut Session,
         room: &str,
         since: Option<&str>,
+        history: Option<u64>,
     ) -> Result<JoinOutcome, CommandError> {
         validate_room(room)?;
         if room.starts_with(RESERVED_ROOM_PREFIX) {
@@ -222,10 +271,9 @@ impl Node {
                 "your token does not allow joining this room",
             ));
         }
-        // No history is kept yet: a client resuming with `since` must reload its state.
-        let recovered = since.map(|_| false);
         if session.rooms.contains(room) {
-            return Ok(JoinOutcome { recovered });
+            // Already live in the room: there is nothing to replay that it has not been sent.
+            return Ok(JoinOutcome::default());
         }
         let max = self.config.limits.max_rooms_per_connection;
         if session.rooms.len() >= max {
@@ -236,18 +284,92 @@ impl Node {
         }
         let room: Arc<str> = Arc::from(room);
         let target = Target::Room(room.clone());
+        let retention = self.retention_for(&room);
+        let wants_replay = since.is_some() || history.is_some_and(|n| n > 0);
+        let mut gate = None;
+        let first;
         {
             let _guard = self.interest_lock(&target).await;
-            if self.hub.room_members(&room) == 0 {
+            first = self.hub.room_members(&room) == 0;
+            if first {
                 self.subscribe(target).await.map_err(|err| {
                     CommandError::new(ErrorCode::Unavailable, format!("cannot join: {err}"))
                 })?;
             }
-            self.hub.join(&room, &session.outbox);
+            match retention {
+                Some(_) if wants_replay => {
+                    let capacity = self.config.limits.outbox_messages;
+                    gate = self.hub.join_gated(&room, &session.outbox, capacity).1;
+                }
+                _ => {
+                    self.hub.join(&room, &session.outbox);
+                }
+            }
         }
-        session.rooms.insert(room);
+        session.rooms.insert(room.clone());
         self.metrics.rooms.set(self.hub.room_count() as i64);
-        Ok(JoinOutcome { recovered })
+
+        let Some(retention) = retention else {
+            // Nothing is kept for this room: a client resuming must reload its state.
+            return Ok(JoinOutcome {
+                recovered: since.map(|_| false),
+                history: history.map(|_| 0),
+                ..JoinOutcome::default()
+            });
+        };
+        if !first && gate.is_none() {
+            return Ok(JoinOutcome::default());
+        }
+        let page = match self.fetch_history(&room, retention).await {
+            Ok(page) => page,
+            Err(err) => {
+                if let Some(gate) = gate {
+                    gate.open(&self.hub, &session.outbox, None);
+                }
+                session.rooms.remove(&room);
+                self.leave_room(&room, session.conn).await;
+                return Err(CommandError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot read the room's history: {err}"),
+                ));
+            }
+        };
+        if first {
+            self.seed_cursor(&room, &page);
+        }
+        let Some(gate) = gate else {
+            return Ok(JoinOutcome::default());
+        };
+        Ok(plan_replay(page, since, history, gate))
+    }
+
+    /// Queue what a gated join held back, after `joined` and the replay.
+    pub fn open_gate(&self, session: &Session, gate: Gate, after: Option<u64>) {
+        let delivery = gate.open(&self.hub, &session.outbox, after);
+        self.metrics.messages_delivered.inc_by(delivery.delivered);
+    }
+
+    async fn fetch_history(
+        &self,
+        room: &Arc<str>,
+        retention: Retention,
+    ) -> Result<HistoryPage, BrokerError> {
+        tokio::time::timeout(
+            self.command_timeout,
+            self.broker.history(room.clone(), retention),
+        )
+        .await
+        .unwrap_or(Err(BrokerError::Timeout))
+    }
+
+    fn seed_cursor(&self, room: &Arc<str>, page: &HistoryPage) {
+        if page.epoch.is_empty() {
+            return;
+        }
+        self.cursors().entry(room.clone()).or_default().seed = Some(Position {
+            epoch: page.epoch.clone(),
+            offset: page.top,
+        });
     }
 
     pub async fn leave(&self, session: &mut Session, room: &str) -> Result<(), CommandError> {
@@ -266,6 +388,7 @@ impl Node {
         let target = Target::Room(Arc::from(room));
         let _guard = self.interest_lock(&target).await;
         if self.hub.leave(room, conn) == Some(true) {
+            self.cursors().remove(room);
             self.unsubscribe(target).await;
         }
         self.metrics.rooms.set(self.hub.room_count() as i64);
@@ -330,20 +453,27 @@ impl Node {
 
     async fn publish(&self, envelope: Envelope) -> Result<String, BrokerError> {
         let id = envelope.id.clone();
+        let retention = match &envelope.target {
+            Target::Room(room) => self.retention_for(room),
+            _ => None,
+        };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.command_timeout, self.broker.publish(envelope))
+        let publishing = async {
+            match retention {
+                Some(retention) => self.broker.publish_retained(envelope, retention).await,
+                None => self.broker.publish(envelope).await.map(|()| id),
+            }
+        };
+        let result = tokio::time::timeout(self.command_timeout, publishing)
             .await
             .unwrap_or(Err(BrokerError::Timeout));
         self.metrics
             .broker_publish_latency
             .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => Ok(id),
-            Err(err) => {
-                self.metrics.broker_publish_errors.inc();
-                Err(err)
-            }
+        if result.is_err() {
+            self.metrics.broker_publish_errors.inc();
         }
+        result
     }
 
     async fn subscribe(&self, target: Target) -> Result<(), BrokerError> {
@@ -369,13 +499,14 @@ impl Node {
     }
 
     /// Hand one broker event to the hub.
-    pub fn handle_event(&self, event: BrokerEvent) {
+    pub async fn handle_event(&self, event: BrokerEvent) {
         match event {
             BrokerEvent::Publication(envelope) => self.deliver(&envelope),
             BrokerEvent::Up { resumed } => {
                 self.metrics.broker_up.set(1);
                 if resumed {
                     self.metrics.broker_reconnects.inc();
+                    self.catch_up().await;
                 }
             }
             BrokerEvent::Down => {
@@ -385,7 +516,88 @@ impl Node {
         }
     }
 
+    /// After a broker outage, deliver from history what kept rooms missed, before any live
+    /// message that arrived after the reconnect (the dispatcher waits for this).
+    async fn catch_up(&self) {
+        let rooms: Vec<(Arc<str>, Retention)> = {
+            let cursors = self.cursors();
+            cursors
+                .keys()
+                .filter_map(|room| self.retention_for(room).map(|r| (room.clone(), r)))
+                .collect()
+        };
+        let pages = futures_util::future::join_all(
+            rooms
+                .iter()
+                .map(|(room, retention)| self.fetch_history(room, *retention)),
+        )
+        .await;
+        let mut caught_up = 0u64;
+        for ((room, _), page) in rooms.iter().zip(pages) {
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    warn!(%err, "cannot catch a room up from history");
+                    continue;
+                }
+            };
+            let from = {
+                let cursors = self.cursors();
+                cursors
+                    .get(room)
+                    .and_then(|c| c.delivered.clone().or_else(|| c.seed.clone()))
+            };
+            for envelope in &page.entries {
+                let missed = match (Position::parse(&envelope.id), &from) {
+                    (Some(p), Some(from)) => p.epoch != from.epoch || p.offset > from.offset,
+                    (Some(_), None) => false,
+                    (None, _) => false,
+                };
+                if missed {
+                    caught_up += 1;
+                    self.deliver(envelope);
+                }
+            }
+        }
+        if caught_up > 0 {
+            warn!(
+                messages = caught_up,
+                "delivered messages missed during a broker outage"
+            );
+        }
+    }
+
+    /// Whether a kept message was already delivered here (it can come twice: live and from
+    /// a catch-up); records it otherwise.
+    fn already_delivered(&self, room: &Arc<str>, position: Position) -> bool {
+        let mut cursors = self.cursors();
+        let Some(cursor) = cursors.get_mut(room) else {
+            // No local member: nothing to record.
+            return false;
+        };
+        if let Some(last) = &cursor.delivered
+            && last.epoch == position.epoch
+            && position.offset <= last.offset
+        {
+            return true;
+        }
+        cursor.delivered = Some(position);
+        false
+    }
+
     fn deliver(&self, envelope: &Envelope) {
+        let mut offset = None;
+        if let Target::Room(room) = &envelope.target
+            && let Some(position) = Position::parse(&envelope.id)
+        {
+            offset = Some(position.offset);
+            if self.hub.room_members(room) > 0 {
+                self.cursors().entry(room.clone()).or_default();
+            }
+            if self.already_delivered(room, position) {
+                return;
+            }
+        }
         let age_ms = now_ms().saturating_sub(envelope.ts);
         self.metrics
             .delivery_latency
@@ -398,7 +610,7 @@ impl Node {
                     .as_ref()
                     .filter(|o| !o.echo && o.node == self.instance)
                     .map(|o| o.conn);
-                self.hub.deliver_room(room, &frame, skip)
+                self.hub.deliver_room(room, &frame, skip, offset)
             }
             Target::User(user) => self.hub.deliver_user(user, &frame),
             Target::Broadcast => self.hub.deliver_all(&frame),
@@ -413,7 +625,7 @@ impl Node {
         let mut batch = Vec::with_capacity(64);
         while events.recv_many(&mut batch, 64).await > 0 {
             for event in batch.drain(..) {
-                self.handle_event(event);
+                self.handle_event(event).await;
             }
         }
     }
@@ -421,6 +633,50 @@ impl Node {
     /// Subscribe the channels every node always needs.
     pub async fn subscribe_broadcast(&self) -> Result<(), BrokerError> {
         self.subscribe(Target::Broadcast).await
+    }
+}
+
+/// Which kept messages a gated join replays, and from where its held live traffic resumes.
+fn plan_replay(
+    page: HistoryPage,
+    since: Option<&str>,
+    history: Option<u64>,
+    gate: Gate,
+) -> JoinOutcome {
+    let resume = since.map(|since| {
+        Position::parse(since).filter(|p| {
+            p.epoch == page.epoch
+                && (p.offset >= page.top
+                    || page
+                        .entries
+                        .first()
+                        .and_then(|e| Position::parse(&e.id))
+                        .is_some_and(|first| first.offset <= p.offset + 1))
+        })
+    });
+    let recovered = resume.as_ref().map(Option::is_some);
+    let replay: Vec<&Envelope> = match (&resume, history) {
+        (Some(Some(from)), _) => page
+            .entries
+            .iter()
+            .filter(|e| Position::parse(&e.id).is_some_and(|p| p.offset > from.offset))
+            .collect(),
+        (_, Some(n)) => {
+            let skip = page.entries.len().saturating_sub(n as usize);
+            page.entries.iter().skip(skip).collect()
+        }
+        _ => Vec::new(),
+    };
+    let after = replay
+        .last()
+        .and_then(|e| Position::parse(&e.id))
+        .map(|p| p.offset)
+        .or_else(|| resume.flatten().map(|p| p.offset));
+    JoinOutcome {
+        recovered,
+        history: Some(replay.len() as u64),
+        replay: replay.iter().map(|e| e.frame()).collect(),
+        gate: Some((gate, after)),
     }
 }
 

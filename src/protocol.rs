@@ -41,6 +41,12 @@ impl Frame {
         Frame(Utf8Bytes::from(text))
     }
 
+    /// A frame with arbitrary text, for tests of code that only moves frames.
+    #[doc(hidden)]
+    pub fn text_for_tests(text: &str) -> Frame {
+        Frame(Utf8Bytes::from(text))
+    }
+
     /// The plain-text heartbeat reply.
     pub fn plain_pong() -> Frame {
         Frame(Utf8Bytes::from_static("pong"))
@@ -531,6 +537,42 @@ pub fn null_raw() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!())
 }
 
+/// A message's place in its room's history: ids of kept messages are `h<epoch>-<offset>`.
+///
+/// The epoch names one life of a room's history (it changes when the history expired and
+/// started over); offsets count up by one per kept message within an epoch, so a gap or a
+/// stale position is detected exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl Position {
+    pub const EPOCH_PREFIX: char = 'h';
+
+    /// A fresh random epoch.
+    pub fn new_epoch() -> String {
+        format!("{}{:08x}", Self::EPOCH_PREFIX, rand::random::<u32>())
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.epoch, self.offset)
+    }
+
+    /// The position of a kept message's id; `None` for any other id.
+    pub fn parse(id: &str) -> Option<Position> {
+        let (epoch, offset) = id.rsplit_once('-')?;
+        if !epoch.starts_with(Self::EPOCH_PREFIX) || epoch.len() < 2 {
+            return None;
+        }
+        Some(Position {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
 /// Where a publication goes: the three kinds of broker channel of PROTOCOL.md.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -550,7 +592,7 @@ pub struct Origin {
 
 /// One publication as it travels through a broker: encoded once on the publishing node,
 /// decoded once on each receiving node.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Envelope {
     pub target: Target,
     pub id: String,
@@ -1059,6 +1101,19 @@ mod tests {
                 decode_admin_body(route, body).expect_err("invalid").code,
                 code
             );
+        }
+    }
+
+    #[test]
+    fn history_positions_parse_only_kept_ids() {
+        let p = Position {
+            epoch: "h1a2b3c4d".into(),
+            offset: 42,
+        };
+        assert_eq!(Position::parse(&p.id()), Some(p));
+        assert!(Position::new_epoch().starts_with('h'));
+        for other in ["3fa9c2d1e0b4-7", "h-1", "hx-", "nodash", "habc-x", ""] {
+            assert_eq!(Position::parse(other), None, "{other}");
         }
     }
 }

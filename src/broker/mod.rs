@@ -10,8 +10,10 @@ pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use crate::protocol::{Envelope, Origin, Target};
+pub use crate::protocol::{Envelope, Origin, Position, Target};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -36,6 +38,26 @@ pub enum BrokerEvent {
     Down,
 }
 
+/// How much of a room's traffic is kept (`history.rooms` of the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The last `size` messages are kept ...
+    pub size: usize,
+    /// ... until the room has been quiet this long.
+    pub ttl: Duration,
+}
+
+/// What a room's history holds now.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    /// The history's current epoch; empty when nothing is kept.
+    pub epoch: String,
+    /// Offset of the newest kept message (0 when none).
+    pub top: u64,
+    /// Kept messages, oldest first, offsets consecutive up to `top`.
+    pub entries: Vec<Envelope>,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// Publish an envelope to its target's channel.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>>;
@@ -43,6 +65,35 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Stop receiving a channel.
     fn unsubscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Keep `envelope` in its room's history and publish it, atomically: its id becomes its
+    /// position (`h<epoch>-<offset>`), returned, so id order and delivery order agree.
+    fn publish_retained(
+        &self,
+        envelope: Envelope,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<String, BrokerError>> {
+        let _ = (envelope, retention);
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "this broker keeps no history".into(),
+            ))
+        })
+    }
+
+    /// The kept messages of `room`.
+    fn history(
+        &self,
+        room: Arc<str>,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<HistoryPage, BrokerError>> {
+        let _ = (room, retention);
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "this broker keeps no history".into(),
+            ))
+        })
+    }
+
     /// Whether the broker is reachable now (for `/readyz`).
     fn is_up(&self) -> bool;
     /// Metric label.
