@@ -39,7 +39,7 @@ fn deliver(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let started = Instant::now();
-                let d = hub.deliver_room(black_box("bench"), &frame, None);
+                let d = hub.deliver_room(black_box("bench"), &frame, None, None);
                 timed += started.elapsed();
                 assert_eq!(d.delivered, MEMBERS);
                 for rx in receivers.iter_mut() {
