@@ -1,0 +1,350 @@
+#!/usr/bin/env node
+// Browser end-to-end test of the chat example against a real roomcast node.
+//
+//   node e2e/chat.e2e.mjs            (after `npm ci`; builds the app with vite unless E2E_SKIP_BUILD=1)
+//
+// It starts everything itself on free loopback ports and stops it by PID, also on failure:
+// the roomcast binary (ROOMCAST_BIN, else target/release/roomcast, else target/debug/roomcast,
+// built with `cargo build` when missing), a static server for dist/ (in this process) and
+// Debian's chromium (CHROMIUM, default /usr/bin/chromium) through playwright-core.
+//
+// Scenario: two pages (alice, bob) join a room and see each other's messages, and a page of the
+// @solid-primitives/websocket variant and of its createRoomcastWS one-line migration join too;
+// the gateway is stopped with SIGTERM and started again on the same ports; the pages reconnect,
+// rejoin (reporting recovered:false: the restarted node lost its history) and keep chatting;
+// a service publishes through the admin API; bob disconnects, a message is published while he
+// is away, and when he is back it appears once (recovered:true) if the node keeps history, or
+// the "messages may be missing" notice shows if it does not yet. Screenshots go to
+// e2e/screenshot.png and e2e/screenshot-primitives.png.
+//
+// Every wait is bounded; the whole test is bounded by E2E_TIMEOUT_MS (default 180 s).
+// It prints "N passed, N failed" last and exits non-zero on failure.
+
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, extname, join, normalize, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const APP = resolve(HERE, "..");
+const REPO = resolve(APP, "../..");
+const DIST = join(APP, "dist");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 180_000);
+const ROOM = "e2e-lobby";
+const WORK = mkdtempSync(join(tmpdir(), "roomcast-e2e-"));
+
+let passed = 0;
+let failed = 0;
+const started = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
+function check(name, ok, detail = "") {
+  if (ok) {
+    passed++;
+    log(`ok   ${name}`);
+  } else {
+    failed++;
+    log(`FAIL ${name} ${detail}`);
+  }
+  return ok;
+}
+
+// ---- processes we start, stopped by PID -------------------------------------------------------
+
+const children = new Set(); // { name, proc }
+function startProcess(name, cmd, args, opts = {}) {
+  const logFile = join(WORK, `${name}.log`);
+  const fd = openSync(logFile, "a");
+  const proc = spawn(cmd, args, { stdio: ["ignore", fd, fd], ...opts });
+  const child = { name, proc, logFile, exited: null };
+  child.exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
+  children.add(child);
+  proc.once("exit", () => children.delete(child));
+  log(`started ${name} pid ${proc.pid}`);
+  return child;
+}
+async function stopProcess(child, signal = "SIGTERM", graceMs = 12_000) {
+  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return child.exited;
+  try {
+    process.kill(child.proc.pid, signal);
+  } catch {
+    /* gone */
+  }
+  const res = await Promise.race([child.exited, sleep(graceMs).then(() => null)]);
+  if (res) return res;
+  log(`${child.name} pid ${child.proc.pid} did not stop within ${graceMs} ms: SIGKILL`);
+  try {
+    process.kill(child.proc.pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+  return Promise.race([child.exited, sleep(5000).then(() => ({ code: null, signal: "SIGKILL?" }))]);
+}
+
+let browserServer = null;
+let staticServer = null;
+let cleaning = null;
+async function cleanup() {
+  if (cleaning) return cleaning;
+  cleaning = (async () => {
+    if (browserServer) {
+      const pid = browserServer.process().pid;
+      await Promise.race([browserServer.close().catch(() => {}), sleep(5000)]);
+      try {
+        process.kill(pid, 0);
+        process.kill(pid, "SIGKILL");
+      } catch {
+        /* stopped */
+      }
+    }
+    for (const child of [...children]) await stopProcess(child, "SIGTERM", 5000);
+    if (staticServer) {
+      staticServer.closeAllConnections?.();
+      await new Promise((res) => staticServer.close(() => res()));
+    }
+  })();
+  return cleaning;
+}
+const watchdog = setTimeout(async () => {
+  log(`FAIL the whole test took longer than ${TOTAL_MS} ms`);
+  failed++;
+  await finish(1);
+}, TOTAL_MS);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => void finish(130));
+
+async function finish(code) {
+  clearTimeout(watchdog);
+  await Promise.race([cleanup(), sleep(20_000)]);
+  if (failed) {
+    for (const f of ["node-1.log", "node-2.log"]) {
+      const p = join(WORK, f);
+      if (existsSync(p)) console.log(`---- ${f} (last lines)\n${readFileSync(p, "utf8").split("\n").slice(-25).join("\n")}`);
+    }
+  }
+  rmSync(WORK, { recursive: true, force: true });
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed || code ? code || 1 : 0);
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+function sleep(ms) {
+  return new Promise((res) => setTimeout(res, ms));
+}
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+async function waitFor(what, fn, timeoutMs = 15_000, everyMs = 100) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
+}
+async function httpStatus(url, method = "GET", body) {
+  const res = await fetch(url, {
+    method,
+    body: body && JSON.stringify(body),
+    headers: body ? { "content-type": "application/json" } : {},
+    signal: AbortSignal.timeout(3000),
+  });
+  return { status: res.status, body: await res.text() };
+}
+
+function findBinary() {
+  const candidates = [process.env.ROOMCAST_BIN, join(REPO, "target/release/roomcast"), join(REPO, "target/debug/roomcast")];
+  for (const c of candidates) if (c && existsSync(c)) return c;
+  log("no roomcast binary: cargo build --bin roomcast");
+  const r = spawnSync("cargo", ["build", "--bin", "roomcast"], { cwd: REPO, stdio: "inherit", timeout: 900_000 });
+  if (r.status !== 0) throw new Error("cargo build failed");
+  return join(REPO, "target/debug/roomcast");
+}
+
+const MIME = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png" };
+function serveDist(port) {
+  const server = http.createServer((req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
+    let file = join(DIST, path);
+    if (!file.startsWith(DIST) || !existsSync(file) || statSync(file).isDirectory()) file = join(DIST, "index.html");
+    res.writeHead(200, { "content-type": MIME[extname(file)] || "application/octet-stream", "cache-control": "no-store" });
+    res.end(readFileSync(file));
+  });
+  return new Promise((res) => server.listen(port, "127.0.0.1", () => res(server)));
+}
+
+// ---- the test ---------------------------------------------------------------------------------
+
+async function main() {
+  if (process.env.E2E_SKIP_BUILD !== "1" || !existsSync(join(DIST, "index.html"))) {
+    log("vite build");
+    const r = spawnSync(process.execPath, [join(APP, "node_modules/vite/bin/vite.js"), "build", "--logLevel", "warn"], {
+      cwd: APP,
+      stdio: "inherit",
+      timeout: 120_000,
+    });
+    if (r.status !== 0) throw new Error("vite build failed");
+  }
+  const bin = findBinary();
+  const [wsPort, adminPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  const config = join(WORK, "roomcast.toml");
+  // history for the test's rooms: `since` replays what a page missed once the node keeps history
+  writeFileSync(config, `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n`);
+  const WS = `ws://127.0.0.1:${wsPort}/ws`;
+  const ADMIN = `http://127.0.0.1:${adminPort}`;
+
+  let node;
+  let generation = 0;
+  async function startNode() {
+    generation++;
+    node = startProcess(`node-${generation}`, bin, ["--config", config, "--listen", `127.0.0.1:${wsPort}`, "--admin-listen", `127.0.0.1:${adminPort}`, "--node-id", `e2e-${generation}`], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+    });
+    await waitFor(`node ${generation} ready`, async () => {
+      if (node.proc.exitCode !== null) throw new Error(`roomcast exited with ${node.proc.exitCode}; see ${node.logFile}`);
+      return (await httpStatus(`${ADMIN}/readyz`)).status === 200;
+    }, 20_000);
+    log(`node ${generation} ready on ${WS}`);
+  }
+  await startNode();
+
+  staticServer = await serveDist(httpPort);
+  const APPURL = `http://127.0.0.1:${httpPort}`;
+
+  // playwright gives chromium a fresh temporary --user-data-dir (it refuses one in args)
+  browserServer = await chromium.launchServer({
+    executablePath: CHROMIUM,
+    headless: true,
+    chromiumSandbox: false,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    timeout: 30_000,
+  });
+  log(`chromium pid ${browserServer.process().pid}`);
+  const browser = await chromium.connect(browserServer.wsEndpoint(), { timeout: 30_000 });
+  const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  context.setDefaultTimeout(15_000);
+
+  const pageErrors = [];
+  async function openPage(path, label) {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
+    page.on("console", (m) => m.type() === "error" && !/WebSocket connection/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
+    await page.goto(`${APPURL}${path}`, { timeout: 15_000 });
+    return page;
+  }
+  const q = (name) => `?ws=${encodeURIComponent(WS)}&room=${ROOM}&name=${name}`;
+  const alice = await openPage(`/${q("alice")}`, "alice");
+  const bob = await openPage(`/${q("bob")}`, "bob");
+  const prim = await openPage(`/primitives.html${q("carol")}`, "primitives");
+  const migrated = await openPage(`/primitives.html${q("dave")}&client=roomcast`, "createRoomcastWS");
+
+  const state = (page) => page.getByTestId("state").textContent({ timeout: 5000 });
+  const texts = (page) => page.locator('[data-testid="messages"] li .text').allTextContents();
+  const count = async (page, text) => (await texts(page)).filter((t) => t === text).length;
+  const sees = (page, text, timeoutMs = 10_000) => waitFor(`"${text}"`, async () => (await count(page, text)) > 0, timeoutMs).then(() => true, () => false);
+  const joined = (page) => page.evaluate((room) => window.roomcast.room(room).joined(), ROOM);
+  async function say(page, text) {
+    // Enter submits the form; click() would wait for animation frames, which background pages
+    // of a headless browser get about once a second
+    await page.getByTestId("draft").fill(text);
+    await page.getByTestId("draft").press("Enter");
+  }
+  async function allOpen(timeoutMs) {
+    return waitFor("every page open", async () => {
+      const s = await Promise.all([alice, bob].map(state));
+      return s.every((x) => x === "open") && (await joined(alice)) && (await joined(bob));
+    }, timeoutMs).then(() => true, (e) => (log(String(e)), false));
+  }
+
+  // 1. both pages connect, join and chat
+  check("alice and bob connect and join", await allOpen(15_000));
+  await waitFor("primitives pages open", async () => (await state(prim)) === "open" && (await state(migrated)) === "open", 10_000).catch(() => {});
+  await sleep(300); // the primitives pages' joins are replied to
+  await say(alice, "hello from alice");
+  check("bob sees alice's message", await sees(bob, "hello from alice"));
+  await say(bob, "hi alice, bob here");
+  check("alice sees bob's message", await sees(alice, "hi alice, bob here"));
+  check("the @solid-primitives/websocket page gets messages from roomcast", await sees(prim, "hi alice, bob here"));
+  check("the createRoomcastWS page gets messages", await sees(migrated, "hi alice, bob here"));
+  await say(migrated, "dave via createRoomcastWS");
+  check("alice sees the createRoomcastWS page's message", await sees(alice, "dave via createRoomcastWS"));
+
+  // 2. the gateway restarts (SIGTERM, then again on the same ports)
+  log("SIGTERM the gateway");
+  const exit = await stopProcess(node, "SIGTERM", 15_000);
+  check("the gateway exits on SIGTERM", exit && exit.code === 0, JSON.stringify(exit));
+  const during = await Promise.all([alice, bob].map(state));
+  check("pages show they lost the connection", during.every((s) => s !== "open"), JSON.stringify(during));
+  await startNode();
+  check("alice and bob reconnect and rejoin after the restart", await allOpen(30_000));
+  await waitFor("createRoomcastWS page open", async () => (await state(migrated)) === "open", 15_000).catch(() => {});
+  const recoveredAfterRestart = await alice.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
+  check("the rejoin reports recovered:false (the restarted node lost the history) and the page says so",
+    recoveredAfterRestart === false && (await alice.getByTestId("gap").isVisible()), `recovered=${recoveredAfterRestart}`);
+  await say(alice, "alice after the restart");
+  check("bob sees alice after the restart", await sees(bob, "alice after the restart"));
+  await say(bob, "bob after the restart");
+  check("alice sees bob after the restart", await sees(alice, "bob after the restart"));
+  check("the createRoomcastWS page rejoined and keeps receiving", await sees(migrated, "bob after the restart"));
+  const primAfter = await sees(prim, "bob after the restart", 4000);
+  log(`the plain @solid-primitives/websocket page ${primAfter ? "did" : "did not"} get a message after the restart (it does not rejoin rooms)`);
+  for (const text of ["hello from alice", "alice after the restart", "bob after the restart"])
+    check(`"${text}" appears once on each page`, (await count(alice, text)) === 1 && (await count(bob, text)) === 1);
+
+  // 3. a service publishes through the admin API
+  const pub = await httpStatus(`${ADMIN}/api/publish`, "POST", { room: ROOM, data: { name: "server", text: "service announcement" } });
+  check("admin publish is accepted", pub.status === 202, `${pub.status} ${pub.body}`);
+  check("both pages get the service message", (await sees(alice, "service announcement")) && (await sees(bob, "service announcement")));
+
+  // 4. bob is away while a message is published; he comes back with since = the last id he saw
+  await bob.evaluate(() => window.roomcast.close());
+  await waitFor("bob closed", async () => (await state(bob)) === "closed", 5000);
+  const away = await httpStatus(`${ADMIN}/api/publish`, "POST", { room: ROOM, data: { name: "server", text: "while bob was away" } });
+  check("publish while bob is away is accepted", away.status === 202, `${away.status} ${away.body}`);
+  await sees(alice, "while bob was away");
+  await bob.evaluate(() => window.roomcast.client.connect());
+  check("bob reconnects", await allOpen(15_000));
+  const recovered = await bob.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
+  if (recovered === true) {
+    check("with history, the message missed while away appears after the reconnect", await sees(bob, "while bob was away"));
+    await sleep(500);
+    check("... exactly once, with no duplicate of what bob had seen", (await count(bob, "while bob was away")) === 1 && (await count(bob, "service announcement")) === 1);
+  } else {
+    log("the node keeps no history yet (join with since answered recovered:false)");
+    check("without history, the rejoin reports recovered:false and the page says so", recovered === false && (await bob.getByTestId("gap").isVisible()), `recovered=${recovered}`);
+  }
+  await say(bob, "bob is back");
+  check("alice sees bob after he came back", await sees(alice, "bob is back"));
+
+  check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+  await alice.screenshot({ path: join(HERE, "screenshot.png") });
+  await migrated.screenshot({ path: join(HERE, "screenshot-primitives.png") });
+  log(`screenshots: ${join(HERE, "screenshot.png")}, ${join(HERE, "screenshot-primitives.png")}`);
+  await browser.close().catch(() => {});
+}
+
+main().then(
+  () => finish(0),
+  async (e) => {
+    failed++;
+    log(`FAIL ${e && e.stack ? e.stack : e}`);
+    await finish(1);
+  },
+);
