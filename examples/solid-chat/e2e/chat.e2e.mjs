@@ -4,7 +4,7 @@
 //   node e2e/chat.e2e.mjs            (after `npm ci`; builds the app with vite unless E2E_SKIP_BUILD=1)
 //
 // It starts everything itself on free loopback ports and stops it by PID, also on failure:
-// the roomcast binary (ROOMCAST_BIN, else target/release/roomcast, else target/debug/roomcast,
+// the roomcast binary (E2E_GATEWAY_BIN, else target/release/roomcast, else target/debug/roomcast,
 // built with `cargo build` when missing), a static server for dist/ (in this process) and
 // Debian's chromium (CHROMIUM, default /usr/bin/chromium) through playwright-core.
 //
@@ -153,6 +153,7 @@ async function waitFor(what, fn, timeoutMs = 15_000, everyMs = 100) {
       last = await fn();
       if (last) return last;
     } catch (e) {
+      if (e && e.fatal) throw e;
       last = e;
     }
     await sleep(everyMs);
@@ -170,7 +171,7 @@ async function httpStatus(url, method = "GET", body) {
 }
 
 function findBinary() {
-  const candidates = [process.env.ROOMCAST_BIN, join(REPO, "target/release/roomcast"), join(REPO, "target/debug/roomcast")];
+  const candidates = [process.env.E2E_GATEWAY_BIN, join(REPO, "target/release/roomcast"), join(REPO, "target/debug/roomcast")];
   for (const c of candidates) if (c && existsSync(c)) return c;
   log("no roomcast binary: cargo build --bin roomcast");
   const r = spawnSync("cargo", ["build", "--bin", "roomcast"], { cwd: REPO, stdio: "inherit", timeout: 900_000 });
@@ -210,15 +211,20 @@ async function main() {
   const WS = `ws://127.0.0.1:${wsPort}/ws`;
   const ADMIN = `http://127.0.0.1:${adminPort}`;
 
+  // roomcast reads every ROOMCAST_* variable as configuration (and stops on unknown keys):
+  // keep the caller's out, so the node runs with exactly this test's configuration
+  const gatewayEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
+  gatewayEnv.RUST_LOG ||= "info";
   let node;
   let generation = 0;
   async function startNode() {
     generation++;
     node = startProcess(`node-${generation}`, bin, ["--config", config, "--listen", `127.0.0.1:${wsPort}`, "--admin-listen", `127.0.0.1:${adminPort}`, "--node-id", `e2e-${generation}`], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+      env: gatewayEnv,
     });
     await waitFor(`node ${generation} ready`, async () => {
-      if (node.proc.exitCode !== null) throw new Error(`roomcast exited with ${node.proc.exitCode}; see ${node.logFile}`);
+      if (node.proc.exitCode !== null)
+        throw Object.assign(new Error(`roomcast exited with ${node.proc.exitCode}: ${readFileSync(node.logFile, "utf8").trim()}`), { fatal: true });
       return (await httpStatus(`${ADMIN}/readyz`)).status === 200;
     }, 20_000);
     log(`node ${generation} ready on ${WS}`);
