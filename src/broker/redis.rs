@@ -1,39 +1,872 @@
-//! The Redis broker (issue 4): not written yet; `broker.kind = "redis"` is refused at start.
+//! The Redis broker: roomcast nodes share rooms through Redis pub/sub (PROTOCOL.md "Redis
+//! channels").
+//!
+//! Owns: the deadpool-redis pool that PUBLISHes (one `PUBLISH` of
+//! [`protocol::encode_envelope`](crate::protocol::encode_envelope) per message), the one
+//! pub/sub connection and the task that drives it, the set of channels the node wants (kept
+//! across reconnects and resubscribed after each), batching of SUBSCRIBE/UNSUBSCRIBE, the
+//! unsubscribe grace, reconnecting with capped exponential backoff and jitter, the liveness
+//! probe, and the broker metrics that only it can see (subscriptions, round trips, pub/sub lag).
+//!
+//! Leaves to others: which channels are needed and when (the node: first local member
+//! subscribes, last one unsubscribes), delivery to clients and echo suppression (node and hub,
+//! from the [`Origin`](crate::protocol::Origin) in the envelope), the up/down gauge and the
+//! reconnect counter (the node, from [`BrokerEvent::Up`] / [`BrokerEvent::Down`]), and every
+//! wire format (`protocol`).
+//!
+//! Every node delivers what Redis delivers to it, its own publishes included, so every member
+//! of a room sees Redis's one order. Nothing here is unbounded: commands reach the pub/sub task
+//! through a bounded queue, and publications reach the node through its bounded event queue,
+//! awaited (back-pressure). The redis crate buffers between the socket and the pub/sub stream
+//! without a bound of its own; the probe bounds that backlog (see [`Timings::probe_every`]).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use super::{BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, Target};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
+use crate::protocol::{decode_envelope, encode_envelope};
 
-pub struct RedisBroker;
+/// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
+const COMMAND_QUEUE: usize = 4096;
+/// At most this many channels in one SUBSCRIBE or UNSUBSCRIBE.
+const MAX_BATCH: usize = 1024;
+
+/// The timings of the pub/sub link. [`Default`] is what a node uses; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    /// A channel the node no longer needs stays subscribed this long, so join/leave churn does
+    /// not thrash Redis; a subscribe within it cancels the pending unsubscribe.
+    pub unsubscribe_grace: Duration,
+    /// When nothing has arrived on the pub/sub connection for this long, publish a probe on
+    /// the node's private probe channel.
+    pub probe_idle: Duration,
+    /// Probe at least this often even when traffic flows: a probe that comes back late shows
+    /// the node is this far behind Redis, which bounds what piles up in front of it.
+    pub probe_every: Duration,
+    /// A probe that has not come back by then means the subscription stopped delivering (or the
+    /// node fell this far behind): drop the connection and reconnect.
+    pub probe_timeout: Duration,
+    /// Longest wait for a new pub/sub connection (TCP, TLS, AUTH).
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles per failed attempt up to `backoff_max`, with jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            unsubscribe_grace: Duration::from_secs(2),
+            probe_idle: Duration::from_secs(5),
+            probe_every: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    /// Stops the pub/sub task when the broker is dropped.
+    stop: CancellationToken,
+}
+
+/// What the broker's handle and its pub/sub task both need.
+struct Shared {
+    /// True while the pub/sub link is connected and every wanted channel is subscribed.
+    up: AtomicBool,
+    pool: Pool,
+    prefix: String,
+    metrics: Arc<Metrics>,
+}
+
+/// Answers a subscribe once the subscription is live (or cannot be).
+type Reply = oneshot::Sender<Result<(), BrokerError>>;
+
+enum Command {
+    Subscribe {
+        channel: String,
+        target: Target,
+        reply: Reply,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+}
 
 impl RedisBroker {
+    /// Start the broker: returns at once, connects in the background, and keeps reconnecting.
+    /// Fails only on a configuration that can never work (an unparsable URL) or outside a
+    /// tokio runtime; a Redis that is down at start is not an error.
     pub fn start(
-        _config: &RedisConfig,
-        _events: mpsc::Sender<BrokerEvent>,
-        _metrics: Arc<Metrics>,
+        config: &RedisConfig,
+        events: mpsc::Sender<BrokerEvent>,
+        metrics: Arc<Metrics>,
     ) -> Result<RedisBroker, BrokerError> {
-        Err(BrokerError::Unavailable("the redis broker is not built yet".into()))
+        Self::start_with(config, events, metrics, Timings::default())
+    }
+
+    /// [`RedisBroker::start`] with other timings.
+    pub fn start_with(
+        config: &RedisConfig,
+        events: mpsc::Sender<BrokerEvent>,
+        metrics: Arc<Metrics>,
+        timings: Timings,
+    ) -> Result<RedisBroker, BrokerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            BrokerError::Unavailable("the redis broker needs a tokio runtime".into())
+        })?;
+        // The URL may hold a password: errors name the key, never the value.
+        let client = Client::open(config.url.as_str()).map_err(|err| {
+            BrokerError::Unavailable(format!(
+                "redis.url is not a usable Redis URL ({:?})",
+                err.kind()
+            ))
+        })?;
+        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout));
+        let manager =
+            Manager::new_with_config(config.url.as_str(), connection_config).map_err(|err| {
+                BrokerError::Unavailable(format!("redis.url is not usable ({:?})", err.kind()))
+            })?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(command_timeout))
+            .create_timeout(Some(command_timeout))
+            .recycle_timeout(Some(command_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|err| {
+                BrokerError::Unavailable(format!("cannot build the redis pool: {err}"))
+            })?;
+
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(false),
+            pool,
+            prefix: config.prefix.clone(),
+            metrics,
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let stop = CancellationToken::new();
+        let token = rand::random::<u64>() & 0xffff_ffff_ffff;
+        let task = PubSubTask {
+            shared: shared.clone(),
+            client,
+            events,
+            commands: commands_rx,
+            stop: stop.clone(),
+            command_timeout,
+            probe_channel: format!("{}probe:{token:012x}", config.prefix),
+            wanted: HashMap::new(),
+            waiting: Vec::new(),
+            external_id_prefix: format!("{token:012x}x"),
+            next_external_id: 1,
+            announced_up: false,
+            ever_up: false,
+            timings,
+        };
+        info!(redis = %redacted_addr(&task.client), prefix = %config.prefix, "starting the redis broker");
+        runtime.spawn(task.run());
+        Ok(RedisBroker {
+            shared,
+            commands: commands_tx,
+            stop,
+        })
+    }
+
+    fn channel(&self, target: &Target) -> String {
+        channel_name(&self.shared.prefix, target)
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.shared.pool.close();
     }
 }
 
 impl Broker for RedisBroker {
-    fn publish(&self, _envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async { Err(BrokerError::Unavailable("not built".into())) })
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if !self.shared.up.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable("redis is not reachable".into()));
+            }
+            let channel = self.channel(&envelope.target);
+            publish(&self.shared.pool, &channel, &encode_envelope(&envelope)).await
+        })
     }
-    fn subscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async { Err(BrokerError::Unavailable("not built".into())) })
+
+    fn subscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let channel = self.channel(&target);
+            let (reply, answer) = oneshot::channel();
+            self.commands
+                .send(Command::Subscribe {
+                    channel,
+                    target,
+                    reply,
+                })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.unwrap_or_else(|_| Err(stopped()))
+        })
     }
-    fn unsubscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async { Err(BrokerError::Unavailable("not built".into())) })
+
+    fn unsubscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let channel = self.channel(&target);
+            self.commands
+                .send(Command::Unsubscribe { channel })
+                .await
+                .map_err(|_| stopped())
+        })
     }
+
     fn is_up(&self) -> bool {
-        false
+        self.shared.up.load(Ordering::Acquire)
     }
+
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+fn stopped() -> BrokerError {
+    BrokerError::Unavailable("the redis broker has stopped".into())
+}
+
+/// `{prefix}room:{ROOM}`, `{prefix}user:{USER}`, `{prefix}broadcast`.
+pub fn channel_name(prefix: &str, target: &Target) -> String {
+    match target {
+        Target::Room(room) => format!("{prefix}room:{room}"),
+        Target::User(user) => format!("{prefix}user:{user}"),
+        Target::Broadcast => format!("{prefix}broadcast"),
+    }
+}
+
+/// Host and port of the client's address, for logs (never the password).
+fn redacted_addr(client: &Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
+/// One PUBLISH through the pool.
+async fn publish(pool: &Pool, channel: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    let mut conn = pool.get().await.map_err(|err| match err {
+        PoolError::Timeout(_) => BrokerError::Timeout,
+        PoolError::Backend(err) => redis_error(&err),
+        other => BrokerError::Unavailable(other.to_string()),
+    })?;
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async::<i64>(&mut *conn)
+        .await
+        .map(|_receivers| ())
+        .map_err(|err| redis_error(&err))
+}
+
+fn redis_error(err: &RedisError) -> BrokerError {
+    if err.is_timeout() {
+        BrokerError::Timeout
+    } else {
+        BrokerError::Unavailable(err.to_string())
+    }
+}
+
+/// Why the pub/sub link ended.
+enum Exit {
+    /// The broker was dropped or the node stopped listening: end the task.
+    Stop,
+    /// The connection failed or the probe did not come back: reconnect.
+    Lost(String),
+}
+
+/// The one task that owns the pub/sub connection.
+struct PubSubTask {
+    shared: Arc<Shared>,
+    client: Client,
+    events: mpsc::Sender<BrokerEvent>,
+    commands: mpsc::Receiver<Command>,
+    stop: CancellationToken,
+    command_timeout: Duration,
+    timings: Timings,
+    /// This node's own channel for liveness probes.
+    probe_channel: String,
+    /// Every channel the node wants, whatever the state of the connection.
+    wanted: HashMap<String, Target>,
+    /// Subscribe requests made while the link is down: answered once it is back.
+    waiting: Vec<(String, Target, Reply)>,
+    /// Ids for publications that arrive without one (plain `PUBLISH` from services).
+    external_id_prefix: String,
+    next_external_id: u64,
+    /// An `Up` was sent and no `Down` since.
+    announced_up: bool,
+    /// The link has been up at least once (the next `Up` is a resumption).
+    ever_up: bool,
+}
+
+/// One live pub/sub connection and what is subscribed on it.
+struct Link {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    /// Channels confirmed on this connection (the probe channel aside).
+    live: HashMap<String, Target>,
+    /// Channels no longer wanted, with the end of their grace.
+    releasing: HashMap<String, Instant>,
+    /// The same, in deadline order (the grace is constant, so pushing keeps the order).
+    release_queue: VecDeque<(Instant, String)>,
+    last_activity: Instant,
+    last_probe: Instant,
+    probe_seq: u64,
+    /// The probe in flight: its sequence number, when it was sent.
+    probe: Option<(u64, Instant)>,
+}
+
+impl PubSubTask {
+    async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.connect().await {
+                Ok(Some(link)) => {
+                    let connected = Instant::now();
+                    match self.serve(link).await {
+                        Exit::Stop => break,
+                        Exit::Lost(reason) => {
+                            // A link that keeps dropping right after it came up backs off too.
+                            if connected.elapsed() >= self.timings.backoff_max {
+                                failures = 0;
+                            } else {
+                                failures = failures.saturating_add(1);
+                            }
+                            warn!(%reason, "redis pub/sub link lost; reconnecting");
+                            if !self.went_down().await {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_multiple_of(50) {
+                        warn!(%reason, redis = %redacted_addr(&self.client), failures, "cannot reach redis; retrying");
+                    } else {
+                        debug!(%reason, failures, "cannot reach redis; retrying");
+                    }
+                }
+            }
+            let delay = backoff(&self.timings, failures);
+            if !self.wait_down(delay).await {
+                break;
+            }
+        }
+        self.shared.up.store(false, Ordering::Release);
+        self.shared.metrics.broker_subscriptions.set(0);
+        debug!("redis pub/sub task stopped");
+    }
+
+    /// Connect and subscribe every wanted channel. `Ok(None)`: stop.
+    async fn connect(&mut self) -> Result<Option<Link>, String> {
+        // Keep answering commands while the connection is being made.
+        let client = self.client.clone();
+        let connect_timeout = self.timings.connect_timeout;
+        let connecting = async move {
+            match timeout(connect_timeout, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => Ok(pubsub),
+                Ok(Err(err)) => Err(format!("connect: {err}")),
+                Err(_) => Err("connect: timed out".to_owned()),
+            }
+        };
+        tokio::pin!(connecting);
+        let pubsub = loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ok(None),
+                result = &mut connecting => break result?,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.queue_while_down(command),
+                    None => return Ok(None),
+                },
+            }
+        };
+        let (mut sink, stream) = pubsub.split();
+
+        // Everything wanted, and what was asked for while the link was down (those callers
+        // that still wait: a channel nobody waits for must not stay subscribed).
+        self.waiting.retain(|(_, _, reply)| !reply.is_closed());
+        let mut live = self.wanted.clone();
+        for (channel, target, _) in &self.waiting {
+            live.insert(channel.clone(), target.clone());
+        }
+        let mut channels: Vec<&str> = live.keys().map(String::as_str).collect();
+        channels.push(&self.probe_channel);
+        for chunk in channels.chunks(MAX_BATCH) {
+            let started = Instant::now();
+            match timeout(self.command_timeout, sink.subscribe(chunk)).await {
+                Ok(Ok(())) => self
+                    .shared
+                    .metrics
+                    .broker_roundtrip
+                    .observe(started.elapsed().as_secs_f64()),
+                Ok(Err(err)) => return Err(format!("resubscribe: {err}")),
+                Err(_) => return Err("resubscribe: timed out".to_owned()),
+            }
+        }
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.waiting);
+        for (channel, target, _) in &waiting {
+            self.wanted.insert(channel.clone(), target.clone());
+        }
+        let mut link = Link {
+            sink,
+            stream,
+            live,
+            releasing: HashMap::new(),
+            release_queue: VecDeque::new(),
+            last_activity: now,
+            last_probe: now,
+            probe_seq: 0,
+            probe: None,
+        };
+        for (channel, _, reply) in waiting {
+            if reply.send(Ok(())).is_err() {
+                self.release(&mut link, channel);
+            }
+        }
+        self.shared
+            .metrics
+            .broker_subscriptions
+            .set(link.live.len() as i64);
+        self.shared.up.store(true, Ordering::Release);
+        let resumed = self.ever_up;
+        self.ever_up = true;
+        self.announced_up = true;
+        info!(
+            redis = %redacted_addr(&self.client),
+            channels = link.live.len(),
+            resumed,
+            "redis pub/sub link up"
+        );
+        if !self.emit(BrokerEvent::Up { resumed }).await {
+            return Ok(None);
+        }
+        Ok(Some(link))
+    }
+
+    /// The link is down: publishes fail, the node hears `Down`. False: stop.
+    async fn went_down(&mut self) -> bool {
+        self.shared.up.store(false, Ordering::Release);
+        self.shared.metrics.broker_subscriptions.set(0);
+        if self.announced_up {
+            self.announced_up = false;
+            return self.emit(BrokerEvent::Down).await;
+        }
+        true
+    }
+
+    /// Sleep `delay` while the link is down, answering commands. False: stop.
+    async fn wait_down(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = sleep_until(deadline) => return true,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.queue_while_down(command),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    fn queue_while_down(&mut self, command: Command) {
+        match command {
+            Command::Subscribe {
+                channel,
+                target,
+                reply,
+            } => {
+                // Callers give up after their timeout; forget them as they go.
+                self.waiting.retain(|(_, _, reply)| !reply.is_closed());
+                self.waiting.push((channel, target, reply));
+            }
+            Command::Unsubscribe { channel } => {
+                self.wanted.remove(&channel);
+            }
+        }
+    }
+
+    /// Serve one connection until it fails or the broker stops.
+    async fn serve(&mut self, mut link: Link) -> Exit {
+        let timer = sleep_until(self.next_wake(&link));
+        tokio::pin!(timer);
+        loop {
+            let wake = self.next_wake(&link);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            // Biased, timers first: a stream that is always ready must not starve the probe
+            // and the ends of graces.
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Exit::Stop,
+                _ = &mut timer => {
+                    if let Err(exit) = self.on_timer(&mut link).await {
+                        return exit;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        if let Err(exit) = self.on_commands(&mut link, command).await {
+                            return exit;
+                        }
+                    }
+                    None => return Exit::Stop,
+                },
+                message = link.stream.next() => match message {
+                    Some(message) => {
+                        if let Err(exit) = self.on_message(&mut link, message).await {
+                            return exit;
+                        }
+                    }
+                    None => return Exit::Lost("connection closed".into()),
+                },
+            }
+        }
+    }
+
+    /// The earliest of: the end of a grace, a probe due, a probe overdue.
+    fn next_wake(&self, link: &Link) -> Instant {
+        let probe = match link.probe {
+            Some((_, sent)) => sent + self.timings.probe_timeout,
+            None => (link.last_activity + self.timings.probe_idle)
+                .min(link.last_probe + self.timings.probe_every),
+        };
+        match link.release_queue.front() {
+            Some((deadline, _)) => probe.min(*deadline),
+            None => probe,
+        }
+    }
+
+    /// A batch of subscribe/unsubscribe requests: everything queued now, one SUBSCRIBE.
+    async fn on_commands(&mut self, link: &mut Link, first: Command) -> Result<(), Exit> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut to_subscribe: Vec<String> = Vec::new();
+        let mut replies = Vec::new();
+        for command in batch {
+            match command {
+                Command::Subscribe {
+                    channel,
+                    target,
+                    reply,
+                } => {
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    self.wanted.insert(channel.clone(), target.clone());
+                    if link.live.contains_key(&channel) {
+                        // Still subscribed (maybe in its grace): live now, nothing to send.
+                        link.releasing.remove(&channel);
+                        if reply.send(Ok(())).is_err() {
+                            self.release(link, channel);
+                        }
+                    } else {
+                        if !to_subscribe.contains(&channel) {
+                            to_subscribe.push(channel.clone());
+                        }
+                        replies.push((channel, target, reply));
+                    }
+                }
+                Command::Unsubscribe { channel } => {
+                    if self.wanted.remove(&channel).is_some() && link.live.contains_key(&channel) {
+                        self.release(link, channel);
+                    }
+                }
+            }
+        }
+        if to_subscribe.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = timeout(self.command_timeout, link.sink.subscribe(&to_subscribe)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.shared
+                    .metrics
+                    .broker_roundtrip
+                    .observe(started.elapsed().as_secs_f64());
+                for (channel, target, reply) in replies {
+                    link.live.insert(channel.clone(), target);
+                    if reply.send(Ok(())).is_err() {
+                        self.release(link, channel);
+                    }
+                }
+                // Released within this batch, after its subscribe was queued.
+                for channel in to_subscribe {
+                    if !self.wanted.contains_key(&channel) && !link.releasing.contains_key(&channel)
+                    {
+                        self.release(link, channel);
+                    }
+                }
+                self.shared
+                    .metrics
+                    .broker_subscriptions
+                    .set(link.live.len() as i64);
+                Ok(())
+            }
+            Ok(Err(err)) if !link_broken(&err) => {
+                // Redis refused (an ACL, say): the connection itself is fine.
+                warn!(%err, "redis refused SUBSCRIBE");
+                for (channel, _, reply) in replies {
+                    self.wanted.remove(&channel);
+                    let _ = reply.send(Err(BrokerError::Unavailable(err.to_string())));
+                }
+                Ok(())
+            }
+            other => {
+                let error = match other {
+                    Ok(Err(err)) => redis_error(&err),
+                    _ => BrokerError::Timeout,
+                };
+                for (channel, _, reply) in replies {
+                    self.wanted.remove(&channel);
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Err(Exit::Lost(format!("SUBSCRIBE failed: {error}")))
+            }
+        }
+    }
+
+    /// Start the grace of a channel that is subscribed but no longer wanted.
+    fn release(&mut self, link: &mut Link, channel: String) {
+        self.wanted.remove(&channel);
+        let deadline = Instant::now() + self.timings.unsubscribe_grace;
+        link.releasing.insert(channel.clone(), deadline);
+        link.release_queue.push_back((deadline, channel));
+    }
+
+    async fn on_message(&mut self, link: &mut Link, message: redis::Msg) -> Result<(), Exit> {
+        let now = Instant::now();
+        link.last_activity = now;
+        let channel = message.get_channel_name();
+        if channel == self.probe_channel {
+            let seq: Option<u64> = std::str::from_utf8(message.get_payload_bytes())
+                .ok()
+                .and_then(|s| s.parse().ok());
+            if let (Some((expected, sent)), Some(seq)) = (link.probe, seq)
+                && seq == expected
+            {
+                link.probe = None;
+                self.shared
+                    .metrics
+                    .broker_roundtrip
+                    .observe(now.duration_since(sent).as_secs_f64());
+            }
+            return Ok(());
+        }
+        // Publications for a channel already unsubscribed can still be on their way.
+        let Some(target) = link.live.get(channel).cloned() else {
+            return Ok(());
+        };
+        let now_ms = unix_ms();
+        let envelope = decode_envelope(
+            target,
+            message.get_payload_bytes(),
+            || {
+                let id = format!("{}{}", self.external_id_prefix, self.next_external_id);
+                self.next_external_id += 1;
+                id
+            },
+            now_ms,
+        );
+        self.shared
+            .metrics
+            .pubsub_lag
+            .observe(now_ms.saturating_sub(envelope.ts) as f64 / 1000.0);
+        if self.emit(BrokerEvent::Publication(envelope)).await {
+            Ok(())
+        } else {
+            Err(Exit::Stop)
+        }
+    }
+
+    async fn on_timer(&mut self, link: &mut Link) -> Result<(), Exit> {
+        let now = Instant::now();
+        if let Some((_, sent)) = link.probe {
+            if now >= sent + self.timings.probe_timeout {
+                return Err(Exit::Lost(format!(
+                    "the liveness probe did not come back within {:?}",
+                    self.timings.probe_timeout
+                )));
+            }
+        } else if now >= link.last_activity + self.timings.probe_idle
+            || now >= link.last_probe + self.timings.probe_every
+        {
+            self.send_probe(link, now);
+        }
+
+        let mut expired = Vec::new();
+        while let Some((deadline, _)) = link.release_queue.front() {
+            if *deadline > now || expired.len() >= MAX_BATCH {
+                break;
+            }
+            let Some((deadline, channel)) = link.release_queue.pop_front() else {
+                break;
+            };
+            // A later release or a resubscribe makes this entry stale.
+            if link.releasing.get(&channel) == Some(&deadline) {
+                link.releasing.remove(&channel);
+                if !self.wanted.contains_key(&channel) {
+                    expired.push(channel);
+                }
+            }
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        match timeout(self.command_timeout, link.sink.unsubscribe(&expired)).await {
+            Ok(Ok(())) => {
+                for channel in &expired {
+                    link.live.remove(channel);
+                }
+                self.shared
+                    .metrics
+                    .broker_subscriptions
+                    .set(link.live.len() as i64);
+                Ok(())
+            }
+            Ok(Err(err)) if !link_broken(&err) => {
+                warn!(%err, "redis refused UNSUBSCRIBE");
+                Ok(())
+            }
+            Ok(Err(err)) => Err(Exit::Lost(format!("UNSUBSCRIBE failed: {err}"))),
+            Err(_) => Err(Exit::Lost("UNSUBSCRIBE timed out".into())),
+        }
+    }
+
+    /// Publish the next probe through the pool, without waiting here: its return is awaited
+    /// on the pub/sub connection.
+    fn send_probe(&self, link: &mut Link, now: Instant) {
+        link.probe_seq += 1;
+        link.probe = Some((link.probe_seq, now));
+        link.last_probe = now;
+        let pool = self.shared.pool.clone();
+        let channel = self.probe_channel.clone();
+        let payload = link.probe_seq.to_string();
+        let limit = self.command_timeout;
+        tokio::spawn(async move {
+            // Bounded: a probe that cannot be sent simply does not come back.
+            match timeout(limit, publish(&pool, &channel, payload.as_bytes())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%err, "liveness probe not published"),
+                Err(_) => debug!("liveness probe publish timed out"),
+            }
+        });
+    }
+
+    /// Hand an event to the node, waiting for room in its queue. False: the node is gone or
+    /// the broker stopped.
+    async fn emit(&self, event: BrokerEvent) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            sent = self.events.send(event) => sent.is_ok(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (what `ts` counts).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether an error means the connection is unusable (as opposed to Redis refusing a command).
+fn link_broken(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error()
+}
+
+/// Delay before reconnect attempt `failures` (0 after a link that was up): exponential from
+/// `backoff_min`, capped at `backoff_max`, with jitter over its upper half so that nodes do
+/// not reconnect in step.
+fn backoff(timings: &Timings, failures: u32) -> Duration {
+    let min = timings.backoff_min.as_millis() as u64;
+    let max = timings.backoff_max.as_millis().max(1) as u64;
+    let ceiling = min.saturating_mul(1u64 << failures.min(20)).clamp(1, max);
+    let half = ceiling / 2;
+    Duration::from_millis(half + rand::random::<u64>() % (ceiling - half + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_follow_the_protocol() {
+        assert_eq!(
+            channel_name("roomcast:", &Target::Room("news".into())),
+            "roomcast:room:news"
+        );
+        assert_eq!(channel_name("p:", &Target::User("42".into())), "p:user:42");
+        assert_eq!(
+            channel_name("roomcast:", &Target::Broadcast),
+            "roomcast:broadcast"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let t = Timings {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            ..Timings::default()
+        };
+        for failures in 0..40 {
+            let d = backoff(&t, failures);
+            let ceiling = (100u64 << failures.min(20)).min(2000);
+            assert!(d >= Duration::from_millis(ceiling / 2), "{failures}: {d:?}");
+            assert!(d <= Duration::from_millis(ceiling), "{failures}: {d:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused_without_echoing_it() {
+        let (tx, _rx) = mpsc::channel(1);
+        let config = RedisConfig {
+            url: "redis://:secret@[not-a-host".into(),
+            ..RedisConfig::default()
+        };
+        let err = RedisBroker::start(&config, tx, Arc::new(Metrics::new()))
+            .err()
+            .expect("refused");
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 }

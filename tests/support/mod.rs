@@ -351,3 +351,39 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+impl RedisServer {
+    /// Start a `redis-server` on loopback with extra arguments (a password, TLS ports, ...),
+    /// no persistence, and wait until `port` accepts connections.
+    pub fn start_with_args(port: u16, args: &[&str]) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+}
