@@ -53,7 +53,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             connect_rate_per_ip: 50,
             allowed_origins: Vec::new(),
-            max_connections_per_ip: 1_000,
+            max_connections_per_ip: 10_000,
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
             handshake_timeout_ms: 5_000,
