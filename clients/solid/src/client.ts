@@ -203,6 +203,8 @@ interface RoomEntry {
   seenOrder: string[];
   waiters: Array<{ resolve: (e: JoinedEvent) => void; reject: (e: RoomcastError) => void }>;
   retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Failed joins in a row (unavailable, rate_limited, internal), for the retry backoff. */
+  joinFailures: number;
 }
 
 type Listener<T> = (value: T) => void;
@@ -348,6 +350,7 @@ export class RoomcastClient {
         seenOrder: [],
         waiters: [],
         retryTimer: undefined,
+        joinFailures: 0,
       };
       this.rooms.set(room, r);
       if (this.welcomed) this.sendJoin(r);
@@ -682,6 +685,7 @@ export class RoomcastClient {
       (f) => {
         if (this.rooms.get(r.name) !== r) return; // left meanwhile
         r.joinInFlight = false;
+        r.joinFailures = 0;
         r.joined = true;
         r.everJoined = true;
         const frame = f as JoinedFrame;
@@ -698,14 +702,13 @@ export class RoomcastClient {
           this.rooms.delete(r.name);
           for (const w of r.waiters.splice(0)) w.reject(e);
         } else if (gen === this.generation) {
-          // unavailable, rate_limited, internal: try again a little later on this connection
-          r.retryTimer = setTimeout(
-            () => {
-              r.retryTimer = undefined;
-              if (this.rooms.get(r.name) === r && this.welcomed && !r.joined) this.sendJoin(r);
-            },
-            this.jitter(2 * this.o.backoff.initialMs * 2),
-          );
+          // unavailable, rate_limited, internal: try again later on this connection, backing off
+          const { initialMs, maxMs, factor } = this.o.backoff;
+          const delay = Math.min(maxMs, 2 * initialMs * factor ** r.joinFailures++);
+          r.retryTimer = setTimeout(() => {
+            r.retryTimer = undefined;
+            if (this.rooms.get(r.name) === r && this.welcomed && !r.joined) this.sendJoin(r);
+          }, this.jitter(delay));
         }
         this.emit("roomError", { room: r.name, error: e, dropped });
       },

@@ -297,4 +297,29 @@ describe("rejoin", () => {
     expect(errors).toEqual(["secret:forbidden:true"]);
     expect(c.roomNames).toEqual(["lobby"]);
   });
+
+  it("retries a join refused as unavailable with backoff, and reports it", async () => {
+    const c = client({ heartbeat: false, backoff: { initialMs: 500 } });
+    const errors: string[] = [];
+    c.on("roomError", (e) => errors.push(`${e.error.code}:${e.dropped}`));
+    const joined = c.join("news");
+    const ws = FakeWebSocket.last.accept();
+    const refuse = () => {
+      const join = ws.commands.at(-1)!;
+      expect(join).toMatchObject({ type: "join", room: "news" });
+      ws.push({ type: "error", code: "unavailable", message: "broker down", id: join.id });
+    };
+    refuse();
+    for (const delay of [1000, 2000, 4000]) {
+      const before = ws.commands.length;
+      await tick(delay - 1);
+      expect(ws.commands.length).toBe(before);
+      await tick(1);
+      expect(ws.commands.length).toBe(before + 1);
+      if (delay < 4000) refuse();
+    }
+    ws.push({ type: "joined", room: "news", id: ws.commands.at(-1)!.id });
+    await expect(joined).resolves.toMatchObject({ room: "news" });
+    expect(errors).toEqual(["unavailable:false", "unavailable:false", "unavailable:false"]);
+  });
 });

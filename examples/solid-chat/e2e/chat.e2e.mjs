@@ -1,12 +1,16 @@
 #!/usr/bin/env node
-// Browser end-to-end test of the chat example against a real roomcast node.
+// Browser end-to-end test of the chat example against real roomcast nodes.
 //
-//   node e2e/chat.e2e.mjs            (after `npm ci`; builds the app with vite unless E2E_SKIP_BUILD=1)
+//   node e2e/chat.e2e.mjs             one node, embedded broker
+//   node e2e/chat.e2e.mjs --cluster   two nodes sharing rooms through their own redis-server
+//
+// (after `npm ci`; it builds the app with vite unless E2E_SKIP_BUILD=1)
 //
 // It starts everything itself on free loopback ports and stops it by PID, also on failure:
 // the roomcast binary (E2E_GATEWAY_BIN, else target/release/roomcast, else target/debug/roomcast,
 // built with `cargo build` when missing), a static server for dist/ (in this process) and
-// Debian's chromium (CHROMIUM, default /usr/bin/chromium) through playwright-core.
+// Debian's chromium (CHROMIUM, default /usr/bin/chromium) through playwright-core, and in
+// --cluster mode redis-server (REDIS_SERVER, default redis-server on PATH).
 //
 // Scenario: two pages (alice, bob) join a room and see each other's messages, and a page of the
 // @solid-primitives/websocket variant and of its createRoomcastWS one-line migration join too;
@@ -16,6 +20,12 @@
 // is away, and when he is back it appears once (recovered:true) if the node keeps history, or
 // the "messages may be missing" notice shows if it does not yet. Screenshots go to
 // e2e/screenshot.png and e2e/screenshot-primitives.png.
+//
+// --cluster: alice is on node 1, bob on node 2 (each page has both URLs and takes the next one
+// on every connect); they chat across nodes; node 1 is stopped with SIGTERM and alice fails over
+// to node 2 at once, rejoins and keeps chatting; node 1 comes back and a service publishes
+// through its admin API to both; bob is away while a message is published and gets it once on
+// his return (history in Redis) or sees the notice. Screenshot: e2e/screenshot-cluster.png.
 //
 // Every wait is bounded; the whole test is bounded by E2E_TIMEOUT_MS (default 180 s).
 // It prints "N passed, N failed" last and exits non-zero on failure.
@@ -101,7 +111,7 @@ async function cleanup() {
         /* stopped */
       }
     }
-    for (const child of [...children]) await stopProcess(child, "SIGTERM", 5000);
+    for (const child of [...children].reverse()) await stopProcess(child, "SIGTERM", 5000); // redis last
     if (staticServer) {
       staticServer.closeAllConnections?.();
       await new Promise((res) => staticServer.close(() => res()));
@@ -120,7 +130,7 @@ async function finish(code) {
   clearTimeout(watchdog);
   await Promise.race([cleanup(), sleep(20_000)]);
   if (failed) {
-    for (const f of ["node-1.log", "node-2.log"]) {
+    for (const f of ["node-1.log", "node-2.log", "node-1b.log", "redis.log"]) {
       const p = join(WORK, f);
       if (existsSync(p)) console.log(`---- ${f} (last lines)\n${readFileSync(p, "utf8").split("\n").slice(-25).join("\n")}`);
     }
@@ -193,6 +203,8 @@ function serveDist(port) {
 
 // ---- the test ---------------------------------------------------------------------------------
 
+const CLUSTER = process.argv.includes("--cluster");
+
 async function main() {
   if (process.env.E2E_SKIP_BUILD !== "1" || !existsSync(join(DIST, "index.html"))) {
     log("vite build");
@@ -204,33 +216,66 @@ async function main() {
     if (r.status !== 0) throw new Error("vite build failed");
   }
   const bin = findBinary();
-  const [wsPort, adminPort, httpPort] = [await freePort(), await freePort(), await freePort()];
   const config = join(WORK, "roomcast.toml");
-  // history for the test's rooms: `since` replays what a page missed once the node keeps history
-  writeFileSync(config, `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n`);
-  const WS = `ws://127.0.0.1:${wsPort}/ws`;
-  const ADMIN = `http://127.0.0.1:${adminPort}`;
-
+  // history for the test's rooms: `since` replays what a page missed once the node keeps history.
+  // Not in --cluster mode (unless E2E_CLUSTER_HISTORY=1): the Redis broker keeps no history yet,
+  // and the nodes then refuse every join of and publish to such a room with `unavailable`.
+  const history = !CLUSTER || process.env.E2E_CLUSTER_HISTORY === "1";
+  writeFileSync(config, history ? `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n` : "");
   // roomcast reads every ROOMCAST_* variable as configuration (and stops on unknown keys):
-  // keep the caller's out, so the node runs with exactly this test's configuration
+  // keep the caller's out, so the nodes run with exactly this test's configuration
   const gatewayEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
   gatewayEnv.RUST_LOG ||= "info";
-  let node;
-  let generation = 0;
-  async function startNode() {
-    generation++;
-    node = startProcess(`node-${generation}`, bin, ["--config", config, "--listen", `127.0.0.1:${wsPort}`, "--admin-listen", `127.0.0.1:${adminPort}`, "--node-id", `e2e-${generation}`], {
-      env: gatewayEnv,
-    });
-    await waitFor(`node ${generation} ready`, async () => {
-      if (node.proc.exitCode !== null)
-        throw Object.assign(new Error(`roomcast exited with ${node.proc.exitCode}: ${readFileSync(node.logFile, "utf8").trim()}`), { fatal: true });
-      return (await httpStatus(`${ADMIN}/readyz`)).status === 200;
-    }, 20_000);
-    log(`node ${generation} ready on ${WS}`);
-  }
-  await startNode();
 
+  let redisUrl = null;
+  if (CLUSTER) {
+    const redisPort = await freePort();
+    const redis = startProcess("redis", process.env.REDIS_SERVER || "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    await waitFor("redis-server", async () => {
+      if (redis.proc.exitCode !== null) throw Object.assign(new Error(`redis-server exited: ${readFileSync(redis.logFile, "utf8")}`), { fatal: true });
+      return new Promise((res) => {
+        const s = net.connect(redisPort, "127.0.0.1", () => s.write("PING\r\n"));
+        s.on("data", (d) => (s.destroy(), res(String(d).startsWith("+PONG"))));
+        s.on("error", () => res(false));
+      });
+    }, 10_000);
+    redisUrl = `redis://127.0.0.1:${redisPort}`;
+  }
+
+  class Node {
+    constructor(id) {
+      this.id = id;
+    }
+    async init() {
+      [this.wsPort, this.adminPort] = [await freePort(), await freePort()];
+      this.ws = `ws://127.0.0.1:${this.wsPort}/ws`;
+      this.admin = `http://127.0.0.1:${this.adminPort}`;
+      return this;
+    }
+    async start(logName = `node-${this.id}`) {
+      const args = ["--config", config, "--listen", `127.0.0.1:${this.wsPort}`, "--admin-listen", `127.0.0.1:${this.adminPort}`, "--node-id", `e2e-${this.id}`];
+      if (redisUrl) args.push("--redis", redisUrl);
+      const child = (this.child = startProcess(logName, bin, args, { env: gatewayEnv }));
+      await waitFor(`node ${this.id} ready`, async () => {
+        if (child.proc.exitCode !== null)
+          throw Object.assign(new Error(`roomcast exited with ${child.proc.exitCode}: ${readFileSync(child.logFile, "utf8").trim()}`), { fatal: true });
+        return (await httpStatus(`${this.admin}/readyz`)).status === 200;
+      }, 20_000);
+      log(`node ${this.id} ready on ${this.ws}`);
+    }
+    stop() {
+      return stopProcess(this.child, "SIGTERM", 15_000);
+    }
+    publish(room, data) {
+      return httpStatus(`${this.admin}/api/publish`, "POST", { room, data });
+    }
+  }
+  const n1 = await new Node(1).init();
+  const n2 = CLUSTER ? await new Node(2).init() : null;
+  await n1.start();
+  if (n2) await n2.start();
+
+  const httpPort = await freePort();
   staticServer = await serveDist(httpPort);
   const APPURL = `http://127.0.0.1:${httpPort}`;
 
@@ -255,94 +300,135 @@ async function main() {
     await page.goto(`${APPURL}${path}`, { timeout: 15_000 });
     return page;
   }
-  const q = (name) => `?ws=${encodeURIComponent(WS)}&room=${ROOM}&name=${name}`;
-  const alice = await openPage(`/${q("alice")}`, "alice");
-  const bob = await openPage(`/${q("bob")}`, "bob");
-  const prim = await openPage(`/primitives.html${q("carol")}`, "primitives");
-  const migrated = await openPage(`/primitives.html${q("dave")}&client=roomcast`, "createRoomcastWS");
-
+  const q = (name, urls) => `?ws=${encodeURIComponent(urls.join(","))}&room=${ROOM}&name=${name}`;
   const state = (page) => page.getByTestId("state").textContent({ timeout: 5000 });
   const texts = (page) => page.locator('[data-testid="messages"] li .text').allTextContents();
   const count = async (page, text) => (await texts(page)).filter((t) => t === text).length;
   const sees = (page, text, timeoutMs = 10_000) => waitFor(`"${text}"`, async () => (await count(page, text)) > 0, timeoutMs).then(() => true, () => false);
   const joined = (page) => page.evaluate((room) => window.roomcast.room(room).joined(), ROOM);
+  const recoveredOf = (page) => page.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
+  const nodeOf = (page) => page.evaluate(() => window.roomcast.welcome()?.node);
   async function say(page, text) {
     // Enter submits the form; click() would wait for animation frames, which background pages
     // of a headless browser get about once a second
     await page.getByTestId("draft").fill(text);
     await page.getByTestId("draft").press("Enter");
   }
-  async function allOpen(timeoutMs) {
-    return waitFor("every page open", async () => {
-      const s = await Promise.all([alice, bob].map(state));
-      return s.every((x) => x === "open") && (await joined(alice)) && (await joined(bob));
+  async function allOpen(pages, timeoutMs) {
+    return waitFor("every page open and joined", async () => {
+      const s = await Promise.all(pages.map(state));
+      if (!s.every((x) => x === "open")) return false;
+      return (await Promise.all(pages.map(joined))).every(Boolean);
     }, timeoutMs).then(() => true, (e) => (log(String(e)), false));
   }
-
-  // 1. both pages connect, join and chat
-  check("alice and bob connect and join", await allOpen(15_000));
-  await waitFor("primitives pages open", async () => (await state(prim)) === "open" && (await state(migrated)) === "open", 10_000).catch(() => {});
-  await sleep(300); // the primitives pages' joins are replied to
-  await say(alice, "hello from alice");
-  check("bob sees alice's message", await sees(bob, "hello from alice"));
-  await say(bob, "hi alice, bob here");
-  check("alice sees bob's message", await sees(alice, "hi alice, bob here"));
-  check("the @solid-primitives/websocket page gets messages from roomcast", await sees(prim, "hi alice, bob here"));
-  check("the createRoomcastWS page gets messages", await sees(migrated, "hi alice, bob here"));
-  await say(migrated, "dave via createRoomcastWS");
-  check("alice sees the createRoomcastWS page's message", await sees(alice, "dave via createRoomcastWS"));
-
-  // 2. the gateway restarts (SIGTERM, then again on the same ports)
-  log("SIGTERM the gateway");
-  const exit = await stopProcess(node, "SIGTERM", 15_000);
-  check("the gateway exits on SIGTERM", exit && exit.code === 0, JSON.stringify(exit));
-  const during = await Promise.all([alice, bob].map(state));
-  check("pages show they lost the connection", during.every((s) => s !== "open"), JSON.stringify(during));
-  await startNode();
-  check("alice and bob reconnect and rejoin after the restart", await allOpen(30_000));
-  await waitFor("createRoomcastWS page open", async () => (await state(migrated)) === "open", 15_000).catch(() => {});
-  const recoveredAfterRestart = await alice.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
-  check("the rejoin reports recovered:false (the restarted node lost the history) and the page says so",
-    recoveredAfterRestart === false && (await alice.getByTestId("gap").isVisible()), `recovered=${recoveredAfterRestart}`);
-  await say(alice, "alice after the restart");
-  check("bob sees alice after the restart", await sees(bob, "alice after the restart"));
-  await say(bob, "bob after the restart");
-  check("alice sees bob after the restart", await sees(alice, "bob after the restart"));
-  check("the createRoomcastWS page rejoined and keeps receiving", await sees(migrated, "bob after the restart"));
-  const primAfter = await sees(prim, "bob after the restart", 4000);
-  log(`the plain @solid-primitives/websocket page ${primAfter ? "did" : "did not"} get a message after the restart (it does not rejoin rooms)`);
-  for (const text of ["hello from alice", "alice after the restart", "bob after the restart"])
-    check(`"${text}" appears once on each page`, (await count(alice, text)) === 1 && (await count(bob, text)) === 1);
-
-  // 3. a service publishes through the admin API
-  const pub = await httpStatus(`${ADMIN}/api/publish`, "POST", { room: ROOM, data: { name: "server", text: "service announcement" } });
-  check("admin publish is accepted", pub.status === 202, `${pub.status} ${pub.body}`);
-  check("both pages get the service message", (await sees(alice, "service announcement")) && (await sees(bob, "service announcement")));
-
-  // 4. bob is away while a message is published; he comes back with since = the last id he saw
-  await bob.evaluate(() => window.roomcast.close());
-  await waitFor("bob closed", async () => (await state(bob)) === "closed", 5000);
-  const away = await httpStatus(`${ADMIN}/api/publish`, "POST", { room: ROOM, data: { name: "server", text: "while bob was away" } });
-  check("publish while bob is away is accepted", away.status === 202, `${away.status} ${away.body}`);
-  await sees(alice, "while bob was away");
-  await bob.evaluate(() => window.roomcast.client.connect());
-  check("bob reconnects", await allOpen(15_000));
-  const recovered = await bob.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
-  if (recovered === true) {
-    check("with history, the message missed while away appears after the reconnect", await sees(bob, "while bob was away"));
-    await sleep(500);
-    check("... exactly once, with no duplicate of what bob had seen", (await count(bob, "while bob was away")) === 1 && (await count(bob, "service announcement")) === 1);
-  } else {
-    log("the node keeps no history yet (join with since answered recovered:false)");
-    check("without history, the rejoin reports recovered:false and the page says so", recovered === false && (await bob.getByTestId("gap").isVisible()), `recovered=${recovered}`);
+  async function exchange(a, b, tag) {
+    await say(a, `alice ${tag}`);
+    check(`bob sees alice ${tag}`, await sees(b, `alice ${tag}`));
+    await say(b, `bob ${tag}`);
+    check(`alice sees bob ${tag}`, await sees(a, `bob ${tag}`));
   }
-  await say(bob, "bob is back");
-  check("alice sees bob after he came back", await sees(alice, "bob is back"));
+  /** Bob is away while `node` publishes; back, he gets it once (history) or sees the notice. */
+  async function awayAndBack(alice, bob, node) {
+    await bob.evaluate(() => window.roomcast.close());
+    await waitFor("bob closed", async () => (await state(bob)) === "closed", 5000);
+    const away = await node.publish(ROOM, { name: "server", text: "while bob was away" });
+    check("publish while bob is away is accepted", away.status === 202, `${away.status} ${away.body}`);
+    await sees(alice, "while bob was away");
+    await bob.evaluate(() => window.roomcast.client.connect());
+    check("bob reconnects", await allOpen([bob], 15_000));
+    const recovered = await recoveredOf(bob);
+    if (recovered === true) {
+      check("with history, the message missed while away appears after the reconnect", await sees(bob, "while bob was away"));
+      await sleep(500);
+      check("... exactly once, with no duplicate of what bob had seen", (await count(bob, "while bob was away")) === 1 && (await count(bob, "service announcement")) === 1);
+    } else {
+      log("the node keeps no history (join with since answered recovered:false)");
+      check("without history, the rejoin reports recovered:false and the page says so", recovered === false && (await bob.getByTestId("gap").isVisible()), `recovered=${recovered}`);
+    }
+    await say(bob, "bob is back");
+    check("alice sees bob after he came back", await sees(alice, "bob is back"));
+  }
+  function noDuplicates(pages, textsToCheck) {
+    return Promise.all(pages.flatMap((p) => textsToCheck.map((t) => count(p, t)))).then((cs) => cs.every((c) => c === 1));
+  }
 
-  check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
-  await alice.screenshot({ path: join(HERE, "screenshot.png") });
-  await migrated.screenshot({ path: join(HERE, "screenshot-primitives.png") });
-  log(`screenshots: ${join(HERE, "screenshot.png")}, ${join(HERE, "screenshot-primitives.png")}`);
+  if (!CLUSTER) {
+    const alice = await openPage(`/${q("alice", [n1.ws])}`, "alice");
+    const bob = await openPage(`/${q("bob", [n1.ws])}`, "bob");
+    const prim = await openPage(`/primitives.html${q("carol", [n1.ws])}`, "primitives");
+    const migrated = await openPage(`/primitives.html${q("dave", [n1.ws])}&client=roomcast`, "createRoomcastWS");
+
+    // 1. both pages connect, join and chat
+    check("alice and bob connect and join", await allOpen([alice, bob], 15_000));
+    await waitFor("primitives pages open", async () => (await state(prim)) === "open" && (await state(migrated)) === "open", 10_000).catch(() => {});
+    await sleep(300); // the primitives pages' joins are answered
+    await exchange(alice, bob, "before the restart");
+    check("the @solid-primitives/websocket page gets messages from roomcast", await sees(prim, "bob before the restart"));
+    check("the createRoomcastWS page gets messages", await sees(migrated, "bob before the restart"));
+    await say(migrated, "dave via createRoomcastWS");
+    check("alice sees the createRoomcastWS page's message", await sees(alice, "dave via createRoomcastWS"));
+
+    // 2. the gateway restarts (SIGTERM, then again on the same ports)
+    log("SIGTERM the gateway");
+    const exit = await n1.stop();
+    check("the gateway exits on SIGTERM", exit && exit.code === 0, JSON.stringify(exit));
+    const during = await Promise.all([alice, bob].map(state));
+    check("pages show they lost the connection", during.every((s) => s !== "open"), JSON.stringify(during));
+    await n1.start("node-1b");
+    check("alice and bob reconnect and rejoin after the restart", await allOpen([alice, bob], 30_000));
+    await waitFor("createRoomcastWS page open", async () => (await state(migrated)) === "open", 15_000).catch(() => {});
+    const rec = await recoveredOf(alice);
+    check("the rejoin reports recovered:false (the restarted node lost the history) and the page says so",
+      rec === false && (await alice.getByTestId("gap").isVisible()), `recovered=${rec}`);
+    await exchange(alice, bob, "after the restart");
+    check("the createRoomcastWS page rejoined and keeps receiving", await sees(migrated, "bob after the restart"));
+    const primAfter = await sees(prim, "bob after the restart", 4000);
+    log(`the plain @solid-primitives/websocket page ${primAfter ? "did" : "did not"} get a message after the restart (it does not rejoin rooms)`);
+    check("every message appears once on each page", await noDuplicates([alice, bob], ["alice before the restart", "alice after the restart", "bob after the restart"]));
+
+    // 3. a service publishes through the admin API
+    const pub = await n1.publish(ROOM, { name: "server", text: "service announcement" });
+    check("admin publish is accepted", pub.status === 202, `${pub.status} ${pub.body}`);
+    check("both pages get the service message", (await sees(alice, "service announcement")) && (await sees(bob, "service announcement")));
+
+    // 4. bob is away while a message is published; he comes back with since = the last id seen
+    await awayAndBack(alice, bob, n1);
+
+    check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+    await alice.screenshot({ path: join(HERE, "screenshot.png") });
+    await migrated.screenshot({ path: join(HERE, "screenshot-primitives.png") });
+    log(`screenshots: ${join(HERE, "screenshot.png")}, ${join(HERE, "screenshot-primitives.png")}`);
+  } else {
+    // alice starts on node 1, bob on node 2; each takes the next URL on every connect
+    const alice = await openPage(`/${q("alice", [n1.ws, n2.ws])}`, "alice");
+    const bob = await openPage(`/${q("bob", [n2.ws, n1.ws])}`, "bob");
+    check("alice and bob connect and join", await allOpen([alice, bob], 15_000));
+    const [na, nb] = [await nodeOf(alice), await nodeOf(bob)];
+    check("alice is on node 1 and bob on node 2", na === "e2e-1" && nb === "e2e-2", `${na} ${nb}`);
+    await exchange(alice, bob, "across nodes");
+
+    log("SIGTERM node 1");
+    const exit = await n1.stop();
+    check("node 1 exits on SIGTERM", exit && exit.code === 0, JSON.stringify(exit));
+    check("alice fails over to node 2 and rejoins", await allOpen([alice, bob], 15_000));
+    check("alice is on node 2 now", (await nodeOf(alice)) === "e2e-2", await nodeOf(alice));
+    log(`alice's rejoin on node 2: recovered=${await recoveredOf(alice)}`);
+    await exchange(alice, bob, "after the failover");
+
+    await n1.start("node-1b");
+    const pub = await n1.publish(ROOM, { name: "server", text: "service announcement" });
+    check("admin publish on the restarted node 1 is accepted", pub.status === 202, `${pub.status} ${pub.body}`);
+    check("it reaches both pages on node 2 through Redis", (await sees(alice, "service announcement")) && (await sees(bob, "service announcement")));
+    check("every message appears once on each page", await noDuplicates([alice, bob], ["alice across nodes", "bob across nodes", "alice after the failover", "bob after the failover"]));
+
+    // bob's next connection goes to node 1 (his URL list rotates); the message is published on node 2
+    await awayAndBack(alice, bob, n2);
+    log(`bob is on ${await nodeOf(bob)} after coming back`);
+
+    check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+    await alice.screenshot({ path: join(HERE, "screenshot-cluster.png") });
+    log(`screenshot: ${join(HERE, "screenshot-cluster.png")}`);
+  }
   await browser.close().catch(() => {});
 }
 

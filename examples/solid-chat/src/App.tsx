@@ -1,6 +1,6 @@
 import { createRoomcast, type Room } from "@roomcast/solid";
 import { createSignal, For, Show, createMemo, onCleanup } from "solid-js";
-import { defaultName, gatewayUrl } from "./gateway";
+import { defaultName, rotatingGatewayUrl } from "./gateway";
 
 interface ChatMessage {
   name: string;
@@ -9,7 +9,7 @@ interface ChatMessage {
 
 export function App() {
   // The whole roomcast integration: one connection, one handle per room.
-  const rc = createRoomcast(gatewayUrl());
+  const rc = createRoomcast(rotatingGatewayUrl());
   const rooms = new Map<string, Room<ChatMessage>>();
   const [roomNames, setRoomNames] = createSignal<string[]>([]);
   const [current, setCurrent] = createSignal("lobby");

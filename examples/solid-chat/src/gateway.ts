@@ -1,11 +1,24 @@
 // Where the gateway is: ?ws=ws://host:port/ws, else VITE_ROOMCAST_URL, else port 8080 of the
-// host that served the page.
-export function gatewayUrl(): string {
+// host that served the page. A comma-separated list (?ws=ws://a/ws,ws://b/ws) is tried in turn,
+// one per connection attempt: without a load balancer in front of the nodes, a page whose node
+// shuts down (close 1001) goes to the next one.
+export function gatewayUrls(): string[] {
   const fromQuery = new URLSearchParams(location.search).get("ws");
-  if (fromQuery) return fromQuery;
   const fromEnv = import.meta.env.VITE_ROOMCAST_URL as string | undefined;
-  if (fromEnv) return fromEnv;
-  return `ws://${location.hostname || "127.0.0.1"}:8080/ws`;
+  const list = fromQuery || fromEnv || `ws://${location.hostname || "127.0.0.1"}:8080/ws`;
+  return list.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** The first URL, for clients that take one. */
+export function gatewayUrl(): string {
+  return gatewayUrls()[0]!;
+}
+
+/** A URL function for createRoomcast: the next node on every connect. */
+export function rotatingGatewayUrl(): () => string {
+  const urls = gatewayUrls();
+  let i = -1;
+  return () => urls[(i = (i + 1) % urls.length)]!;
 }
 
 export function defaultName(): string {
