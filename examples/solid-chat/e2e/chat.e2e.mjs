@@ -429,7 +429,7 @@ async function main() {
     await alice.screenshot({ path: join(HERE, "screenshot-cluster.png") });
     log(`screenshot: ${join(HERE, "screenshot-cluster.png")}`);
   }
-  await browser.close().catch(() => {});
+  await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
 }
 
 main().then(
