@@ -1,5 +1,6 @@
 # Shared helpers for the deploy/ scripts. Source it; it defines functions and nothing runs.
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # variables for the scripts that source this file
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$DEPLOY_DIR/.." && pwd)
@@ -27,7 +28,7 @@ need() { command -v "$1" >/dev/null 2>&1 || apt_install "$2"; command -v "$1" >/
 
 # Stage timing: stage NAME starts a stage (ending the previous one); stage_end ends it;
 # stage_report prints every stage's duration.
-_STAGE_NAMES=() _STAGE_SECS=() _STAGE_CUR= _STAGE_T0=
+_STAGE_NAMES=() _STAGE_SECS=() _STAGE_CUR='' _STAGE_T0=''
 _now() { date +%s.%N; }
 stage_end() {
     if [ -n "$_STAGE_CUR" ]; then
@@ -109,9 +110,9 @@ ensure_python() {
 # free_port_block N : print the first port P in 20000..60000 (random start) such that P..P+N-1
 # are all free on 127.0.0.1.
 free_port_block() {
-    local n=$1 base i ok tries
+    local n=$1 base i ok
     need ss iproute2
-    for tries in $(seq 200); do
+    for _ in $(seq 200); do
         base=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
         ok=1
         for ((i = 0; i < n; i++)); do

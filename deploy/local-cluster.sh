@@ -20,7 +20,7 @@
 # then the URLs for humans, and runs until Ctrl-C or SIGTERM, which stop everything it started.
 # Missing redis-server, redis-cli or nginx are installed with apt-get.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 base_port=
@@ -197,7 +197,7 @@ while true; do
             status=0
             wait "${PIDS[$i]}" 2>/dev/null || status=$?
             log "${NAMES[$i]} (pid ${PIDS[$i]}) exited with status $status"
-            REPORTED[$i]=1
+            REPORTED[i]=1
         fi
     done
     sleep 1 &

@@ -17,10 +17,10 @@
 # Environment: ROOMCAST_WS_PORT (default 8080, another free port when 8080 is taken),
 # ROOMCAST_SUBNET / ROOMCAST_LB_ADDR (when 172.31.250.0/24 is taken), DEBIAN_MIRROR.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-binary= profile=debug keep=
+binary='' profile=debug keep=''
 while [ $# -gt 0 ]; do
     case $1 in
         --binary) binary=$(realpath "$2"); shift 2 ;;
@@ -61,7 +61,7 @@ finish() {
     fi
     stop_docker_if_started
     stage_report
-    [ "$status" = 0 ] && log "compose cluster test passed" || log "compose cluster test FAILED"
+    if [ "$status" = 0 ]; then log "compose cluster test passed"; else log "compose cluster test FAILED"; fi
     exit "$status"
 }
 trap finish EXIT

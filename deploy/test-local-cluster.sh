@@ -9,10 +9,10 @@
 # prometheus, python3-venv) and websockets from PyPI into deploy/.cache/venv. Prints the time
 # each stage took. Exit status 0 when every check passed.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-binary= profile=debug
+binary='' profile=debug
 while [ $# -gt 0 ]; do
     case $1 in
         --binary) binary=$(realpath "$2"); shift 2 ;;
@@ -40,7 +40,7 @@ finish() {
     fi
     rm -rf "$work"
     stage_report
-    [ "$status" = 0 ] && log "local cluster test passed" || log "local cluster test FAILED"
+    if [ "$status" = 0 ]; then log "local cluster test passed"; else log "local cluster test FAILED"; fi
     exit "$status"
 }
 trap finish EXIT

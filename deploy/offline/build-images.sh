@@ -14,7 +14,7 @@
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), DEBIAN_SUITE (default: this
 #   host's Debian release, else bookworm), ROOMCAST_CACHE_DIR (default deploy/.cache).
 set -euo pipefail
-# shellcheck source=../lib.sh
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 
 binary=$REPO_DIR/target/release/roomcast
