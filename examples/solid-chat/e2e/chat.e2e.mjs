@@ -3,6 +3,7 @@
 //
 //   node e2e/chat.e2e.mjs             one node, embedded broker
 //   node e2e/chat.e2e.mjs --cluster   two nodes sharing rooms through their own redis-server
+//   node e2e/chat.e2e.mjs --auth      one node checking JWTs: token expiry (4001) and refusal (401)
 //
 // (after `npm ci`; it builds the app with vite unless E2E_SKIP_BUILD=1)
 //
@@ -27,11 +28,19 @@
 // through its admin API to both; bob is away while a message is published and gets it once on
 // his return (history in Redis) or sees the notice. Screenshot: e2e/screenshot-cluster.png.
 //
+// --auth: the static server also mints HS256 tokens (/token?sub=…&ttl=…); alice's expire after a
+// few seconds: the node closes her connection with 4001, the page calls getToken() again,
+// reconnects at once, rejoins and keeps chatting; mallory's tokens are signed with the wrong
+// secret: every handshake gets HTTP 401, which a browser only sees as a failure before `open`;
+// after a few the page says it is refused and backs off hard instead of retrying in a loop.
+// Screenshot: e2e/screenshot-refused.png.
+//
 // Every wait is bounded; the whole test is bounded by E2E_TIMEOUT_MS (default 180 s).
 // It prints "N passed, N failed" last and exits non-zero on failure.
 
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHmac } from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -189,9 +198,25 @@ function findBinary() {
   return join(REPO, "target/debug/roomcast");
 }
 
+const JWT_SECRET = "e2e-secret";
+const tokenRequests = new Map(); // sub -> how many tokens the pages fetched
+function mintJwt(sub, ttlS, secret) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + ttlS })}`;
+  return `${data}.${createHmac("sha256", secret).update(data).digest("base64url")}`;
+}
+
 const MIME = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png" };
 function serveDist(port) {
   const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    if (url.pathname === "/token") {
+      const sub = url.searchParams.get("sub") || "anon";
+      tokenRequests.set(sub, (tokenRequests.get(sub) || 0) + 1);
+      const secret = url.searchParams.get("bad") ? "not-the-secret" : JWT_SECRET;
+      res.writeHead(200, { "content-type": "text/plain", "cache-control": "no-store" });
+      return res.end(mintJwt(sub, Number(url.searchParams.get("ttl") || 600), secret));
+    }
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname)).replace(/^(\.\.[/\\])+/, "");
     let file = join(DIST, path);
     if (!file.startsWith(DIST) || !existsSync(file) || statSync(file).isDirectory()) file = join(DIST, "index.html");
@@ -204,6 +229,7 @@ function serveDist(port) {
 // ---- the test ---------------------------------------------------------------------------------
 
 const CLUSTER = process.argv.includes("--cluster");
+const AUTH = process.argv.includes("--auth");
 
 async function main() {
   if (process.env.E2E_SKIP_BUILD !== "1" || !existsSync(join(DIST, "index.html"))) {
@@ -221,7 +247,11 @@ async function main() {
   // Not in --cluster mode (unless E2E_CLUSTER_HISTORY=1): the Redis broker keeps no history yet,
   // and the nodes then refuse every join of and publish to such a room with `unavailable`.
   const history = !CLUSTER || process.env.E2E_CLUSTER_HISTORY === "1";
-  writeFileSync(config, history ? `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n` : "");
+  writeFileSync(
+    config,
+    (history ? `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n` : "") +
+      (AUTH ? `[auth]\nmode = "jwt"\njwt_secret = "${JWT_SECRET}"\nleeway_s = 0\n` : ""),
+  );
   // roomcast reads every ROOMCAST_* variable as configuration (and stops on unknown keys):
   // keep the caller's out, so the nodes run with exactly this test's configuration
   const gatewayEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
@@ -352,7 +382,33 @@ async function main() {
     return Promise.all(pages.flatMap((p) => textsToCheck.map((t) => count(p, t)))).then((cs) => cs.every((c) => c === 1));
   }
 
-  if (!CLUSTER) {
+  if (AUTH) {
+    const tok = (sub, extra = "") => `&token_url=${encodeURIComponent(`/token?sub=${sub}${extra}`)}`;
+    const alice = await openPage(`/${q("alice", [n1.ws])}${tok("alice", "&ttl=6")}`, "alice");
+    const bob = await openPage(`/${q("bob", [n1.ws])}${tok("bob")}`, "bob");
+    check("alice and bob connect with tokens and join", await allOpen([alice, bob], 15_000));
+    const users = await Promise.all([alice, bob].map((p) => p.evaluate(() => window.roomcast.welcome()?.user)));
+    check("welcome names the token's user", users[0] === "alice" && users[1] === "bob", JSON.stringify(users));
+    await exchange(alice, bob, "with a token");
+    const lastClose = () => alice.evaluate(() => window.roomcast.info().lastClose?.code ?? null);
+    const expired = await waitFor("alice's token to expire (close 4001)", async () => (await lastClose()) === 4001, 15_000).then(() => true, () => false);
+    check("the node closes alice's connection with 4001 when her token expires", expired, `last close ${await lastClose()}`);
+    check("alice gets a new token, reconnects and rejoins", await allOpen([alice], 10_000));
+    check("getToken() was called again for the reconnect", (tokenRequests.get("alice") || 0) >= 2, `${tokenRequests.get("alice")} tokens`);
+    await exchange(alice, bob, "after the token expired");
+
+    const mallory = await openPage(`/${q("mallory", [n1.ws])}${tok("mallory", "&bad=1")}`, "mallory");
+    const refused = await waitFor("mallory refused", () => mallory.evaluate(() => window.roomcast.info().refused), 20_000).then(() => true, () => false);
+    check("repeated 401s at the handshake: the page reports it is refused", refused);
+    const before = tokenRequests.get("mallory") || 0;
+    await sleep(8000);
+    const after = tokenRequests.get("mallory") || 0;
+    check("... and backs off hard: no new attempt in the next 8 s", after - before === 0, `${before} -> ${after} attempts`);
+    check("... and says so", (await mallory.getByTestId("conn").textContent()).includes("refused"), await mallory.getByTestId("conn").textContent());
+    log(`mallory made ${after} attempts`);
+    await mallory.screenshot({ path: join(HERE, "screenshot-refused.png") });
+    check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+  } else if (!CLUSTER) {
     const alice = await openPage(`/${q("alice", [n1.ws])}`, "alice");
     const bob = await openPage(`/${q("bob", [n1.ws])}`, "bob");
     const prim = await openPage(`/primitives.html${q("carol", [n1.ws])}`, "primitives");

@@ -1,6 +1,6 @@
 import { createRoomcast, type Room } from "@roomcast/solid";
 import { createSignal, For, Show, createMemo, onCleanup } from "solid-js";
-import { defaultName, rotatingGatewayUrl } from "./gateway";
+import { defaultName, rotatingGatewayUrl, tokenGetter } from "./gateway";
 
 interface ChatMessage {
   name: string;
@@ -9,7 +9,7 @@ interface ChatMessage {
 
 export function App() {
   // The whole roomcast integration: one connection, one handle per room.
-  const rc = createRoomcast(rotatingGatewayUrl());
+  const rc = createRoomcast(rotatingGatewayUrl(), { getToken: tokenGetter() });
   const rooms = new Map<string, Room<ChatMessage>>();
   const [roomNames, setRoomNames] = createSignal<string[]>([]);
   const [current, setCurrent] = createSignal("lobby");
@@ -79,9 +79,9 @@ export function App() {
           </Show>
           <Show when={rc.state() === "reconnecting"}>
             <span>
-              attempt {rc.info().attempt + rc.info().failuresBeforeOpen}
+              {Math.max(rc.info().attempt, rc.info().failuresBeforeOpen)} failed
               {rc.info().lastClose ? ` · closed with ${rc.info().lastClose!.code}` : ""} · retry in {retryIn()} s
-              <Show when={rc.info().refused}> · the gateway refuses us (auth, limits) or is down</Show>
+              <Show when={rc.info().refused}> · refused (auth, limits) or down</Show>
             </span>{" "}
             <button onClick={() => rc.reconnect()}>Retry now</button>
           </Show>

@@ -24,3 +24,17 @@ export function rotatingGatewayUrl(): () => string {
 export function defaultName(): string {
   return new URLSearchParams(location.search).get("name") ?? `guest-${Math.random().toString(36).slice(2, 6)}`;
 }
+
+/**
+ * ?token_url=/path: when the gateway checks tokens, fetch a JWT from there before every
+ * connect (createRoomcast's getToken), so an expired token (close 4001) is replaced at once.
+ */
+export function tokenGetter(): (() => Promise<string>) | undefined {
+  const url = new URLSearchParams(location.search).get("token_url");
+  if (!url) return undefined;
+  return async () => {
+    const res = await fetch(url, { cache: "no-store" });
+    if (!res.ok) throw new Error(`token: HTTP ${res.status}`);
+    return (await res.text()).trim();
+  };
+}
