@@ -93,6 +93,8 @@ pub struct Metrics {
     pub broker_subscriptions: IntGauge,
     pub broker_roundtrip: Histogram,
     pub pubsub_lag: Histogram,
+    pub history_unkept: IntCounter,
+    pub history_caught_up: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -235,6 +237,14 @@ impl Metrics {
             pubsub_lag: histogram(
                 "roomcast_pubsub_lag_seconds",
                 "From a publication's ts to its arrival from the broker",
+            ),
+            history_unkept: counter(
+                "roomcast_history_unkept_total",
+                "Messages delivered in a history room without being kept (a plain PUBLISH)",
+            ),
+            history_caught_up: counter(
+                "roomcast_history_caught_up_total",
+                "Kept messages delivered from history after a broker outage",
             ),
             registry,
         }

@@ -559,6 +559,7 @@ impl Node {
                 }
             }
         }
+        self.metrics.history_caught_up.inc_by(caught_up);
         if caught_up > 0 {
             warn!(
                 messages = caught_up,
@@ -587,15 +588,21 @@ impl Node {
 
     fn deliver(&self, envelope: &Envelope) {
         let mut offset = None;
-        if let Target::Room(room) = &envelope.target
-            && let Some(position) = Position::parse(&envelope.id)
-        {
-            offset = Some(position.offset);
-            if self.hub.room_members(room) > 0 {
-                self.cursors().entry(room.clone()).or_default();
-            }
-            if self.already_delivered(room, position) {
-                return;
+        if let Target::Room(room) = &envelope.target {
+            match Position::parse(&envelope.id) {
+                Some(position) => {
+                    offset = Some(position.offset);
+                    if self.hub.room_members(room) > 0 {
+                        self.cursors().entry(room.clone()).or_default();
+                    }
+                    if self.already_delivered(room, position) {
+                        return;
+                    }
+                }
+                None if !self.history_rules.is_empty() && self.retention_for(room).is_some() => {
+                    self.metrics.history_unkept.inc();
+                }
+                None => {}
             }
         }
         let age_ms = now_ms().saturating_sub(envelope.ts);

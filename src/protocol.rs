@@ -650,6 +650,24 @@ pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
     serde_json::to_vec(&wire).unwrap_or_default()
 }
 
+/// [`encode_envelope`] without the id, for a broker that assigns the id itself (a kept
+/// message's id is its history position).
+pub fn encode_envelope_unnumbered(envelope: &Envelope) -> Vec<u8> {
+    let wire = WireEnvelope {
+        data: &envelope.data,
+        id: None,
+        from: Some(Cow::Borrowed(&envelope.from)),
+        ts: Some(envelope.ts),
+        node: envelope
+            .origin
+            .as_ref()
+            .map(|o| Cow::Borrowed(o.node.as_str())),
+        conn: envelope.origin.as_ref().map(|o| o.conn),
+        echo: envelope.origin.as_ref().map(|o| o.echo),
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
 /// Decode a payload received on a broker channel. A JSON object with `data` fills the
 /// envelope (missing fields from `fresh_id` and `now_ms`, `from` = "server"); any other payload
 /// is the data itself, as JSON when it parses, else as a string.

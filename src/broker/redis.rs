@@ -14,6 +14,13 @@
 //! reconnect counter (the node, from [`BrokerEvent::Up`] / [`BrokerEvent::Down`]), and every
 //! wire format (`protocol`).
 //!
+//! Room history (`history.rooms`) lives in Redis too, beside the channel: a list and a hash
+//! whose keys are hash-tagged with the channel name (`{roomcast:room:news}:log`), so channel
+//! and keys share one Redis Cluster slot. The Redis Function library [`FUNCTIONS`] keeps,
+//! numbers and publishes a message in one atomic step, for nodes and for services alike
+//! (`FCALL roomcast_publish 1 roomcast:room:ROOM '{"data":…}'`); nodes load it at every
+//! (re)connect.
+//!
 //! Every node delivers what Redis delivers to it, its own publishes included, so every member
 //! of a room sees Redis's one order. Nothing here is unbounded: commands reach the pub/sub task
 //! through a bounded queue, and publications reach the node through its bounded event queue,
@@ -34,10 +41,12 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, Target};
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, Retention, Target,
+};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
-use crate::protocol::{decode_envelope, encode_envelope};
+use crate::protocol::{decode_envelope, encode_envelope, encode_envelope_unnumbered};
 
 /// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
 const COMMAND_QUEUE: usize = 4096;
@@ -241,6 +250,60 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn publish_retained(
+        &self,
+        envelope: Envelope,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<String, BrokerError>> {
+        Box::pin(async move {
+            if !self.shared.up.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable("redis is not reachable".into()));
+            }
+            let channel = self.channel(&envelope.target);
+            let payload = encode_envelope_unnumbered(&envelope);
+            let call = || {
+                let mut cmd = redis::cmd("FCALL");
+                cmd.arg("roomcast_publish")
+                    .arg(1)
+                    .arg(&channel)
+                    .arg(&payload)
+                    .arg(retention.size)
+                    .arg(retention.ttl.as_secs().max(1))
+                    .arg(Position::new_epoch())
+                    .arg(1);
+                cmd
+            };
+            with_functions(&self.shared.pool, call).await
+        })
+    }
+
+    fn history(
+        &self,
+        room: Arc<str>,
+        _retention: Retention,
+    ) -> BoxFuture<'_, Result<HistoryPage, BrokerError>> {
+        Box::pin(async move {
+            let target = Target::Room(room);
+            let channel = self.channel(&target);
+            let call = || {
+                let mut cmd = redis::cmd("FCALL_RO");
+                cmd.arg("roomcast_history").arg(1).arg(&channel);
+                cmd
+            };
+            let (epoch, top, entries): (String, String, Vec<Vec<u8>>) =
+                with_functions(&self.shared.pool, call).await?;
+            let now = unix_ms();
+            Ok(HistoryPage {
+                epoch,
+                top: top.parse().unwrap_or(0),
+                entries: entries
+                    .iter()
+                    .map(|payload| decode_envelope(target.clone(), payload, String::new, now))
+                    .collect(),
+            })
+        })
+    }
+
     fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
     }
@@ -282,6 +345,123 @@ async fn publish(pool: &Pool, channel: &str, payload: &[u8]) -> Result<(), Broke
         .await
         .map(|_receivers| ())
         .map_err(|err| redis_error(&err))
+}
+
+/// The Redis Function library that keeps room history. `roomcast_publish` appends, numbers,
+/// trims, expires and publishes atomically; `roomcast_history` reads a room's history.
+///
+/// `FCALL roomcast_publish 1 CHANNEL PAYLOAD [SIZE TTL_S [EPOCH [TRUSTED]]]`: PAYLOAD is
+/// `{"data":…}` (other fields optional) or any other payload, which becomes the data; SIZE and
+/// TTL_S default to what the room last used, else 100 and 3600. The id is
+/// `<epoch>-<offset>`, offsets consecutive; the epoch changes when the history expired.
+pub const FUNCTIONS: &str = r#"#!lua name=roomcast
+
+local function keys_of(channel)
+  return '{' .. channel .. '}:meta', '{' .. channel .. '}:log'
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function publish(keys, args)
+  local channel = keys[1]
+  local payload = args[1] or ''
+  local meta, log = keys_of(channel)
+  local size = tonumber(args[2]) or tonumber(redis.call('HGET', meta, 'size')) or 100
+  local ttl = tonumber(args[3]) or tonumber(redis.call('HGET', meta, 'ttl')) or 3600
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = args[4]
+    if not epoch or epoch == '' then
+      epoch = string.format('h%08x', now_ms() % 4294967296)
+    end
+    redis.call('HSET', meta, 'epoch', epoch)
+  end
+  local offset = redis.call('HINCRBY', meta, 'top', 1)
+  redis.call('HSET', meta, 'size', size, 'ttl', ttl)
+  local head = '{"id":"' .. epoch .. '-' .. offset .. '",'
+  local body
+  if args[5] == '1' then
+    -- A node's envelope: a JSON object with data and ts, and no id.
+    body = head .. string.sub(payload, 2)
+  else
+    head = head .. '"ts":' .. now_ms() .. ','
+    local ok, decoded = pcall(cjson.decode, payload)
+    if ok and type(decoded) == 'table' and decoded['data'] ~= nil
+        and string.match(payload, '^%s*{') then
+      local start = string.find(payload, '{', 1, true)
+      body = head .. '"from":"server",' .. string.sub(payload, start + 1)
+      if decoded['ts'] ~= nil or decoded['id'] ~= nil or decoded['from'] ~= nil then
+        -- Keep the service's own fields out: ours are set above.
+        body = head .. '"from":"server","data":' .. cjson.encode(decoded['data']) .. '}'
+      end
+    elseif ok then
+      body = head .. '"from":"server","data":' .. payload .. '}'
+    else
+      body = head .. '"from":"server","data":' .. cjson.encode(payload) .. '}'
+    end
+  end
+  redis.call('RPUSH', log, body)
+  redis.call('LTRIM', log, -size, -1)
+  redis.call('EXPIRE', log, ttl)
+  redis.call('EXPIRE', meta, ttl)
+  redis.call('PUBLISH', channel, body)
+  return epoch .. '-' .. offset
+end
+
+local function history(keys, args)
+  local meta, log = keys_of(keys[1])
+  local m = redis.call('HMGET', meta, 'epoch', 'top')
+  return { m[1] or '', m[2] or '0', redis.call('LRANGE', log, 0, -1) }
+end
+
+redis.register_function('roomcast_publish', publish)
+redis.register_function{function_name = 'roomcast_history', callback = history, flags = { 'no-writes' }}
+"#;
+
+/// Load [`FUNCTIONS`] (idempotent).
+pub async fn load_functions(pool: &Pool) -> Result<(), BrokerError> {
+    let mut conn = pool.get().await.map_err(pool_error)?;
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async::<String>(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(|err| redis_error(&err))
+}
+
+/// Run a function call; when Redis lost the library (a restart without persistence), load it
+/// and try once more.
+async fn with_functions<T: redis::FromRedisValue>(
+    pool: &Pool,
+    call: impl Fn() -> redis::Cmd,
+) -> Result<T, BrokerError> {
+    let mut conn = pool.get().await.map_err(pool_error)?;
+    match call().query_async::<T>(&mut *conn).await {
+        Ok(value) => Ok(value),
+        Err(err) if err.to_string().contains("Function not found") => {
+            drop(conn);
+            load_functions(pool).await?;
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            call()
+                .query_async::<T>(&mut *conn)
+                .await
+                .map_err(|err| redis_error(&err))
+        }
+        Err(err) => Err(redis_error(&err)),
+    }
+}
+
+fn pool_error(err: PoolError) -> BrokerError {
+    match err {
+        PoolError::Timeout(_) => BrokerError::Timeout,
+        PoolError::Backend(err) => redis_error(&err),
+        other => BrokerError::Unavailable(other.to_string()),
+    }
 }
 
 fn redis_error(err: &RedisError) -> BrokerError {
@@ -465,6 +645,10 @@ impl PubSubTask {
             resumed,
             "redis pub/sub link up"
         );
+        // Services' FCALL roomcast_publish needs the library, also after a Redis restart.
+        if let Err(err) = load_functions(&self.shared.pool).await {
+            warn!(%err, "cannot load the roomcast Redis functions (history)");
+        }
         if !self.emit(BrokerEvent::Up { resumed }).await {
             return Ok(None);
         }
