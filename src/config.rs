@@ -250,9 +250,14 @@ impl Config {
                     .required(true),
             );
         }
+        // Only ROOMCAST_SECTION__KEY names configuration: another tool's ROOMCAST_BIN or
+        // ROOMCAST_URL must not stop the node.
         let env: config::Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .filter(|(k, _)| {
+                k.strip_prefix(&format!("{ENV_PREFIX}_"))
+                    .is_some_and(|rest| rest.contains("__"))
+            })
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)

@@ -89,6 +89,7 @@ fn precedence_is_file_then_env_then_flags() {
             ("ROOMCAST_SERVER__LISTEN", "127.0.0.1:2222"),
             ("ROOMCAST_SERVER__ALLOWED_ORIGINS", "https://x,https://y"),
             ("UNRELATED", "1"),
+            ("ROOMCAST_BIN", "/usr/local/bin/roomcast"),
         ]),
         &Overrides {
             listen: Some("127.0.0.1:3333".into()),
