@@ -1,5 +1,5 @@
-//! The admin HTTP API on its own (internal) address: `/metrics`, `/healthz`, `/readyz` and the
-//! service publish routes, with the optional API key.
+//! The admin HTTP API on its own (internal) address: `/metrics`, `/healthz`, `/readyz`, the
+//! service publish routes and `GET /api/presence/ROOM`, with the optional API key.
 //!
 //! [`router`] is testable without a socket. Decoding bodies is `protocol`'s; publishing is the
 //! node's.
@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::broker::BrokerError;
 use crate::node::Node;
-use crate::protocol::{self, AdminRoute};
+use crate::protocol::{self, AdminRoute, ErrorCode};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -25,6 +25,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/publish", post(publish))
         .route("/api/notify", post(notify))
         .route("/api/broadcast", post(broadcast))
+        .route("/api/presence/{*room}", get(presence))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }
@@ -57,6 +58,39 @@ async fn notify(State(node): State<Arc<Node>>, request: Request) -> Response {
 
 async fn broadcast(State(node): State<Arc<Node>>, request: Request) -> Response {
     accept(node, AdminRoute::Broadcast, request).await
+}
+
+/// `GET /api/presence/ROOM`: who is in a room on every node. It names users, so it needs the
+/// API key when one is configured, like the POST routes.
+async fn presence(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(key) = &node.config().admin.api_key
+        && !bearer_matches(&headers, key)
+    {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key",
+        );
+    }
+    match node.presence_of(&room).await {
+        Ok(list) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            protocol::admin_presence_body(&room, &list),
+        )
+            .into_response(),
+        Err(err) => {
+            let status = match err.code {
+                ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            json_error(status, err.code.as_str(), &err.message)
+        }
+    }
 }
 
 async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Response {

@@ -21,6 +21,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub auth: AuthConfig,
     pub history: HistoryConfig,
+    pub presence: PresenceConfig,
     pub log: LogConfig,
 }
 
@@ -192,6 +193,41 @@ pub struct HistoryRule {
     pub pattern: String,
     pub size: usize,
     pub ttl_s: u64,
+}
+
+/// Who is in which room (`presence.rooms`), and how long a silent node stays in it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub rooms: Vec<PresenceRule>,
+    /// A node refreshes its presence every third of this; one that stops (SIGKILL) is out of
+    /// every room, its users' `member_left` sent by the others, within this many seconds.
+    pub ttl_s: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            rooms: Vec::new(),
+            ttl_s: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRule {
+    pub pattern: String,
+    /// Send `member_joined` / `member_left` to the room's members.
+    #[serde(default)]
+    pub events: bool,
+    /// Most members a `presence` reply lists (the count stays exact).
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
+}
+
+fn default_max_members() -> usize {
+    1_000
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -381,6 +417,19 @@ impl Config {
             positive(&format!("history.rooms[{i}].size"), rule.size as u64)?;
             positive(&format!("history.rooms[{i}].ttl_s"), rule.ttl_s)?;
         }
+        for (i, rule) in self.presence.rooms.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                return Err(ConfigError::key(
+                    &format!("presence.rooms[{i}].pattern"),
+                    "must not be empty",
+                ));
+            }
+            positive(
+                &format!("presence.rooms[{i}].max_members"),
+                rule.max_members as u64,
+            )?;
+        }
+        positive("presence.ttl_s", self.presence.ttl_s)?;
         Ok(())
     }
 
@@ -485,6 +534,41 @@ mod tests {
     #[test]
     fn defaults_pass_validation() {
         Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn presence_keys_are_validated_by_name() {
+        let mut config = Config::default();
+        config.presence.ttl_s = 0;
+        let err = config.validate().expect_err("ttl 0");
+        assert!(err.to_string().contains("presence.ttl_s"), "{err}");
+        let rule = |pattern: &str, max_members| PresenceRule {
+            pattern: pattern.into(),
+            events: false,
+            max_members,
+        };
+        for (rules, key) in [
+            (vec![rule("", 10)], "presence.rooms[0].pattern"),
+            (
+                vec![rule("a", 10), rule("b", 0)],
+                "presence.rooms[1].max_members",
+            ),
+        ] {
+            let mut config = Config::default();
+            config.presence.rooms = rules;
+            let err = config.validate().expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let toml = r#"
+            [presence]
+            rooms = [{ pattern = "chat:*" }]
+        "#;
+        let dir = std::env::temp_dir().join(format!("roomcast-pres-{}.toml", std::process::id()));
+        std::fs::write(&dir, toml).expect("write");
+        let loaded = Config::load(Some(&dir), Vec::new(), &Overrides::default()).expect("loads");
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(loaded.presence.rooms, [rule("chat:*", 1000)], "defaults");
+        assert_eq!(loaded.presence.ttl_s, 30);
     }
 
     #[test]

@@ -252,6 +252,10 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
             .await
             .map(|msg_id| protocol::ack(&room, &msg_id, id)),
         Command::Ping => Ok(protocol::pong(id)),
+        Command::Presence { room } => node
+            .presence(session, &room)
+            .await
+            .map(|list| protocol::presence(&room, &list, id)),
     };
     match reply {
         Ok(frame) => {

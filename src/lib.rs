@@ -12,6 +12,7 @@
 //! - `auth`: token verification and room permission patterns.
 //! - `hub`: local rooms and users → outboxes; synchronous.
 //! - `broker`: the broker trait, the in-process broker and the Redis broker.
+//! - `presence`: this node's users of `presence.rooms` rooms, written to the broker in batches.
 //! - `node`: hub + broker; interest, ids, publishing, dispatching broker events.
 //! - `connection`, `listener`, `admin`: the sockets.
 //!
@@ -31,6 +32,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 
 use std::future::Future;
@@ -110,6 +112,8 @@ pub async fn run(
     let broker = start_broker(&config, events_tx, metrics.clone())?;
     let node = Node::new(config.clone(), broker, metrics);
     let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
+    let stop_presence = CancellationToken::new();
+    let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));
 
     let stop_accepting = CancellationToken::new();
     let close_clients = CancellationToken::new();
@@ -170,6 +174,11 @@ pub async fn run(
             "shutdown grace elapsed with connections still open"
         );
     }
+    // The clients are gone: write their departure now rather than let the others wait for
+    // this node's presence to time out.
+    stop_presence.cancel();
+    let _ = presence.await;
+    node.flush_presence().await;
     stop_admin.cancel();
     let admin_result = admin.await;
     dispatcher.abort();

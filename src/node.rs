@@ -18,13 +18,17 @@ use tracing::{debug, warn};
 
 use crate::auth::{Identity, glob_match};
 use crate::broker::{
-    Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Origin, Position, Retention, Target,
+    Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Origin, Position, PresenceEvent,
+    Retention, Target,
 };
 use crate::config::Config;
 use crate::hub::{Gate, Hub};
 use crate::metrics::{Drop, Metrics};
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
-use crate::protocol::{CommandError, ErrorCode, Frame, RESERVED_ROOM_PREFIX, validate_room};
+use crate::presence::{self, LocalPresence, PresenceRules};
+use crate::protocol::{
+    self, CommandError, ErrorCode, Frame, PresenceList, RESERVED_ROOM_PREFIX, validate_room,
+};
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -43,7 +47,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// `from` of the messages this connection publishes.
+    /// `from` of the messages this connection publishes, and who it is in presence.
     fn from(&self) -> String {
         match &self.user {
             Some(user) => user.to_string(),
@@ -94,6 +98,9 @@ pub struct Node {
     history_rules: Vec<(String, Retention)>,
     cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
+    presence_rules: PresenceRules,
+    /// This node's users of `presence.rooms` rooms, written to the broker in batches.
+    presence: LocalPresence,
     /// Connections open or mid-handshake, for `server.max_connections`.
     slots: AtomicU64,
     command_timeout: Duration,
@@ -116,6 +123,8 @@ impl Node {
                 )
             })
             .collect();
+        let presence_rules = PresenceRules::new(&config.presence);
+        let presence = LocalPresence::new(Duration::from_secs(config.presence.ttl_s));
         Arc::new(Node {
             node_id: config.node_id(),
             command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
@@ -131,6 +140,8 @@ impl Node {
             history_rules,
             cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            presence_rules,
+            presence,
             slots: AtomicU64::new(0),
         })
     }
@@ -231,8 +242,9 @@ impl Node {
 
     /// Leave every room and forget the connection.
     pub async fn close_session(&self, session: &mut Session) {
+        let who = session.from();
         for room in std::mem::take(&mut session.rooms) {
-            self.leave_room(&room, session.conn).await;
+            self.leave_room(&room, session.conn, &who).await;
         }
         match &session.user {
             Some(user) => {
@@ -286,15 +298,18 @@ impl Node {
         let target = Target::Room(room.clone());
         let retention = self.retention_for(&room);
         let wants_replay = since.is_some() || history.is_some_and(|n| n > 0);
+        let presence = self.presence_rules.rule(&room).map(|rule| rule.events);
         let mut gate = None;
         let first;
         {
             let _guard = self.interest_lock(&target).await;
             first = self.hub.room_members(&room) == 0;
             if first {
-                self.subscribe(target).await.map_err(|err| {
-                    CommandError::new(ErrorCode::Unavailable, format!("cannot join: {err}"))
-                })?;
+                self.subscribe_room(&room, presence == Some(true))
+                    .await
+                    .map_err(|err| {
+                        CommandError::new(ErrorCode::Unavailable, format!("cannot join: {err}"))
+                    })?;
             }
             match retention {
                 Some(_) if wants_replay => {
@@ -304,6 +319,9 @@ impl Node {
                 _ => {
                     self.hub.join(&room, &session.outbox);
                 }
+            }
+            if let Some(events) = presence {
+                self.presence.add(&room, events, &Arc::from(session.from()));
             }
         }
         session.rooms.insert(room.clone());
@@ -327,7 +345,7 @@ impl Node {
                     gate.open(&self.hub, &session.outbox, None);
                 }
                 session.rooms.remove(&room);
-                self.leave_room(&room, session.conn).await;
+                self.leave_room(&room, session.conn, &session.from()).await;
                 return Err(CommandError::new(
                     ErrorCode::Unavailable,
                     format!("cannot read the room's history: {err}"),
@@ -380,18 +398,164 @@ impl Node {
                 "not a member of this room",
             ));
         }
-        self.leave_room(room, session.conn).await;
+        self.leave_room(room, session.conn, &session.from()).await;
         Ok(())
     }
 
-    async fn leave_room(&self, room: &str, conn: ConnId) {
+    /// `who` is the member's name in presence ([`Session::from`]).
+    async fn leave_room(&self, room: &str, conn: ConnId, who: &str) {
         let target = Target::Room(Arc::from(room));
         let _guard = self.interest_lock(&target).await;
-        if self.hub.leave(room, conn) == Some(true) {
+        let left = self.hub.leave(room, conn);
+        if left.is_some() && self.presence_rules.rule(room).is_some() {
+            self.presence.remove(room, who);
+        }
+        if left == Some(true) {
             self.cursors().remove(room);
+            if self
+                .presence_rules
+                .rule(room)
+                .is_some_and(|rule| rule.events)
+            {
+                let result = tokio::time::timeout(
+                    self.command_timeout,
+                    self.broker.unsubscribe_presence(Arc::from(room)),
+                )
+                .await
+                .unwrap_or(Err(BrokerError::Timeout));
+                if let Err(err) = result {
+                    debug!(%err, "presence unsubscribe failed");
+                }
+            }
             self.unsubscribe(target).await;
         }
         self.metrics.rooms.set(self.hub.room_count() as i64);
+    }
+
+    /// Subscribe a room's channel, and its presence events when `events`, together (one
+    /// round trip for both with Redis).
+    async fn subscribe_room(&self, room: &Arc<str>, events: bool) -> Result<(), BrokerError> {
+        if !events {
+            return self.subscribe(Target::Room(room.clone())).await;
+        }
+        let presence = async {
+            tokio::time::timeout(
+                self.command_timeout,
+                self.broker.subscribe_presence(room.clone()),
+            )
+            .await
+            .unwrap_or(Err(BrokerError::Timeout))
+        };
+        let (messages, events) = tokio::join!(self.subscribe(Target::Room(room.clone())), presence);
+        if let Err(err) = messages.and(events) {
+            // The hub drops what arrives for rooms without members: a half-made subscription
+            // costs traffic, not correctness; give it back anyway.
+            let _ = tokio::time::timeout(
+                self.command_timeout,
+                self.broker.unsubscribe_presence(room.clone()),
+            )
+            .await;
+            self.unsubscribe(Target::Room(room.clone())).await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// `presence` from a client: it must have joined the room, its token must allow the room,
+    /// and the room must keep presence.
+    pub async fn presence(
+        &self,
+        session: &Session,
+        room: &str,
+    ) -> Result<PresenceList, CommandError> {
+        validate_room(room)?;
+        if let Some(identity) = &session.identity
+            && !identity.may_join(room)
+        {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+            ));
+        }
+        if self.presence_rules.rule(room).is_none() {
+            return Err(CommandError::bad_request(
+                "presence is not kept for this room",
+            ));
+        }
+        if !session.rooms.contains(room) {
+            return Err(CommandError::new(
+                ErrorCode::NotJoined,
+                "join the room before asking who is in it",
+            ));
+        }
+        self.presence_of(room).await
+    }
+
+    /// Who is in `room` on every node (admin API and `presence`): `bad_request` for a room
+    /// that keeps no presence, `unavailable` when the broker cannot say.
+    pub async fn presence_of(&self, room: &str) -> Result<PresenceList, CommandError> {
+        validate_room(room)?;
+        let Some(rule) = self.presence_rules.rule(room) else {
+            return Err(CommandError::bad_request(
+                "presence is not kept for this room",
+            ));
+        };
+        let others = tokio::time::timeout(self.command_timeout, self.broker.presence(room.into()))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout))
+            .map_err(|err| {
+                CommandError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot read presence: {err}"),
+                )
+            })?;
+        Ok(presence::merge(
+            &self.node_id,
+            self.presence.users(room),
+            others,
+            rule.max_members,
+        ))
+    }
+
+    /// Write presence changes in batches and keep this node live in every room, until
+    /// `stop`. Spawned by `run`.
+    pub async fn run_presence(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        if self.presence_rules.is_empty() {
+            return;
+        }
+        self.presence
+            .run(&*self.broker, &self.node_id, self.command_timeout, stop)
+            .await;
+    }
+
+    /// Write what presence changes are pending now (at shutdown, after the clients are gone,
+    /// so the others see them leave at once rather than after the ttl).
+    pub async fn flush_presence(&self) {
+        if self.presence_rules.is_empty() {
+            return;
+        }
+        if let Err(err) = self
+            .presence
+            .flush(&*self.broker, &self.node_id, false, self.command_timeout)
+            .await
+        {
+            warn!(%err, "cannot write the last presence changes");
+        }
+    }
+
+    fn deliver_presence(&self, event: &PresenceEvent) {
+        if !self
+            .presence_rules
+            .rule(&event.room)
+            .is_some_and(|rule| rule.events)
+        {
+            return;
+        }
+        let frame = protocol::member_event(&event.room, &event.user, event.joined, event.ts);
+        let delivery = self.hub.deliver_room(&event.room, &frame, None, None);
+        self.metrics.messages_delivered.inc_by(delivery.delivered);
+        self.metrics
+            .dropped(Drop::SlowConsumer, delivery.overflowed);
     }
 
     /// Publish a client's message to a room it has joined; returns the message id.
@@ -502,6 +666,7 @@ impl Node {
     pub async fn handle_event(&self, event: BrokerEvent) {
         match event {
             BrokerEvent::Publication(envelope) => self.deliver(&envelope),
+            BrokerEvent::Presence(event) => self.deliver_presence(&event),
             BrokerEvent::Up { resumed } => {
                 self.metrics.broker_up.set(1);
                 if resumed {

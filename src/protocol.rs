@@ -148,6 +148,10 @@ pub enum Command {
         echo: bool,
     },
     Ping,
+    /// Who is in a room (`presence.rooms`).
+    Presence {
+        room: String,
+    },
 }
 
 impl Command {
@@ -158,6 +162,7 @@ impl Command {
             Command::Leave { .. } => CommandKind::Leave,
             Command::Publish { .. } => CommandKind::Publish,
             Command::Ping => CommandKind::Ping,
+            Command::Presence { .. } => CommandKind::Presence,
         }
     }
 }
@@ -168,6 +173,7 @@ pub enum CommandKind {
     Leave,
     Publish,
     Ping,
+    Presence,
     /// The plain text heartbeat `ping`.
     TextPing,
     /// Anything that did not decode into a command.
@@ -175,11 +181,12 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 6] = [
+    pub const ALL: [CommandKind; 7] = [
         CommandKind::Join,
         CommandKind::Leave,
         CommandKind::Publish,
         CommandKind::Ping,
+        CommandKind::Presence,
         CommandKind::TextPing,
         CommandKind::Invalid,
     ];
@@ -190,6 +197,7 @@ impl CommandKind {
             CommandKind::Leave => "leave",
             CommandKind::Publish => "publish",
             CommandKind::Ping => "ping",
+            CommandKind::Presence => "presence",
             CommandKind::TextPing => "text_ping",
             CommandKind::Invalid => "invalid",
         }
@@ -343,6 +351,9 @@ fn command_from_raw(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
             Ok(Command::Publish { room, data, echo })
         }
         "ping" => Ok(Command::Ping),
+        "presence" => Ok(Command::Presence {
+            room: required_room(raw.room)?,
+        }),
         other => Err(CommandError::bad_request(format!(
             "unknown command type `{}`",
             truncate(other, 32)
@@ -397,7 +408,7 @@ fn truncate(s: &str, max_chars: usize) -> &str {
 // ---- server → client ----
 
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "snake_case")]
 enum Outbound<'a> {
     Welcome {
         conn_id: &'a str,
@@ -450,6 +461,24 @@ enum Outbound<'a> {
     Broadcast {
         id: &'a str,
         data: &'a RawValue,
+        ts: u64,
+    },
+    Presence {
+        room: &'a str,
+        count: u64,
+        members: &'a [PresenceMember],
+        truncated: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    MemberJoined {
+        room: &'a str,
+        user: &'a str,
+        ts: u64,
+    },
+    MemberLeft {
+        room: &'a str,
+        user: &'a str,
         ts: u64,
     },
 }
@@ -513,6 +542,75 @@ pub fn notification(id: &str, data: &RawValue, ts: u64) -> Frame {
 
 pub fn broadcast(id: &str, data: &RawValue, ts: u64) -> Frame {
     Frame::encode(&Outbound::Broadcast { id, data, ts })
+}
+
+/// One entry of a `presence` reply: a user and how many of its connections are in the room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PresenceMember {
+    pub user: String,
+    pub conns: u64,
+}
+
+/// Who is in a room: the exact number of users, and at most `max_members` of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PresenceList {
+    pub count: u64,
+    pub members: Vec<PresenceMember>,
+    pub truncated: bool,
+}
+
+/// The reply to `presence`.
+pub fn presence(room: &str, list: &PresenceList, id: Option<&RequestId>) -> Frame {
+    Frame::encode(&Outbound::Presence {
+        room,
+        count: list.count,
+        members: &list.members,
+        truncated: list.truncated,
+        id,
+    })
+}
+
+/// `member_joined` (a user's first connection in the room, on any node) or `member_left`
+/// (its last one gone).
+pub fn member_event(room: &str, user: &str, joined: bool, ts: u64) -> Frame {
+    Frame::encode(&if joined {
+        Outbound::MemberJoined { room, user, ts }
+    } else {
+        Outbound::MemberLeft { room, user, ts }
+    })
+}
+
+/// The body of `GET /api/presence/ROOM`.
+pub fn admin_presence_body(room: &str, list: &PresenceList) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        room: &'a str,
+        #[serde(flatten)]
+        list: &'a PresenceList,
+    }
+    serde_json::to_string(&Body { room, list }).unwrap_or_default()
+}
+
+/// A presence change as the Redis presence function publishes it on `{prefix}presence:ROOM`:
+/// `{"user":…,"event":"joined"|"left","ts":…}`.
+#[derive(Deserialize)]
+struct WirePresenceEvent<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    ts: u64,
+}
+
+/// Decode a presence change: `(user, joined, ts)`; `None` for anything else.
+pub fn decode_presence_event(payload: &[u8]) -> Option<(String, bool, u64)> {
+    let wire: WirePresenceEvent<'_> = serde_json::from_slice(payload).ok()?;
+    let joined = match wire.event.as_ref() {
+        "joined" => true,
+        "left" => false,
+        _ => return None,
+    };
+    Some((wire.user.into_owned(), joined, wire.ts))
 }
 
 /// Turn an arbitrary payload into the `data` of a message: JSON as it is when it parses,

@@ -3,7 +3,9 @@
 //! It hands every publish straight back to its node as a [`BrokerEvent`], exactly as Redis
 //! would, so a single node and a cluster share one delivery path and one ordering rule. It
 //! leaves interest tracking to the node: the hub drops publications for rooms with no member.
-//! Room history is kept in process, with the same ids and expiry rules as the Redis broker.
+//! Room history is kept in process, with the same ids and expiry rules as the Redis broker, and
+//! so is presence ([`PresenceTable`], the model that the Redis function `roomcast_presence`
+//! follows step for step).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, Retention, Target,
+    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceByNode,
+    PresenceEvent, PresenceUpdate, Retention, Target, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -29,6 +32,7 @@ pub struct MemoryBroker {
     events: mpsc::Sender<BrokerEvent>,
     /// Held across the send of a retained publish, so offsets and delivery order agree.
     histories: Mutex<HashMap<Arc<str>, RoomHistory>>,
+    presence: std::sync::Mutex<PresenceTable>,
     /// A publish waits at most this long for room in the node's event queue, then fails with
     /// `unavailable` rather than hold its publisher forever.
     publish_timeout: Duration,
@@ -39,12 +43,21 @@ impl MemoryBroker {
         MemoryBroker {
             events,
             histories: Mutex::new(HashMap::new()),
+            presence: std::sync::Mutex::new(PresenceTable::default()),
             publish_timeout,
         }
     }
 
     async fn send(&self, envelope: Envelope) -> Result<(), BrokerError> {
-        match self.events.try_send(BrokerEvent::Publication(envelope)) {
+        self.emit(BrokerEvent::Publication(envelope)).await
+    }
+
+    fn presence_table(&self) -> std::sync::MutexGuard<'_, PresenceTable> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn emit(&self, event: BrokerEvent) -> Result<(), BrokerError> {
+        match self.events.try_send(event) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(event)) => {
                 tokio::time::timeout(self.publish_timeout, self.events.send(event))
@@ -56,6 +69,131 @@ impl MemoryBroker {
                 Err(BrokerError::Unavailable("node is shutting down".into()))
             }
         }
+    }
+}
+
+/// One node's users of a room, and until when they count.
+struct NodeEntry {
+    users: HashMap<String, u64>,
+    deadline: Instant,
+}
+
+/// Presence of every room, per node: the in-process model of the Redis function
+/// `roomcast_presence`, which keeps the same steps in the same order.
+#[derive(Default)]
+pub struct PresenceTable {
+    rooms: HashMap<Arc<str>, HashMap<String, NodeEntry>>,
+}
+
+fn present(nodes: &HashMap<String, NodeEntry>, except: Option<&str>, user: &str) -> bool {
+    nodes
+        .iter()
+        .any(|(node, entry)| Some(node.as_str()) != except && entry.users.contains_key(user))
+}
+
+impl PresenceTable {
+    /// Apply `node`'s update at `now`: drop other nodes whose time is up, then set this node's
+    /// users. Returns the users that appeared (`true`) or vanished (`false`) in the room across
+    /// every node (empty unless the room has events), and whether this node's earlier state
+    /// had been lost (dropped or expired) and must be sent whole again.
+    pub fn apply(
+        &mut self,
+        node: &str,
+        update: &PresenceUpdate,
+        now: Instant,
+        live_for: Duration,
+    ) -> (Vec<(String, bool)>, bool) {
+        let nodes = self.rooms.entry(update.room.clone()).or_default();
+        let mut events = Vec::new();
+
+        let dead: Vec<String> = nodes
+            .iter()
+            .filter(|(n, e)| n.as_str() != node && e.deadline < now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut gone: Vec<String> = Vec::new();
+        for n in dead {
+            if let Some(entry) = nodes.remove(&n) {
+                gone.extend(entry.users.into_keys());
+            }
+        }
+        gone.sort();
+        gone.dedup();
+        if update.events {
+            for user in gone {
+                if !present(nodes, None, &user) {
+                    events.push((user, false));
+                }
+            }
+        }
+
+        let lost = !update.full && !nodes.contains_key(node);
+        let mut changes: Vec<(String, u64)> = update
+            .users
+            .iter()
+            .map(|(u, c)| (u.to_string(), *c))
+            .collect();
+        if update.full
+            && let Some(own) = nodes.get(node)
+        {
+            let mut stale: Vec<String> = own
+                .users
+                .keys()
+                .filter(|u| !update.users.iter().any(|(v, _)| v.as_ref() == u.as_str()))
+                .cloned()
+                .collect();
+            stale.sort();
+            changes.extend(stale.into_iter().map(|u| (u, 0)));
+        }
+        for (user, conns) in changes {
+            let had = nodes.get(node).is_some_and(|e| e.users.contains_key(&user));
+            let elsewhere = update.events && present(nodes, Some(node), &user);
+            let own = nodes.entry(node.to_owned()).or_insert_with(|| NodeEntry {
+                users: HashMap::new(),
+                deadline: now + live_for,
+            });
+            if conns > 0 {
+                own.users.insert(user.clone(), conns);
+                if !had && update.events && !elsewhere {
+                    events.push((user, true));
+                }
+            } else if had {
+                own.users.remove(&user);
+                if update.events && !elsewhere {
+                    events.push((user, false));
+                }
+            }
+        }
+        match nodes.get_mut(node) {
+            Some(own) if own.users.is_empty() => {
+                nodes.remove(node);
+            }
+            Some(own) => own.deadline = now + live_for,
+            None => {}
+        }
+        if nodes.is_empty() {
+            self.rooms.remove(&update.room);
+        }
+        (events, lost)
+    }
+
+    /// The live nodes' users of `room` at `now`.
+    pub fn read(&self, room: &str, now: Instant) -> PresenceByNode {
+        self.rooms
+            .get(room)
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|(_, e)| e.deadline >= now)
+                    .map(|(n, e)| {
+                        (
+                            n.clone(),
+                            e.users.iter().map(|(u, c)| (u.clone(), *c)).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -138,6 +276,44 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn presence_update(
+        &self,
+        node: &str,
+        ttl: Duration,
+        updates: Vec<PresenceUpdate>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<str>>, BrokerError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut lost = Vec::new();
+            let mut events = Vec::new();
+            {
+                let mut table = self.presence_table();
+                for update in &updates {
+                    let (changes, was_lost) =
+                        table.apply(&node, update, now, presence_live_for(ttl));
+                    if was_lost {
+                        lost.push(update.room.clone());
+                    }
+                    events.extend(changes.into_iter().map(|(user, joined)| PresenceEvent {
+                        room: update.room.clone(),
+                        user,
+                        joined,
+                        ts: crate::node::now_ms(),
+                    }));
+                }
+            }
+            for event in events {
+                self.emit(BrokerEvent::Presence(event)).await?;
+            }
+            Ok(lost)
+        })
+    }
+
+    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
+        Box::pin(async move { Ok(self.presence_table().read(&room, Instant::now())) })
+    }
+
     fn subscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
     }
@@ -169,6 +345,97 @@ mod tests {
             ts: 0,
             origin: None,
         }
+    }
+
+    fn update(room: &str, events: bool, full: bool, users: &[(&str, u64)]) -> PresenceUpdate {
+        PresenceUpdate {
+            room: room.into(),
+            events,
+            full,
+            users: users.iter().map(|(u, c)| (Arc::from(*u), *c)).collect(),
+        }
+    }
+
+    #[test]
+    fn presence_events_are_once_per_user_across_nodes() {
+        let mut t = PresenceTable::default();
+        let now = Instant::now();
+        let live = Duration::from_secs(20);
+        let (ev, lost) = t.apply("a", &update("r", true, true, &[("alice", 1)]), now, live);
+        assert_eq!(ev, [("alice".to_owned(), true)]);
+        assert!(!lost);
+        // alice's second tab on node b: nothing; bob on b: joined.
+        let (ev, _) = t.apply(
+            "b",
+            &update("r", true, true, &[("alice", 1), ("bob", 2)]),
+            now,
+            live,
+        );
+        assert_eq!(ev, [("bob".to_owned(), true)]);
+        // alice leaves a: still on b.
+        let (ev, _) = t.apply("a", &update("r", true, false, &[("alice", 0)]), now, live);
+        assert!(ev.is_empty(), "{ev:?}");
+        let (ev, _) = t.apply("b", &update("r", true, false, &[("alice", 0)]), now, live);
+        assert_eq!(ev, [("alice".to_owned(), false)]);
+        let mut read = t.read("r", now);
+        read.sort();
+        assert_eq!(read, [("b".to_owned(), vec![("bob".to_owned(), 2)])]);
+        // Without events: the same bookkeeping, no announcements.
+        let (ev, _) = t.apply("a", &update("q", false, true, &[("x", 1)]), now, live);
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn a_silent_node_is_dropped_and_its_users_announced_by_another() {
+        let mut t = PresenceTable::default();
+        let start = Instant::now();
+        let live = Duration::from_secs(20);
+        t.apply(
+            "dead",
+            &update("r", true, true, &[("ann", 1), ("both", 1)]),
+            start,
+            live,
+        );
+        t.apply(
+            "alive",
+            &update("r", true, true, &[("both", 1)]),
+            start,
+            live,
+        );
+        let later = start + Duration::from_secs(15);
+        t.apply("alive", &update("r", true, false, &[]), later, live);
+        let after = start + Duration::from_secs(21);
+        assert_eq!(
+            t.read("r", after).len(),
+            1,
+            "the dead node no longer counts"
+        );
+        let (ev, lost) = t.apply("alive", &update("r", true, false, &[]), after, live);
+        assert_eq!(ev, [("ann".to_owned(), false)], "`both` is still on alive");
+        assert!(!lost);
+        // The dead node comes back: its state is gone and it is told to resend.
+        let (_, lost) = t.apply("dead", &update("r", true, false, &[]), after, live);
+        assert!(lost);
+    }
+
+    #[test]
+    fn a_whole_update_replaces_a_previous_life() {
+        let mut t = PresenceTable::default();
+        let now = Instant::now();
+        let live = Duration::from_secs(20);
+        t.apply(
+            "n",
+            &update("r", true, true, &[("ghost", 1), ("stay", 1)]),
+            now,
+            live,
+        );
+        let (ev, _) = t.apply(
+            "n",
+            &update("r", true, true, &[("stay", 1), ("new", 1)]),
+            now,
+            live,
+        );
+        assert_eq!(ev, [("new".to_owned(), true), ("ghost".to_owned(), false)]);
     }
 
     #[tokio::test]

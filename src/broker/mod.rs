@@ -36,7 +36,44 @@ pub enum BrokerEvent {
     Up { resumed: bool },
     /// The broker's link went down; publishes fail with `unavailable` until `Up`.
     Down,
+    /// A user's first connection joined a room on some node, or its last one left
+    /// (`presence.rooms` with `events = true`).
+    Presence(PresenceEvent),
 }
+
+/// `member_joined` / `member_left` as the broker hands it to every node with members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceEvent {
+    pub room: Arc<str>,
+    pub user: String,
+    pub joined: bool,
+    /// Milliseconds since the Unix epoch, set by the broker.
+    pub ts: u64,
+}
+
+/// A node's batch of presence changes for one room: each user's number of connections in
+/// the room on this node now (0: gone). Absolute, so a batch can be resent after a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    pub room: Arc<str>,
+    /// Publish `member_joined` / `member_left` for users that appear or vanish cluster-wide.
+    pub events: bool,
+    /// `users` is everything this node has in the room: replace what the broker holds for
+    /// this node (the first write of a room by this process, or a resync).
+    pub full: bool,
+    pub users: Vec<(Arc<str>, u64)>,
+}
+
+/// How long a node's presence counts after its last write: two of its refreshes (every third
+/// of `presence.ttl_s`). A node silent for longer is dropped by the next write of any other
+/// node in the room, whose users it then announces as `member_left`, all within the ttl.
+pub fn presence_live_for(ttl: Duration) -> Duration {
+    ttl * 2 / 3
+}
+
+/// What a broker holds of one room's presence: every live node's users with their
+/// connection counts.
+pub type PresenceByNode = Vec<(String, Vec<(String, u64)>)>;
 
 /// How much of a room's traffic is kept (`history.rooms` of the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +129,37 @@ pub trait Broker: Send + Sync + 'static {
                 "this broker keeps no history".into(),
             ))
         })
+    }
+
+    /// Write a node's presence changes (and refresh every room listed, an empty `users`
+    /// included) so that they stay live for `ttl`; nodes silent for longer drop out. Returns
+    /// the rooms whose state for this node the broker had lost: send them again, `full`.
+    fn presence_update(
+        &self,
+        node: &str,
+        ttl: Duration,
+        updates: Vec<PresenceUpdate>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<str>>, BrokerError>> {
+        let _ = (node, ttl, updates);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The live nodes' users of `room`.
+    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
+        let _ = room;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Start receiving `room`'s `member_joined` / `member_left`. Returns once live.
+    fn subscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = room;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Stop receiving `room`'s presence events.
+    fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = room;
+        Box::pin(async { Ok(()) })
     }
 
     /// Whether the broker is reachable now (for `/readyz`).

@@ -42,11 +42,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, Retention, Target,
+    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceByNode,
+    PresenceEvent, PresenceUpdate, Retention, Target, presence_live_for,
 };
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
-use crate::protocol::{decode_envelope, encode_envelope, encode_envelope_unnumbered};
+use crate::protocol::{
+    decode_envelope, decode_presence_event, encode_envelope, encode_envelope_unnumbered,
+};
 
 /// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
 const COMMAND_QUEUE: usize = 4096;
@@ -105,13 +108,25 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// What arrives on a subscribed channel.
+#[derive(Clone, Debug)]
+enum Channel {
+    /// Publications for a target (PROTOCOL.md "Redis channels").
+    Messages(Target),
+    /// `member_joined` / `member_left` of a room, published by `roomcast_presence`.
+    Presence(Arc<str>),
+}
+
+/// At most this many rooms' presence in one pipeline.
+const PRESENCE_PIPELINE: usize = 256;
+
 /// Answers a subscribe once the subscription is live (or cannot be).
 type Reply = oneshot::Sender<Result<(), BrokerError>>;
 
 enum Command {
     Subscribe {
         channel: String,
-        target: Target,
+        target: Channel,
         reply: Reply,
     },
     Unsubscribe {
@@ -120,6 +135,19 @@ enum Command {
 }
 
 impl RedisBroker {
+    async fn subscribe_channel(&self, channel: String, target: Channel) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe {
+                channel,
+                target,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
     /// Start the broker: returns at once, connects in the background, and keeps reconnecting.
     /// Fails only on a configuration that can never work (an unparsable URL) or outside a
     /// tokio runtime; a Redis that is down at start is not an error.
@@ -227,16 +255,89 @@ impl Broker for RedisBroker {
     fn subscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let channel = self.channel(&target);
-            let (reply, answer) = oneshot::channel();
-            self.commands
-                .send(Command::Subscribe {
-                    channel,
-                    target,
-                    reply,
-                })
+            self.subscribe_channel(channel, Channel::Messages(target))
                 .await
-                .map_err(|_| stopped())?;
-            answer.await.unwrap_or_else(|_| Err(stopped()))
+        })
+    }
+
+    fn subscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let channel = presence_channel(&self.shared.prefix, &room);
+            self.subscribe_channel(channel, Channel::Presence(room))
+                .await
+        })
+    }
+
+    fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let channel = presence_channel(&self.shared.prefix, &room);
+            self.commands
+                .send(Command::Unsubscribe { channel })
+                .await
+                .map_err(|_| stopped())
+        })
+    }
+
+    fn presence_update(
+        &self,
+        node: &str,
+        ttl: Duration,
+        updates: Vec<PresenceUpdate>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<str>>, BrokerError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            if !self.shared.up.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable("redis is not reachable".into()));
+            }
+            let live_ms = presence_live_for(ttl).as_millis().max(1) as u64;
+            let expire_ms = (ttl * 2).as_millis().max(1) as u64;
+            let mut lost = Vec::new();
+            for chunk in updates.chunks(PRESENCE_PIPELINE) {
+                let pipe = || {
+                    let mut pipe = redis::pipe();
+                    for update in chunk {
+                        let target = Target::Room(update.room.clone());
+                        let events = if update.events {
+                            presence_channel(&self.shared.prefix, &update.room)
+                        } else {
+                            String::new()
+                        };
+                        let cmd = pipe
+                            .cmd("FCALL")
+                            .arg("roomcast_presence")
+                            .arg(1)
+                            .arg(self.channel(&target))
+                            .arg(&node)
+                            .arg(live_ms)
+                            .arg(expire_ms)
+                            .arg(events)
+                            .arg(if update.full { "1" } else { "0" });
+                        for (user, conns) in &update.users {
+                            cmd.arg(user.as_ref()).arg(*conns);
+                        }
+                    }
+                    pipe
+                };
+                let answers: Vec<i64> = with_functions_pipe(&self.shared.pool, pipe).await?;
+                for (update, answer) in chunk.iter().zip(answers) {
+                    if answer == 1 {
+                        lost.push(update.room.clone());
+                    }
+                }
+            }
+            Ok(lost)
+        })
+    }
+
+    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
+        Box::pin(async move {
+            let channel = self.channel(&Target::Room(room));
+            let call = || {
+                let mut cmd = redis::cmd("FCALL_RO");
+                cmd.arg("roomcast_presence_read").arg(1).arg(&channel);
+                cmd
+            };
+            with_functions(&self.shared.pool, call).await
         })
     }
 
@@ -324,6 +425,12 @@ pub fn channel_name(prefix: &str, target: &Target) -> String {
         Target::User(user) => format!("{prefix}user:{user}"),
         Target::Broadcast => format!("{prefix}broadcast"),
     }
+}
+
+/// `{prefix}presence:{ROOM}`: where `roomcast_presence` publishes a room's `member_joined` /
+/// `member_left` (apart from `{prefix}room:…`, whose payloads are messages).
+pub fn presence_channel(prefix: &str, room: &str) -> String {
+    format!("{prefix}presence:{room}")
 }
 
 /// Host and port of the client's address, for logs (never the password).
@@ -417,7 +524,131 @@ local function history(keys, args)
   return { m[1] or '', m[2] or '0', redis.call('LRANGE', log, 0, -1) }
 end
 
+-- Presence (presence.rooms): per room, a hash per node (user -> its connections there) and a
+-- sorted set of nodes scored by when each stops counting. Every write of a node first drops
+-- the other nodes whose time is up, announcing their users that no live node still has, so a
+-- killed node's users leave from the next write of any other node in the room.
+
+local function presence_set(channel)
+  return '{' .. channel .. '}:presence'
+end
+
+local function presence_hash(channel, node)
+  return '{' .. channel .. '}:presence:' .. node
+end
+
+local function present_on(channel, nodes, except, user)
+  for _, n in ipairs(nodes) do
+    if n ~= except and redis.call('HEXISTS', presence_hash(channel, n), user) == 1 then
+      return true
+    end
+  end
+  return false
+end
+
+local function announce(events, user, what, ts)
+  if events ~= '' then
+    redis.call('PUBLISH', events, cjson.encode({ user = user, event = what, ts = ts }))
+  end
+end
+
+-- FCALL roomcast_presence 1 CHANNEL NODE LIVE_MS EXPIRE_MS EVENTS_CHANNEL FULL [USER CONNS]...
+-- Sets NODE's users of the room (CONNS 0: gone; FULL 1: these are all of them), keeps NODE
+-- live for LIVE_MS, publishes joined/left on EVENTS_CHANNEL (none when empty) for users that
+-- appear or vanish across every node. Returns 1 when NODE's earlier state was lost.
+local function presence(keys, args)
+  local channel = keys[1]
+  local node, live_ms, expire_ms = args[1], tonumber(args[2]), tonumber(args[3])
+  local events, full = args[4], args[5] == '1'
+  local set, own = presence_set(channel), presence_hash(channel, node)
+  local now = now_ms()
+
+  local gone, seen = {}, {}
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', '(' .. now)) do
+    if n ~= node then
+      local h = presence_hash(channel, n)
+      for _, u in ipairs(redis.call('HKEYS', h)) do
+        if not seen[u] then
+          seen[u] = true
+          table.insert(gone, u)
+        end
+      end
+      redis.call('DEL', h)
+      redis.call('ZREM', set, n)
+    end
+  end
+  local live = redis.call('ZRANGE', set, 0, -1)
+  table.sort(gone)
+  for _, u in ipairs(gone) do
+    if redis.call('HEXISTS', own, u) == 0 and not present_on(channel, live, nil, u) then
+      announce(events, u, 'left', now)
+    end
+  end
+
+  local lost = (not full) and redis.call('EXISTS', own) == 0
+  local changes, given = {}, {}
+  for i = 6, #args, 2 do
+    table.insert(changes, { args[i], tonumber(args[i + 1]) or 0 })
+    given[args[i]] = true
+  end
+  if full then
+    local stale = {}
+    for _, u in ipairs(redis.call('HKEYS', own)) do
+      if not given[u] then
+        table.insert(stale, u)
+      end
+    end
+    table.sort(stale)
+    for _, u in ipairs(stale) do
+      table.insert(changes, { u, 0 })
+    end
+  end
+  for _, c in ipairs(changes) do
+    local u, conns = c[1], c[2]
+    local had = redis.call('HEXISTS', own, u) == 1
+    if conns > 0 then
+      redis.call('HSET', own, u, conns)
+      if not had and not present_on(channel, live, node, u) then
+        announce(events, u, 'joined', now)
+      end
+    elseif had then
+      redis.call('HDEL', own, u)
+      if not present_on(channel, live, node, u) then
+        announce(events, u, 'left', now)
+      end
+    end
+  end
+
+  if redis.call('EXISTS', own) == 1 then
+    redis.call('ZADD', set, now + live_ms, node)
+    redis.call('PEXPIRE', own, expire_ms)
+  else
+    redis.call('ZREM', set, node)
+  end
+  if redis.call('EXISTS', set) == 1 then
+    redis.call('PEXPIRE', set, expire_ms)
+  end
+  if lost then
+    return 1
+  end
+  return 0
+end
+
+-- FCALL_RO roomcast_presence_read 1 CHANNEL: NODE1, {USER, CONNS, ...}, NODE2, ... for every
+-- live node.
+local function presence_read(keys, args)
+  local channel = keys[1]
+  local out = {}
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', presence_set(channel), now_ms(), '+inf')) do
+    table.insert(out, n)
+    table.insert(out, redis.call('HGETALL', presence_hash(channel, n)))
+  end
+  return out
+end
+
 redis.register_function('roomcast_publish', publish)
+redis.register_function('roomcast_presence', presence)
+redis.register_function{function_name = 'roomcast_presence_read', callback = presence_read, flags = { 'no-writes' }}
 redis.register_function{function_name = 'roomcast_history', callback = history, flags = { 'no-writes' }}
 "#;
 
@@ -432,6 +663,27 @@ pub async fn load_functions(pool: &Pool) -> Result<(), BrokerError> {
         .await
         .map(|_| ())
         .map_err(|err| redis_error(&err))
+}
+
+/// [`with_functions`] for a pipeline of function calls.
+async fn with_functions_pipe<T: redis::FromRedisValue>(
+    pool: &Pool,
+    pipe: impl Fn() -> redis::Pipeline,
+) -> Result<T, BrokerError> {
+    let mut conn = pool.get().await.map_err(pool_error)?;
+    match pipe().query_async::<T>(&mut *conn).await {
+        Ok(value) => Ok(value),
+        Err(err) if err.to_string().contains("Function not found") => {
+            drop(conn);
+            load_functions(pool).await?;
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            pipe()
+                .query_async::<T>(&mut *conn)
+                .await
+                .map_err(|err| redis_error(&err))
+        }
+        Err(err) => Err(redis_error(&err)),
+    }
 }
 
 /// Run a function call; when Redis lost the library (a restart without persistence), load it
@@ -492,9 +744,9 @@ struct PubSubTask {
     /// This node's own channel for liveness probes.
     probe_channel: String,
     /// Every channel the node wants, whatever the state of the connection.
-    wanted: HashMap<String, Target>,
+    wanted: HashMap<String, Channel>,
     /// Subscribe requests made while the link is down: answered once it is back.
-    waiting: Vec<(String, Target, Reply)>,
+    waiting: Vec<(String, Channel, Reply)>,
     /// Ids for publications that arrive without one (plain `PUBLISH` from services).
     external_id_prefix: String,
     next_external_id: u64,
@@ -509,7 +761,7 @@ struct Link {
     sink: PubSubSink,
     stream: PubSubStream,
     /// Channels confirmed on this connection (the probe channel aside).
-    live: HashMap<String, Target>,
+    live: HashMap<String, Channel>,
     /// Channels no longer wanted, with the end of their grace.
     releasing: HashMap<String, Instant>,
     /// The same, in deadline order (the grace is constant, so pushing keeps the order).
@@ -873,8 +1125,27 @@ impl PubSubTask {
             return Ok(());
         }
         // Publications for a channel already unsubscribed can still be on their way.
-        let Some(target) = link.live.get(channel).cloned() else {
-            return Ok(());
+        let target = match link.live.get(channel).cloned() {
+            None => return Ok(()),
+            Some(Channel::Presence(room)) => {
+                let Some((user, joined, ts)) = decode_presence_event(message.get_payload_bytes())
+                else {
+                    debug!("ignoring a malformed presence event");
+                    return Ok(());
+                };
+                let event = BrokerEvent::Presence(PresenceEvent {
+                    room,
+                    user,
+                    joined,
+                    ts,
+                });
+                return if self.emit(event).await {
+                    Ok(())
+                } else {
+                    Err(Exit::Stop)
+                };
+            }
+            Some(Channel::Messages(target)) => target,
         };
         let now_ms = unix_ms();
         let envelope = decode_envelope(

@@ -1,0 +1,467 @@
+//! Presence on this node: which users are in which `presence.rooms` room here, how many
+//! connections each has there, and the task that writes that to the broker in batches.
+//!
+//! Owns the `presence.rooms` rules, the local table (room → user → connections, synchronous,
+//! like the hub: a std lock never held across an await), the batching flusher (one broker call
+//! carries every room that changed since the last one, and every room is refreshed each third
+//! of `presence.ttl_s` so the node stays live), and merging the broker's view of other nodes
+//! with this node's own exact table into a `presence` reply.
+//!
+//! Leaves to others: deciding who is in a room cluster-wide and when a user appears or vanishes
+//! (`member_joined` / `member_left`, sent once per user) is the broker's, atomically (the Redis
+//! function `roomcast_presence`, or the memory broker's table); subscribing to the events and
+//! delivering them is the node's; wire formats are `protocol`'s.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::auth::glob_match;
+use crate::broker::{Broker, BrokerError, PresenceByNode, PresenceUpdate};
+use crate::config::{PresenceConfig, PresenceRule};
+use crate::protocol::{PresenceList, PresenceMember};
+
+/// Changes that arrive this close together go to the broker in one call.
+const LINGER: Duration = Duration::from_millis(5);
+/// First wait after a failed write; doubles up to a third of the ttl.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// The first `presence.rooms` rule whose pattern matches a room.
+#[derive(Clone, Debug, Default)]
+pub struct PresenceRules(Vec<PresenceRule>);
+
+impl PresenceRules {
+    pub fn new(config: &PresenceConfig) -> Self {
+        PresenceRules(config.rooms.clone())
+    }
+
+    pub fn rule(&self, room: &str) -> Option<&PresenceRule> {
+        self.0.iter().find(|r| glob_match(&r.pattern, room))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One room on this node.
+#[derive(Default)]
+struct LocalRoom {
+    events: bool,
+    users: HashMap<Arc<str>, u64>,
+    /// Users whose count changed since the last write.
+    dirty: HashSet<Arc<str>>,
+    /// The broker has this room's state for this node (from this process): later writes
+    /// send only what changed.
+    synced: bool,
+}
+
+#[derive(Default)]
+struct LocalState {
+    rooms: HashMap<Arc<str>, LocalRoom>,
+    /// Rooms with something to write.
+    dirty: HashSet<Arc<str>>,
+}
+
+/// This node's presence table and its batching writer.
+pub struct LocalPresence {
+    state: Mutex<LocalState>,
+    wake: Notify,
+    ttl: Duration,
+}
+
+impl LocalPresence {
+    pub fn new(ttl: Duration) -> Self {
+        LocalPresence {
+            state: Mutex::new(LocalState::default()),
+            wake: Notify::new(),
+            ttl,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LocalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more connection of `user` in `room`.
+    pub fn add(&self, room: &Arc<str>, events: bool, user: &Arc<str>) {
+        {
+            let mut state = self.state();
+            let local = state.rooms.entry(room.clone()).or_default();
+            local.events = events;
+            *local.users.entry(user.clone()).or_insert(0) += 1;
+            local.dirty.insert(user.clone());
+            state.dirty.insert(room.clone());
+        }
+        self.wake.notify_one();
+    }
+
+    /// One connection of `user` fewer in `room`.
+    pub fn remove(&self, room: &str, user: &str) {
+        {
+            let mut state = self.state();
+            let Some(room) = state.rooms.get_key_value(room).map(|(k, _)| k.clone()) else {
+                return;
+            };
+            let Some(local) = state.rooms.get_mut(&room) else {
+                return;
+            };
+            let Some(user) = local.users.get_key_value(user).map(|(k, _)| k.clone()) else {
+                return;
+            };
+            let left = local.users.get_mut(&user).map_or(0, |conns| {
+                *conns = conns.saturating_sub(1);
+                *conns
+            });
+            if left == 0 {
+                local.users.remove(&user);
+            }
+            local.dirty.insert(user);
+            state.dirty.insert(room);
+        }
+        self.wake.notify_one();
+    }
+
+    /// This node's users of `room` with their connection counts.
+    pub fn users(&self, room: &str) -> Vec<(String, u64)> {
+        self.state()
+            .rooms
+            .get(room)
+            .map(|r| r.users.iter().map(|(u, c)| (u.to_string(), *c)).collect())
+            .unwrap_or_default()
+    }
+
+    /// What to write now: every room with changes (all of its users when the broker does not
+    /// have it yet), and with `refresh` every other room too, with no users (to keep it live).
+    fn take_batch(&self, refresh: bool) -> Vec<PresenceUpdate> {
+        let mut state = self.state();
+        let dirty: Vec<Arc<str>> = state.dirty.drain().collect();
+        let mut batch = Vec::with_capacity(dirty.len());
+        for room in &dirty {
+            let Some(local) = state.rooms.get_mut(room) else {
+                continue;
+            };
+            let full = !local.synced;
+            let users = if full {
+                local.dirty.clear();
+                local.users.iter().map(|(u, c)| (u.clone(), *c)).collect()
+            } else {
+                local
+                    .dirty
+                    .drain()
+                    .map(|u| {
+                        let conns = local.users.get(&u).copied().unwrap_or(0);
+                        (u, conns)
+                    })
+                    .collect()
+            };
+            local.synced = true;
+            batch.push(PresenceUpdate {
+                room: room.clone(),
+                events: local.events,
+                full,
+                users,
+            });
+            if local.users.is_empty() {
+                state.rooms.remove(room);
+            }
+        }
+        if refresh {
+            let dirty: HashSet<&Arc<str>> = dirty.iter().collect();
+            for (room, local) in &state.rooms {
+                if !dirty.contains(room) {
+                    batch.push(PresenceUpdate {
+                        room: room.clone(),
+                        events: local.events,
+                        full: false,
+                        users: Vec::new(),
+                    });
+                }
+            }
+        }
+        batch
+    }
+
+    /// A write failed: everything in it is to be written again.
+    fn restore(&self, batch: Vec<PresenceUpdate>) {
+        let mut state = self.state();
+        for update in batch {
+            let local = state.rooms.entry(update.room.clone()).or_default();
+            local.events = update.events;
+            if update.full {
+                local.synced = false;
+            }
+            for (user, _) in update.users {
+                local.dirty.insert(user);
+            }
+            if update.full || !local.dirty.is_empty() {
+                state.dirty.insert(update.room);
+            }
+        }
+    }
+
+    /// The broker lost these rooms' state for this node: write them whole again.
+    fn resync(&self, rooms: &[Arc<str>]) {
+        let mut state = self.state();
+        for room in rooms {
+            if let Some(local) = state.rooms.get_mut(room) {
+                local.synced = false;
+                state.dirty.insert(room.clone());
+            }
+        }
+    }
+
+    /// One write of whatever is pending (and with `refresh`, of every room).
+    pub async fn flush(
+        &self,
+        broker: &dyn Broker,
+        node: &str,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
+        let batch = self.take_batch(refresh);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(
+            timeout,
+            broker.presence_update(node, self.ttl, batch.clone()),
+        )
+        .await
+        .unwrap_or(Err(BrokerError::Timeout));
+        match result {
+            Ok(lost) => {
+                if !lost.is_empty() {
+                    debug!(rooms = lost.len(), "presence lost by the broker; resending");
+                    self.resync(&lost);
+                    self.wake.notify_one();
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.restore(batch);
+                Err(err)
+            }
+        }
+    }
+
+    /// Write changes as they come (a burst of joins shares one write) and refresh every
+    /// room each third of the ttl, until `stop` (a write under way finishes first).
+    pub async fn run(
+        &self,
+        broker: &dyn Broker,
+        node: &str,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) {
+        let every = (self.ttl / 3).max(Duration::from_millis(10));
+        let mut next_refresh = Instant::now() + every;
+        let mut retry = RETRY_MIN;
+        loop {
+            let refresh = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {
+                    tokio::time::sleep(LINGER).await;
+                    Instant::now() >= next_refresh
+                }
+                _ = tokio::time::sleep_until(next_refresh) => true,
+            };
+            match self.flush(broker, node, refresh, timeout).await {
+                Ok(()) => {
+                    retry = RETRY_MIN;
+                    if refresh {
+                        next_refresh = Instant::now() + every;
+                    }
+                }
+                Err(err) => {
+                    warn!(%err, "cannot write presence; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(every);
+                    if refresh {
+                        // Keep trying the refresh itself until it goes through.
+                        next_refresh = Instant::now();
+                    }
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// The `presence` reply: users of every other live node as the broker has them, this node's
+/// own from its exact local table; conns summed per user; the first `max_members` users in
+/// name order, `count` exact.
+pub fn merge(
+    own_node: &str,
+    local: Vec<(String, u64)>,
+    others: PresenceByNode,
+    max_members: usize,
+) -> PresenceList {
+    let mut users: HashMap<String, u64> = local.into_iter().collect();
+    for (node, members) in others {
+        if node == own_node {
+            continue;
+        }
+        for (user, conns) in members {
+            *users.entry(user).or_insert(0) += conns;
+        }
+    }
+    let count = users.len() as u64;
+    let mut members: Vec<PresenceMember> = users
+        .into_iter()
+        .filter(|(_, conns)| *conns > 0)
+        .map(|(user, conns)| PresenceMember { user, conns })
+        .collect();
+    let truncated = members.len() > max_members;
+    if truncated {
+        members.select_nth_unstable_by(max_members, |a, b| a.user.cmp(&b.user));
+        members.truncate(max_members);
+    }
+    members.sort_unstable_by(|a, b| a.user.cmp(&b.user));
+    PresenceList {
+        count,
+        members,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arc(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    fn sorted(mut users: Vec<(Arc<str>, u64)>) -> Vec<(String, u64)> {
+        users.sort();
+        users.into_iter().map(|(u, c)| (u.to_string(), c)).collect()
+    }
+
+    #[test]
+    fn rules_take_the_first_match() {
+        let config = PresenceConfig {
+            rooms: vec![
+                PresenceRule {
+                    pattern: "chat:vip".into(),
+                    events: false,
+                    max_members: 5,
+                },
+                PresenceRule {
+                    pattern: "chat:*".into(),
+                    events: true,
+                    max_members: 1000,
+                },
+            ],
+            ttl_s: 30,
+        };
+        let rules = PresenceRules::new(&config);
+        assert_eq!(rules.rule("chat:vip").map(|r| r.max_members), Some(5));
+        assert_eq!(rules.rule("chat:x").map(|r| r.events), Some(true));
+        assert!(rules.rule("news").is_none());
+    }
+
+    #[test]
+    fn batches_carry_absolute_counts_and_coalesce() {
+        let p = LocalPresence::new(Duration::from_secs(30));
+        let room = arc("r");
+        p.add(&room, true, &arc("alice"));
+        p.add(&room, true, &arc("alice"));
+        p.add(&room, true, &arc("bob"));
+        let batch = p.take_batch(false);
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].full, "the first write of a room is whole");
+        assert_eq!(
+            sorted(batch[0].users.clone()),
+            [("alice".into(), 2), ("bob".into(), 1)]
+        );
+        assert!(p.take_batch(false).is_empty(), "nothing pending");
+
+        // A join and a leave before the next write: one entry, the count now.
+        p.add(&room, true, &arc("carol"));
+        p.remove("r", "carol");
+        p.remove("r", "alice");
+        let batch = p.take_batch(false);
+        assert!(!batch[0].full);
+        assert_eq!(
+            sorted(batch[0].users.clone()),
+            [("alice".into(), 1), ("carol".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn refresh_lists_every_room_and_empty_rooms_are_forgotten() {
+        let p = LocalPresence::new(Duration::from_secs(30));
+        p.add(&arc("a"), false, &arc("u"));
+        p.add(&arc("b"), false, &arc("u"));
+        p.take_batch(false);
+        p.remove("b", "u");
+        let batch = p.take_batch(true);
+        let mut rooms: Vec<(String, usize)> = batch
+            .iter()
+            .map(|u| (u.room.to_string(), u.users.len()))
+            .collect();
+        rooms.sort();
+        assert_eq!(rooms, [("a".into(), 0), ("b".into(), 1)]);
+        let batch = p.take_batch(true);
+        assert_eq!(batch.len(), 1, "b has no one left: {batch:?}");
+        assert!(p.users("b").is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_written_again_and_a_lost_room_whole() {
+        let p = LocalPresence::new(Duration::from_secs(30));
+        let room = arc("r");
+        p.add(&room, true, &arc("alice"));
+        let batch = p.take_batch(false);
+        p.restore(batch);
+        let batch = p.take_batch(false);
+        assert!(batch[0].full, "never written: still whole");
+        p.add(&room, true, &arc("bob"));
+        let batch = p.take_batch(false);
+        assert!(!batch[0].full);
+        p.resync(std::slice::from_ref(&room));
+        let batch = p.take_batch(false);
+        assert!(batch[0].full);
+        assert_eq!(
+            sorted(batch[0].users.clone()),
+            [("alice".into(), 1), ("bob".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn merge_counts_users_once_sums_conns_and_truncates_in_name_order() {
+        let others = vec![
+            (
+                "b".to_owned(),
+                vec![("alice".to_owned(), 1), ("zed".to_owned(), 2)],
+            ),
+            // This node's entry in the broker is replaced by the local table.
+            ("a".to_owned(), vec![("ghost".to_owned(), 1)]),
+        ];
+        let local = vec![("alice".to_owned(), 2), ("mia".to_owned(), 1)];
+        let list = merge("a", local.clone(), others.clone(), 10);
+        assert_eq!(list.count, 3);
+        assert!(!list.truncated);
+        let members: Vec<(&str, u64)> = list
+            .members
+            .iter()
+            .map(|m| (m.user.as_str(), m.conns))
+            .collect();
+        assert_eq!(members, [("alice", 3), ("mia", 1), ("zed", 2)]);
+
+        let list = merge("a", local, others, 2);
+        assert_eq!(list.count, 3, "the count stays exact");
+        assert!(list.truncated);
+        let names: Vec<&str> = list.members.iter().map(|m| m.user.as_str()).collect();
+        assert_eq!(names, ["alice", "mia"]);
+    }
+}

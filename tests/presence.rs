@@ -1,0 +1,614 @@
+//! Presence (issue 11): who is in a room across every node, `member_joined` / `member_left`
+//! once per user, a killed node dropping out within `presence.ttl_s`, a restarted node leaving
+//! no ghosts; with the Redis broker (real `redis-server`, real nodes, the real binary where a
+//! node must be SIGKILLed) and with the memory broker.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use roomcast::config::{AuthMode, BrokerKind, Config, PresenceRule};
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "presence-test-secret-of-some-length";
+
+fn token(user: &str, rooms: Option<&[&str]>) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    let mut claims = json!({"sub": user, "exp": exp});
+    if let Some(rooms) = rooms {
+        claims["rooms"] = json!(rooms);
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+fn rules() -> Vec<PresenceRule> {
+    vec![
+        PresenceRule {
+            pattern: "quiet:*".into(),
+            events: false,
+            max_members: 1000,
+        },
+        PresenceRule {
+            pattern: "big:*".into(),
+            events: false,
+            max_members: 4,
+        },
+        PresenceRule {
+            pattern: "chat:*".into(),
+            events: true,
+            max_members: 1000,
+        },
+    ]
+}
+
+fn memory_config(jwt: bool) -> Config {
+    let mut config = test_config();
+    config.presence.rooms = rules();
+    if jwt {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt_secret = Some(SECRET.into());
+    }
+    config
+}
+
+fn redis_config(redis: &RedisServer, prefix: &str, node_id: &str, ttl_s: u64) -> Config {
+    let mut config = memory_config(true);
+    config.server.node_id = node_id.into();
+    config.broker.kind = BrokerKind::Redis;
+    config.redis.url = redis.url();
+    config.redis.prefix = prefix.into();
+    config.presence.ttl_s = ttl_s;
+    config
+}
+
+fn prefix(test: &str) -> String {
+    format!("rc-pres:{test}:{:08x}:", rand::random::<u32>())
+}
+
+/// A client that keeps the frames it skips while waiting for a reply, so that no member event
+/// goes unseen.
+struct Peer {
+    client: Client,
+    backlog: VecDeque<Value>,
+}
+
+impl Peer {
+    async fn connect(url: &str) -> Peer {
+        Peer {
+            client: Client::connect(url).await,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    async fn request(&mut self, mut command: Value, id: &str) -> Value {
+        command["id"] = json!(id);
+        self.client.send_json(command).await;
+        loop {
+            let v = self.client.recv_json().await;
+            if v["id"] == id {
+                return v;
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
+    async fn join(&mut self, room: &str) {
+        let reply = self
+            .request(json!({"type": "join", "room": room}), "join")
+            .await;
+        assert_eq!(reply["type"], "joined", "{reply}");
+    }
+
+    async fn next(&mut self) -> Value {
+        match self.backlog.pop_front() {
+            Some(v) => v,
+            None => self.client.recv_json().await,
+        }
+    }
+
+    fn conn_id(&self) -> String {
+        self.client.welcome["conn_id"]
+            .as_str()
+            .expect("conn_id")
+            .to_owned()
+    }
+}
+
+async fn connect_as(url: &str, user: &str) -> Peer {
+    Peer::connect(&format!("{url}?token={}", token(user, None))).await
+}
+
+async fn presence(client: &mut Peer, room: &str) -> Value {
+    client
+        .request(json!({"type": "presence", "room": room}), "presence")
+        .await
+}
+
+/// `user → conns` of a presence reply, and its count.
+fn roster(reply: &Value) -> (u64, Vec<(String, u64)>) {
+    assert_eq!(reply["type"], "presence", "{reply}");
+    let members = reply["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["user"].as_str().expect("user").to_owned(),
+                m["conns"].as_u64().expect("conns"),
+            )
+        })
+        .collect();
+    (reply["count"].as_u64().expect("count"), members)
+}
+
+fn users(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(u, c)| (u.to_string(), *c)).collect()
+}
+
+/// Ask `client` for `room`'s presence until it is `expected` (bounded).
+async fn presence_becomes(client: &mut Peer, room: &str, expected: &[(&str, u64)]) {
+    let expected = users(expected);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = presence(client, room).await;
+        let (count, members) = roster(&reply);
+        if members == expected && count == expected.len() as u64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence of {room} is {reply}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next `member_joined` / `member_left` for `room`: `(event, user)`.
+async fn next_member_event(client: &mut Peer, room: &str) -> (String, String) {
+    loop {
+        let v = client.next().await;
+        let kind = v["type"].as_str().unwrap_or("").to_owned();
+        if kind == "member_joined" || kind == "member_left" {
+            assert!(v["ts"].as_u64().is_some(), "{v}");
+            if v["room"] == room {
+                return (kind, v["user"].as_str().expect("user").to_owned());
+            }
+        }
+    }
+}
+
+fn ev(kind: &str, user: &str) -> (String, String) {
+    (kind.to_owned(), user.to_owned())
+}
+
+#[tokio::test]
+async fn memory_broker_counts_tabs_once_and_announces_each_user_once() {
+    let node = TestNode::start(memory_config(true)).await;
+    let url = node.ws_url();
+    let mut watcher = connect_as(&url, "watcher").await;
+    watcher.join("chat:m").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:m").await,
+        ev("member_joined", "watcher"),
+        "a member hears its own arrival"
+    );
+    let mut alice1 = connect_as(&url, "alice").await;
+    alice1.join("chat:m").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:m").await,
+        ev("member_joined", "alice")
+    );
+    let mut alice2 = connect_as(&url, "alice").await;
+    alice2.join("chat:m").await;
+    let mut bob = connect_as(&url, "bob").await;
+    bob.join("chat:m").await;
+    // alice's second tab sent nothing: the next event is bob's.
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:m").await,
+        ev("member_joined", "bob")
+    );
+    let reply = presence(&mut watcher, "chat:m").await;
+    assert_eq!(reply["room"], "chat:m");
+    assert_eq!(reply["truncated"], false);
+    assert_eq!(
+        roster(&reply),
+        (3, users(&[("alice", 2), ("bob", 1), ("watcher", 1)]))
+    );
+
+    // One of alice's tabs goes: still there, nothing sent; her last one: member_left.
+    alice1.client.close().await;
+    presence_becomes(
+        &mut watcher,
+        "chat:m",
+        &[("alice", 1), ("bob", 1), ("watcher", 1)],
+    )
+    .await;
+    let mut carol = connect_as(&url, "carol").await;
+    carol.join("chat:m").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:m").await,
+        ev("member_joined", "carol")
+    );
+    let left = alice2
+        .request(json!({"type": "leave", "room": "chat:m"}), "l")
+        .await;
+    assert_eq!(left["type"], "left");
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:m").await,
+        ev("member_left", "alice")
+    );
+    presence_becomes(
+        &mut watcher,
+        "chat:m",
+        &[("bob", 1), ("carol", 1), ("watcher", 1)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn presence_errors_and_rooms_without_events() {
+    let node = TestNode::start(memory_config(true)).await;
+    let url = node.ws_url();
+    let mut limited = Peer::connect(&format!(
+        "{url}?token={}",
+        token("lim", Some(&["chat:open", "news"]))
+    ))
+    .await;
+    let reply = presence(&mut limited, "chat:closed").await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{reply}"
+    );
+    assert_eq!(reply["id"], "presence");
+    let reply = presence(&mut limited, "chat:open").await;
+    assert_eq!(reply["code"], "not_joined", "{reply}");
+    limited.join("news").await;
+    let reply = presence(&mut limited, "news").await;
+    assert_eq!(
+        reply["code"], "bad_request",
+        "no presence.rooms rule: {reply}"
+    );
+    let reply = presence(&mut limited, "bad room").await;
+    assert_eq!(reply["code"], "invalid_room", "{reply}");
+    let reply = limited
+        .request(json!({"type": "presence"}), "no-room")
+        .await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+
+    // A room with events = false keeps presence and sends no member events.
+    let mut a = connect_as(&url, "a").await;
+    a.join("quiet:1").await;
+    a.join("chat:marker").await;
+    assert_eq!(
+        next_member_event(&mut a, "chat:marker").await,
+        ev("member_joined", "a")
+    );
+    let mut b = connect_as(&url, "b").await;
+    b.join("quiet:1").await;
+    b.join("chat:marker").await;
+    loop {
+        let v = a.next().await;
+        assert_ne!(v["room"], "quiet:1", "no event in a quiet room: {v}");
+        if v["type"] == "member_joined" && v["user"] == "b" {
+            break;
+        }
+    }
+    assert_eq!(
+        a.request(json!({"type": "ping"}), "p").await["type"],
+        "pong"
+    );
+    presence_becomes(&mut a, "quiet:1", &[("a", 1), ("b", 1)]).await;
+}
+
+#[tokio::test]
+async fn anonymous_members_are_their_conn_ids_and_lists_are_capped() {
+    let mut config = memory_config(false);
+    config.admin.api_key = Some("k".into());
+    let node = TestNode::start(config).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = Peer::connect(&node.ws_url()).await;
+        c.join("big:room").await;
+        clients.push(c);
+    }
+    let mut ids: Vec<String> = clients.iter().map(Peer::conn_id).collect();
+    ids.sort();
+    let reply = presence(&mut clients[0], "big:room").await;
+    let (count, members) = roster(&reply);
+    assert_eq!(count, 6, "the count stays exact");
+    assert_eq!(reply["truncated"], true);
+    let names: Vec<String> = members.iter().map(|(u, _)| u.clone()).collect();
+    assert_eq!(names, ids[..4], "the first max_members conn ids, in order");
+
+    let http = reqwest::Client::new();
+    let url = node.admin_url("/api/presence/big:room");
+    let refused = http.get(&url).send().await.expect("admin");
+    assert_eq!(refused.status(), 401, "the API key guards presence");
+    let body: Value = http
+        .get(&url)
+        .bearer_auth("k")
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["room"], "big:room");
+    assert_eq!(body["count"], 6);
+    assert_eq!(body["truncated"], true);
+    assert_eq!(body["members"].as_array().map(Vec::len), Some(4));
+    let unknown = http
+        .get(node.admin_url("/api/presence/news"))
+        .bearer_auth("k")
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(unknown.status(), 400);
+}
+
+#[tokio::test]
+async fn two_nodes_share_presence_and_announce_each_user_once() {
+    let redis = RedisServer::start();
+    let p = prefix("two");
+    let a = TestNode::start(redis_config(&redis, &p, "node-a", 30)).await;
+    let b = TestNode::start(redis_config(&redis, &p, "node-b", 30)).await;
+    let (ua, ub) = (a.ws_url(), b.ws_url());
+    let mut watcher = connect_as(&ua, "watcher").await;
+    watcher.join("chat:x").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:x").await,
+        ev("member_joined", "watcher")
+    );
+    let mut alice_b = connect_as(&ub, "alice").await;
+    alice_b.join("chat:x").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:x").await,
+        ev("member_joined", "alice"),
+        "a join on node b reaches a member on node a"
+    );
+    let mut alice_a = connect_as(&ua, "alice").await;
+    alice_a.join("chat:x").await;
+    let mut bob_b = connect_as(&ub, "bob").await;
+    bob_b.join("chat:x").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:x").await,
+        ev("member_joined", "bob"),
+        "alice's tab on another node sent nothing"
+    );
+    let everyone = [("alice", 2), ("bob", 1), ("watcher", 1)];
+    presence_becomes(&mut watcher, "chat:x", &everyone).await;
+    presence_becomes(&mut bob_b, "chat:x", &everyone).await;
+    let admin: Value = reqwest::get(b.admin_url("/api/presence/chat:x"))
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(admin["count"], 3, "{admin}");
+
+    // alice's tab on b goes: nothing; her last (on a): member_left, once, on both nodes.
+    alice_b.client.close().await;
+    presence_becomes(
+        &mut bob_b,
+        "chat:x",
+        &[("alice", 1), ("bob", 1), ("watcher", 1)],
+    )
+    .await;
+    let mut carol = connect_as(&ub, "carol").await;
+    carol.join("chat:x").await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:x").await,
+        ev("member_joined", "carol")
+    );
+    alice_a.client.close().await;
+    assert_eq!(
+        next_member_event(&mut watcher, "chat:x").await,
+        ev("member_left", "alice")
+    );
+    for expected in [
+        ev("member_joined", "bob"),
+        ev("member_joined", "carol"),
+        ev("member_left", "alice"),
+    ] {
+        assert_eq!(next_member_event(&mut bob_b, "chat:x").await, expected);
+    }
+    presence_becomes(
+        &mut watcher,
+        "chat:x",
+        &[("bob", 1), ("carol", 1), ("watcher", 1)],
+    )
+    .await;
+
+    // max_members across nodes: the list is capped, the count exact.
+    let mut big = Vec::new();
+    for i in 0..6 {
+        let url = if i % 2 == 0 { &ua } else { &ub };
+        let mut c = connect_as(url, &format!("u{i}")).await;
+        c.join("big:r").await;
+        big.push(c);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = presence(&mut big[0], "big:r").await;
+        let (count, members) = roster(&reply);
+        if count == 6 {
+            assert_eq!(reply["truncated"], true);
+            let names: Vec<&str> = members.iter().map(|(u, _)| u.as_str()).collect();
+            assert_eq!(names, ["u0", "u1", "u2", "u3"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary as a node of the cluster, with `presence.rooms` from a file.
+async fn spawn_node(
+    redis: &RedisServer,
+    prefix: &str,
+    node_id: &str,
+    ttl_s: u64,
+) -> (Child, String) {
+    let file = std::env::temp_dir().join(format!(
+        "roomcast-{}{node_id}.toml",
+        prefix.replace(':', "-")
+    ));
+    std::fs::write(
+        &file,
+        format!(
+            "[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\n[presence]\nttl_s = {ttl_s}\n\
+             rooms = [{{ pattern = \"chat:*\", events = true }}]\n"
+        ),
+    )
+    .expect("write config");
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--redis", &redis.url(), "--node-id", node_id])
+            .arg("--config")
+            .arg(&file)
+            .env("ROOMCAST_REDIS__PREFIX", prefix)
+            .env("ROOMCAST_LOG__FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn roomcast"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "websocket listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("node listens in time")
+        .expect("address");
+    (child, format!("ws://{addr}/ws"))
+}
+
+#[tokio::test]
+async fn a_killed_node_drops_out_within_the_ttl_and_its_users_are_announced() {
+    const TTL: Duration = Duration::from_secs(2);
+    let redis = RedisServer::start();
+    let p = prefix("kill");
+    let (mut doomed, doomed_url) = spawn_node(&redis, &p, "doomed", TTL.as_secs()).await;
+    let survivor = TestNode::start(redis_config(&redis, &p, "survivor", TTL.as_secs())).await;
+    let mut watcher = connect_as(&survivor.ws_url(), "watcher").await;
+    watcher.join("chat:k").await;
+    let mut both_here = connect_as(&survivor.ws_url(), "both").await;
+    both_here.join("chat:k").await;
+    let mut doomed_clients = Vec::new();
+    for user in ["both", "x", "y"] {
+        let mut c = connect_as(&doomed_url, user).await;
+        c.join("chat:k").await;
+        doomed_clients.push(c);
+    }
+    presence_becomes(
+        &mut watcher,
+        "chat:k",
+        &[("both", 2), ("watcher", 1), ("x", 1), ("y", 1)],
+    )
+    .await;
+    let mut joined = Vec::new();
+    while joined.len() < 4 {
+        joined.push(next_member_event(&mut watcher, "chat:k").await);
+    }
+    joined.sort();
+    assert_eq!(
+        joined,
+        [
+            ev("member_joined", "both"),
+            ev("member_joined", "watcher"),
+            ev("member_joined", "x"),
+            ev("member_joined", "y"),
+        ]
+    );
+
+    doomed.0.kill().expect("SIGKILL the node");
+    let _ = doomed.0.wait();
+    let killed = Instant::now();
+    let mut left = vec![
+        next_member_event(&mut watcher, "chat:k").await,
+        next_member_event(&mut watcher, "chat:k").await,
+    ];
+    let elapsed = killed.elapsed();
+    left.sort();
+    assert_eq!(
+        left,
+        [ev("member_left", "x"), ev("member_left", "y")],
+        "`both` is still on the survivor"
+    );
+    assert!(
+        elapsed <= TTL + Duration::from_millis(500),
+        "member_left within the ttl: {elapsed:?}"
+    );
+    presence_becomes(&mut watcher, "chat:k", &[("both", 1), ("watcher", 1)]).await;
+    // Nothing more: the next frame is the reply to this ping.
+    assert_eq!(
+        watcher.request(json!({"type": "ping"}), "end").await["type"],
+        "pong"
+    );
+    assert!(watcher.backlog.is_empty(), "{:?}", watcher.backlog);
+}
+
+#[tokio::test]
+async fn a_node_restarted_with_the_same_id_leaves_no_ghosts() {
+    // A long ttl: what removes the ghost is the restart, not the ttl.
+    const TTL_S: u64 = 60;
+    let redis = RedisServer::start();
+    let p = prefix("restart");
+    let survivor = TestNode::start(redis_config(&redis, &p, "survivor", TTL_S)).await;
+    let mut watcher = connect_as(&survivor.ws_url(), "watcher").await;
+    watcher.join("chat:g").await;
+    let (mut first, url) = spawn_node(&redis, &p, "phoenix", TTL_S).await;
+    let mut ghost = connect_as(&url, "ghost").await;
+    ghost.join("chat:g").await;
+    presence_becomes(&mut watcher, "chat:g", &[("ghost", 1), ("watcher", 1)]).await;
+    first.0.kill().expect("SIGKILL the node");
+    let _ = first.0.wait();
+
+    let started = Instant::now();
+    let (_second, url) = spawn_node(&redis, &p, "phoenix", TTL_S).await;
+    let mut fresh = connect_as(&url, "fresh").await;
+    fresh.join("chat:g").await;
+    presence_becomes(&mut watcher, "chat:g", &[("fresh", 1), ("watcher", 1)]).await;
+    assert!(started.elapsed() < Duration::from_secs(TTL_S / 3));
+    let mut events = Vec::new();
+    while !events.contains(&ev("member_left", "ghost")) {
+        events.push(next_member_event(&mut watcher, "chat:g").await);
+    }
+    assert!(events.contains(&ev("member_joined", "fresh")), "{events:?}");
+}
