@@ -612,3 +612,28 @@ async fn a_node_restarted_with_the_same_id_leaves_no_ghosts() {
     }
     assert!(events.contains(&ev("member_joined", "fresh")), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_node_that_shuts_down_announces_its_users_at_once() {
+    // A long ttl: member_left comes from the shutdown, not from the ttl.
+    const TTL_S: u64 = 60;
+    let redis = RedisServer::start();
+    let p = prefix("stop");
+    let a = TestNode::start(redis_config(&redis, &p, "a", TTL_S)).await;
+    let b = TestNode::start(redis_config(&redis, &p, "b", TTL_S)).await;
+    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
+    watcher.join("chat:s").await;
+    let mut leaving = connect_as(&b.ws_url(), "leaving").await;
+    leaving.join("chat:s").await;
+    presence_becomes(&mut watcher, "chat:s", &[("leaving", 1), ("watcher", 1)]).await;
+    let stopping = tokio::spawn(b.stop());
+    leaving.client.expect_close(1001).await;
+    let started = Instant::now();
+    let mut events = Vec::new();
+    while !events.contains(&ev("member_left", "leaving")) {
+        events.push(next_member_event(&mut watcher, "chat:s").await);
+    }
+    assert!(started.elapsed() < Duration::from_secs(TTL_S / 3));
+    presence_becomes(&mut watcher, "chat:s", &[("watcher", 1)]).await;
+    stopping.await.expect("join").expect("stops cleanly");
+}

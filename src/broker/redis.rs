@@ -21,6 +21,15 @@
 //! (`FCALL roomcast_publish 1 roomcast:room:ROOM '{"data":…}'`); nodes load it at every
 //! (re)connect.
 //!
+//! Presence (`presence.rooms`) is kept beside them too: per room, a hash per node
+//! (`{roomcast:room:ROOM}:presence:NODE`, user → its connections on that node) and a sorted set
+//! of the nodes scored by when each stops counting (`{roomcast:room:ROOM}:presence`). The
+//! function `roomcast_presence` applies one node's changes to one room atomically: it first
+//! drops the other nodes whose time is up, then sets the node's users, and publishes
+//! `{"user","event":"joined"|"left","ts"}` on `{prefix}presence:ROOM` for users that appear or
+//! vanish across every node (rooms with events only). A node sends all its rooms' changes in
+//! one pipeline; `roomcast_presence_read` returns every live node's users of a room.
+//!
 //! Every node delivers what Redis delivers to it, its own publishes included, so every member
 //! of a room sees Redis's one order. Nothing here is unbounded: commands reach the pub/sub task
 //! through a bounded queue, and publications reach the node through its bounded event queue,
@@ -567,10 +576,12 @@ local function presence(keys, args)
   for _, n in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', '(' .. now)) do
     if n ~= node then
       local h = presence_hash(channel, n)
-      for _, u in ipairs(redis.call('HKEYS', h)) do
-        if not seen[u] then
-          seen[u] = true
-          table.insert(gone, u)
+      if events ~= '' then
+        for _, u in ipairs(redis.call('HKEYS', h)) do
+          if not seen[u] then
+            seen[u] = true
+            table.insert(gone, u)
+          end
         end
       end
       redis.call('DEL', h)
@@ -606,14 +617,15 @@ local function presence(keys, args)
   for _, c in ipairs(changes) do
     local u, conns = c[1], c[2]
     local had = redis.call('HEXISTS', own, u) == 1
+    -- Without events nothing is announced, so nothing else is looked at.
     if conns > 0 then
       redis.call('HSET', own, u, conns)
-      if not had and not present_on(channel, live, node, u) then
+      if not had and events ~= '' and not present_on(channel, live, node, u) then
         announce(events, u, 'joined', now)
       end
     elseif had then
       redis.call('HDEL', own, u)
-      if not present_on(channel, live, node, u) then
+      if events ~= '' and not present_on(channel, live, node, u) then
         announce(events, u, 'left', now)
       end
     end
