@@ -32,6 +32,8 @@ use crate::protocol::{
 
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 256;
+/// What a writer keeps of its batch buffer between bursts.
+const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
 pub async fn serve<S>(
@@ -132,7 +134,9 @@ where
                 break;
             }
             Some(Ok(Message::Text(text))) => {
-                handle_text(node, session, &mut rate, text.as_str()).await;
+                // Boxed: the command futures (join, publish) are large, and an idle
+                // connection should not carry their space while it waits.
+                Box::pin(handle_text(node, session, &mut rate, text.as_str())).await;
             }
             Some(Ok(Message::Binary(_))) => {
                 if check_rate(node, session, &mut rate, None) {
@@ -303,7 +307,8 @@ where
     let closer = outbox.closer.clone();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
+    let mut batch = Vec::new();
 
     loop {
         tokio::select! {
@@ -331,6 +336,9 @@ where
                 if written.is_err() {
                     closer.close(Disconnect::PeerGone);
                     break;
+                }
+                if batch.capacity() > IDLE_BATCH_CAPACITY {
+                    batch.shrink_to(IDLE_BATCH_CAPACITY);
                 }
             }
             _ = ping.tick() => {

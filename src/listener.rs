@@ -30,7 +30,8 @@ use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
 /// Per-socket buffers: small, because idle connections dominate memory at scale.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Client frames are small commands; larger ones grow the buffer for as long as they need.
+const READ_BUFFER_BYTES: usize = 1024;
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// How often forgotten per-address limiter entries are purged.
 const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
