@@ -166,10 +166,11 @@ pub fn connections_text(r: &ConnectionsReport) -> String {
     for m in &r.rss {
         let _ = writeln!(
             s,
-            "pid {}: VmRSS {} KiB before, {} KiB held = {} bytes per connection",
+            "pid {}: VmRSS {} KiB before, {} KiB with {} held = {} bytes per connection",
             m.pid,
             m.before_kib.map_or("-".into(), |v| v.to_string()),
             m.held_kib.map_or("-".into(), |v| v.to_string()),
+            m.held_connections,
             m.per_connection_bytes.map_or("-".into(), |v| v.to_string())
         );
     }
@@ -581,9 +582,10 @@ fn connections_section(r: &ConnectionsReport) -> String {
         kv.push(vec![
             format!("pid {} VmRSS before / held", m.pid),
             format!(
-                "{} / {} KiB = {} bytes per connection",
+                "{} / {} KiB with {} held = {} bytes per connection",
                 m.before_kib.map_or("-".into(), |v| v.to_string()),
                 m.held_kib.map_or("-".into(), |v| v.to_string()),
+                m.held_connections,
                 m.per_connection_bytes.map_or("-".into(), |v| v.to_string())
             ),
         ]);
@@ -914,6 +916,7 @@ mod tests {
                 pid: 1,
                 before_kib: Some(1000),
                 held_kib: Some(1004),
+                held_connections: 4,
                 per_connection_bytes: Some(1024),
             }],
             cpu: CpuReport::default(),

@@ -43,7 +43,10 @@ pub struct RssReport {
     pub pid: u32,
     pub before_kib: Option<u64>,
     pub held_kib: Option<u64>,
-    /// (held − before) / connections held to the end, in bytes.
+    /// Connections this process held at the end: those of URL `j` for the `j`-th pid when
+    /// there are as many `--pid`s as `--url`s, else all of them.
+    pub held_connections: u64,
+    /// (held − before) / held_connections, in bytes.
     pub per_connection_bytes: Option<u64>,
 }
 
@@ -76,6 +79,9 @@ pub struct ConnectionsReport {
 struct Counters {
     open: AtomicU64,
     dropped: AtomicU64,
+    /// Per URL (same order as `Common::urls`): connections that opened there, and dropped.
+    connected_by_url: Vec<AtomicU64>,
+    dropped_by_url: Vec<AtomicU64>,
     pings: AtomicU64,
     pongs: AtomicU64,
 }
@@ -95,6 +101,8 @@ pub async fn run(common: &Common, params: &ConnectionsParams) -> Result<Connecti
     let counters = Arc::new(Counters {
         open: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        connected_by_url: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+        dropped_by_url: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
         pings: AtomicU64::new(0),
         pongs: AtomicU64::new(0),
     });
@@ -104,9 +112,11 @@ pub async fn run(common: &Common, params: &ConnectionsParams) -> Result<Connecti
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n as usize);
     for i in 0..n {
+        let url = i as usize % endpoints.len();
         tasks.push(tokio::spawn(hold(
             i,
-            endpoints[i as usize % endpoints.len()].clone(),
+            url,
+            endpoints[url].clone(),
             client::source_address(i as usize, common.sources),
             common.clone(),
             counters.clone(),
@@ -184,6 +194,15 @@ pub async fn run(common: &Common, params: &ConnectionsParams) -> Result<Connecti
     let cpu_after = cpu_snapshot(&common.pids);
     let dropped = counters.dropped.load(Ordering::Relaxed);
     let held = connected.saturating_sub(dropped);
+    let held_by_url: Vec<u64> = counters
+        .connected_by_url
+        .iter()
+        .zip(&counters.dropped_by_url)
+        .map(|(c, d)| {
+            c.load(Ordering::Relaxed)
+                .saturating_sub(d.load(Ordering::Relaxed))
+        })
+        .collect();
     timeline.push((
         start.elapsed().as_secs_f64(),
         counters.open.load(Ordering::Relaxed),
@@ -195,14 +214,21 @@ pub async fn run(common: &Common, params: &ConnectionsParams) -> Result<Connecti
         .pids
         .iter()
         .zip(rss_before.iter().zip(&rss_held))
-        .map(|(&pid, (&before_kib, &held_kib))| RssReport {
-            pid,
-            before_kib,
-            held_kib,
-            per_connection_bytes: match (before_kib, held_kib) {
-                (Some(b), Some(h)) if held > 0 => Some(h.saturating_sub(b) * 1024 / held),
-                _ => None,
-            },
+        .enumerate()
+        .map(|(j, (&pid, (&before_kib, &held_kib)))| {
+            let held_here = held_on_pid(j, common.pids.len(), &held_by_url, held);
+            RssReport {
+                pid,
+                before_kib,
+                held_kib,
+                held_connections: held_here,
+                per_connection_bytes: match (before_kib, held_kib) {
+                    (Some(b), Some(h)) if held_here > 0 => {
+                        Some(h.saturating_sub(b) * 1024 / held_here)
+                    }
+                    _ => None,
+                },
+            }
         })
         .collect();
     Ok(ConnectionsReport {
@@ -228,9 +254,20 @@ pub async fn run(common: &Common, params: &ConnectionsParams) -> Result<Connecti
     })
 }
 
+/// Connections held by the `j`-th of `pids` watched processes: with as many `--pid`s as
+/// `--url`s, pid `j` is taken to serve URL `j`; otherwise every connection counts for each.
+fn held_on_pid(j: usize, pids: usize, held_by_url: &[u64], held: u64) -> u64 {
+    if pids == held_by_url.len() {
+        held_by_url.get(j).copied().unwrap_or(0)
+    } else {
+        held
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn hold(
     i: u64,
+    url: usize,
     endpoint: Endpoint,
     source: Option<IpAddr>,
     common: Common,
@@ -262,6 +299,9 @@ async fn hold(
     };
     drop(outcome);
     counters.open.fetch_add(1, Ordering::Relaxed);
+    if let Some(c) = counters.connected_by_url.get(url) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
     // Spread the heartbeats of all connections over the interval.
     let spread = common.heartbeat.mul_f64((i % 1000) as f64 / 1000.0);
     let mut heartbeat =
@@ -292,7 +332,23 @@ async fn hold(
     counters.open.fetch_sub(1, Ordering::Relaxed);
     if dropped {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = counters.dropped_by_url.get(url) {
+            d.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_on_pid;
+
+    #[test]
+    fn memory_is_split_by_url_when_pids_match_urls() {
+        assert_eq!(held_on_pid(0, 2, &[10, 20], 30), 10);
+        assert_eq!(held_on_pid(1, 2, &[10, 20], 30), 20);
+        assert_eq!(held_on_pid(0, 1, &[10, 20], 30), 30);
+        assert_eq!(held_on_pid(0, 1, &[30], 30), 30);
+    }
 }
