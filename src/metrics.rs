@@ -95,6 +95,8 @@ pub struct Metrics {
     pub pubsub_lag: Histogram,
     pub history_unkept: IntCounter,
     pub history_caught_up: IntCounter,
+    pub presence_writes: IntCounter,
+    pub presence_room_writes: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -245,6 +247,14 @@ impl Metrics {
             history_caught_up: counter(
                 "roomcast_history_caught_up_total",
                 "Kept messages delivered from history after a broker outage",
+            ),
+            presence_writes: counter(
+                "roomcast_presence_writes_total",
+                "Batches of presence changes and refreshes written to the broker",
+            ),
+            presence_room_writes: counter(
+                "roomcast_presence_room_writes_total",
+                "Rooms carried by those batches (one per room per batch)",
             ),
             registry,
         }

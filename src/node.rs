@@ -524,7 +524,13 @@ impl Node {
             return;
         }
         self.presence
-            .run(&*self.broker, &self.node_id, self.command_timeout, stop)
+            .run(
+                &*self.broker,
+                &self.node_id,
+                self.command_timeout,
+                stop,
+                &self.metrics,
+            )
             .await;
     }
 
@@ -536,7 +542,13 @@ impl Node {
         }
         if let Err(err) = self
             .presence
-            .flush(&*self.broker, &self.node_id, false, self.command_timeout)
+            .flush(
+                &*self.broker,
+                &self.node_id,
+                false,
+                self.command_timeout,
+                &self.metrics,
+            )
             .await
         {
             warn!(%err, "cannot write the last presence changes");

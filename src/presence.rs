@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::auth::glob_match;
 use crate::broker::{Broker, BrokerError, PresenceByNode, PresenceUpdate};
 use crate::config::{PresenceConfig, PresenceRule};
+use crate::metrics::Metrics;
 use crate::protocol::{PresenceList, PresenceMember};
 
 /// Changes that arrive this close together go to the broker in one call.
@@ -223,11 +224,14 @@ impl LocalPresence {
         node: &str,
         refresh: bool,
         timeout: Duration,
+        metrics: &Metrics,
     ) -> Result<(), BrokerError> {
         let batch = self.take_batch(refresh);
         if batch.is_empty() {
             return Ok(());
         }
+        metrics.presence_writes.inc();
+        metrics.presence_room_writes.inc_by(batch.len() as u64);
         let result = tokio::time::timeout(
             timeout,
             broker.presence_update(node, self.ttl, batch.clone()),
@@ -258,6 +262,7 @@ impl LocalPresence {
         node: &str,
         timeout: Duration,
         stop: CancellationToken,
+        metrics: &Metrics,
     ) {
         let every = (self.ttl / 3).max(Duration::from_millis(10));
         let mut next_refresh = Instant::now() + every;
@@ -271,7 +276,7 @@ impl LocalPresence {
                 }
                 _ = tokio::time::sleep_until(next_refresh) => true,
             };
-            match self.flush(broker, node, refresh, timeout).await {
+            match self.flush(broker, node, refresh, timeout, metrics).await {
                 Ok(()) => {
                     retry = RETRY_MIN;
                     if refresh {
