@@ -192,26 +192,19 @@ fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
+    // Exactly two ASCII hex digits: `u8::from_str_radix` would also take a sign (`%+3`).
+    let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.extend(u8::try_from(hi * 16 + lo).ok());
+                i += 3;
             }
-            b'+' => {
+            (b'+', _, _) => {
                 out.push(b' ');
                 i += 1;
             }
-            b => {
+            (b, _, _) => {
                 out.push(b);
                 i += 1;
             }
@@ -227,12 +220,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: it is a wildcard even where the text has a `*` too.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -263,6 +257,36 @@ mod tests {
         assert!(!glob_match("a*b*c", "aXXbYY"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exactly"));
+    }
+
+    /// Found by the `auth_inputs` fuzz target (fuzz/regressions/auth_inputs/percent-plus-sign):
+    /// `%` and a sign was read as an escape, so `token=%+3` gave the token "\u{3}".
+    #[test]
+    fn only_two_hex_digits_make_a_percent_escape() {
+        assert_eq!(
+            token_from_request(Some("token=%+3"), None).as_deref(),
+            Some("% 3")
+        );
+        assert_eq!(
+            token_from_request(Some("token=%-1a"), None).as_deref(),
+            Some("%-1a")
+        );
+        assert_eq!(
+            token_from_request(Some("token=%4a%4A"), None).as_deref(),
+            Some("JJ")
+        );
+    }
+
+    /// Found by the `auth_inputs` fuzz target (fuzz/regressions/auth_inputs/star-in-text):
+    /// a `*` in the pattern was matched literally against a `*` in the text, with no way back,
+    /// so `*` did not match `**`.
+    #[test]
+    fn a_star_stays_a_wildcard_where_the_text_has_a_star() {
+        assert!(glob_match("*", "**"));
+        assert!(glob_match("*", "*a"));
+        assert!(glob_match("a*", "a*b"));
+        assert!(glob_match("*b", "**b"));
+        assert!(!glob_match("*b", "**c"));
     }
 
     #[test]
