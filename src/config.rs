@@ -200,7 +200,7 @@ pub struct HistoryRule {
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
     pub rooms: Vec<PresenceRule>,
-    /// A node refreshes its presence every third of this; one that stops (SIGKILL) is out of
+    /// A node refreshes its presence every quarter of this; one that stops (SIGKILL) is out of
     /// every room, its users' `member_left` sent by the others, within this many seconds.
     pub ttl_s: u64,
 }

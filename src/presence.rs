@@ -3,7 +3,7 @@
 //!
 //! Owns the `presence.rooms` rules, the local table (room → user → connections, synchronous,
 //! like the hub: a std lock never held across an await), the batching flusher (one broker call
-//! carries every room that changed since the last one, and every room is refreshed each third
+//! carries every room that changed since the last one, and every room is refreshed each quarter
 //! of `presence.ttl_s` so the node stays live), and merging the broker's view of other nodes
 //! with this node's own exact table into a `presence` reply.
 //!
@@ -29,7 +29,7 @@ use crate::protocol::{PresenceList, PresenceMember};
 
 /// Changes that arrive this close together go to the broker in one call.
 const LINGER: Duration = Duration::from_millis(5);
-/// First wait after a failed write; doubles up to a third of the ttl.
+/// First wait after a failed write; doubles up to a quarter of the ttl.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// The first `presence.rooms` rule whose pattern matches a room.
@@ -255,7 +255,7 @@ impl LocalPresence {
     }
 
     /// Write changes as they come (a burst of joins shares one write) and refresh every
-    /// room each third of the ttl, until `stop` (a write under way finishes first).
+    /// room each quarter of the ttl, until `stop` (a write under way finishes first).
     pub async fn run(
         &self,
         broker: &dyn Broker,
@@ -264,7 +264,7 @@ impl LocalPresence {
         stop: CancellationToken,
         metrics: &Metrics,
     ) {
-        let every = (self.ttl / 3).max(Duration::from_millis(10));
+        let every = (self.ttl / 4).max(Duration::from_millis(10));
         let mut next_refresh = Instant::now() + every;
         let mut retry = RETRY_MIN;
         loop {

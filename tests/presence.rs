@@ -164,9 +164,12 @@ async fn presence_becomes(client: &mut Peer, room: &str, expected: &[(&str, u64)
     let deadline = Instant::now() + WAIT;
     loop {
         let reply = presence(client, room).await;
-        let (count, members) = roster(&reply);
-        if members == expected && count == expected.len() as u64 {
-            return;
+        // While Redis restarts a read may fail; a client asks again.
+        if reply["code"] != "unavailable" {
+            let (count, members) = roster(&reply);
+            if members == expected && count == expected.len() as u64 {
+                return;
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -571,10 +574,9 @@ async fn a_killed_node_drops_out_within_the_ttl_and_its_users_are_announced() {
         [ev("member_left", "x"), ev("member_left", "y")],
         "`both` is still on the survivor"
     );
-    assert!(
-        elapsed <= TTL + Duration::from_millis(500),
-        "member_left within the ttl: {elapsed:?}"
-    );
+    // By construction within 3/4 of the ttl plus one write (docs/protocol-additions.md).
+    eprintln!("member_left {elapsed:?} after the SIGKILL (ttl {TTL:?})");
+    assert!(elapsed <= TTL, "member_left within the ttl: {elapsed:?}");
     presence_becomes(&mut watcher, "chat:k", &[("both", 1), ("watcher", 1)]).await;
     // Nothing more: the next frame is the reply to this ping.
     assert_eq!(
@@ -636,4 +638,49 @@ async fn a_node_that_shuts_down_announces_its_users_at_once() {
     assert!(started.elapsed() < Duration::from_secs(TTL_S / 3));
     presence_becomes(&mut watcher, "chat:s", &[("watcher", 1)]).await;
     stopping.await.expect("join").expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn nodes_write_their_members_again_after_redis_loses_its_data() {
+    const TTL_S: u64 = 2;
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let p = prefix("lost");
+    let a = TestNode::start(redis_config(&redis, &p, "a", TTL_S)).await;
+    let b = TestNode::start(redis_config(&redis, &p, "b", TTL_S)).await;
+    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
+    watcher.join("quiet:l").await;
+    let mut member = connect_as(&b.ws_url(), "member").await;
+    member.join("quiet:l").await;
+    presence_becomes(&mut watcher, "quiet:l", &[("member", 1), ("watcher", 1)]).await;
+
+    // A restart without persistence: every presence key is gone.
+    redis.stop();
+    redis = RedisServer::start_on(port);
+    presence_becomes(&mut watcher, "quiet:l", &[("member", 1), ("watcher", 1)]).await;
+    let mut conn = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = format!("{{{p}room:quiet:l}}:presence");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut nodes: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        nodes.sort();
+        if nodes == ["a", "b"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes write their members again: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -64,11 +64,11 @@ pub struct PresenceUpdate {
     pub users: Vec<(Arc<str>, u64)>,
 }
 
-/// How long a node's presence counts after its last write: two of its refreshes (every third
+/// How long a node's presence counts after its last write: two of its refreshes (every quarter
 /// of `presence.ttl_s`). A node silent for longer is dropped by the next write of any other
 /// node in the room, whose users it then announces as `member_left`, all within the ttl.
 pub fn presence_live_for(ttl: Duration) -> Duration {
-    ttl * 2 / 3
+    ttl / 2
 }
 
 /// What a broker holds of one room's presence: every live node's users with their
