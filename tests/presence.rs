@@ -684,3 +684,79 @@ async fn nodes_write_their_members_again_after_redis_loses_its_data() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What joins cost: a burst of joins in a room without events is written in a few batches,
+/// not one round trip per join, and publishes nothing at all.
+#[tokio::test]
+async fn a_burst_of_joins_without_events_is_batched_and_publishes_nothing() {
+    use futures_util::StreamExt;
+    const MEMBERS: usize = 100;
+    let redis = RedisServer::start();
+    let p = prefix("cost");
+    let node = TestNode::start(redis_config(&redis, &p, "n", 30)).await;
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .psubscribe(format!("{p}presence:*"))
+        .await
+        .expect("psubscribe");
+    pubsub
+        .psubscribe(format!("{p}room:*"))
+        .await
+        .expect("psubscribe");
+
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        members.push(connect_as(&node.ws_url(), &format!("m{i:03}")).await);
+    }
+    let joins = members
+        .iter_mut()
+        .map(|m| m.request(json!({"type": "join", "room": "quiet:crowd"}), "j"));
+    for reply in futures_util::future::join_all(joins).await {
+        assert_eq!(reply["type"], "joined", "{reply}");
+    }
+    let mut other = TestNode::start(redis_config(&redis, &p, "other", 30)).await;
+    let mut watcher = connect_as(&other.ws_url(), "watcher").await;
+    watcher.join("quiet:crowd").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = presence(&mut watcher, "quiet:crowd").await;
+        if reply["count"] == MEMBERS as u64 + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = node.metrics().await;
+    let writes = metric(&metrics, "roomcast_presence_writes_total");
+    eprintln!("{MEMBERS} joins written in {writes} batches");
+    assert!(
+        writes <= (MEMBERS / 4) as f64,
+        "{MEMBERS} joins took {writes} writes"
+    );
+
+    // Nothing was published for those joins: the first message on the subscription is ours.
+    let mut conn = redis_conn(&redis.url()).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{p}presence:marker"))
+        .arg("marker")
+        .query_async(&mut conn)
+        .await
+        .expect("PUBLISH");
+    let mut messages = pubsub.on_message();
+    let first = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .expect("marker in time")
+        .expect("a message");
+    assert_eq!(first.get_channel_name(), format!("{p}presence:marker"));
+    drop(messages);
+    other.begin_shutdown();
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
+        .await
+        .expect("redis in time")
+        .expect("redis")
+}
