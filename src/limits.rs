@@ -5,6 +5,7 @@
 
 use std::num::NonZeroU32;
 
+pub use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::LimitsConfig;
@@ -25,11 +26,16 @@ pub struct MessageRate {
 }
 
 impl MessageRate {
-    pub fn new(limits: &LimitsConfig) -> Self {
+    /// `clock` is shared by the node: a fresh one per connection calibrates itself with
+    /// CPUID, which traps to the hypervisor in a VM and showed at the top of the connect path.
+    pub fn new(limits: &LimitsConfig, clock: &DefaultClock) -> Self {
         let per_sec = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
         MessageRate {
-            limiter: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(per_sec).allow_burst(burst),
+                clock.clone(),
+            ),
             strikes: 0,
             max_strikes: limits.rate_limit_strikes,
         }
@@ -61,7 +67,7 @@ mod tests {
             rate_limit_strikes: 2,
             ..LimitsConfig::default()
         };
-        let mut rate = MessageRate::new(&limits);
+        let mut rate = MessageRate::new(&limits, &DefaultClock::default());
         for _ in 0..3 {
             assert_eq!(rate.check(), RateDecision::Allowed);
         }

@@ -104,6 +104,7 @@ pub struct Node {
     /// Connections open or mid-handshake, for `server.max_connections`.
     slots: AtomicU64,
     command_timeout: Duration,
+    rate_clock: crate::limits::DefaultClock,
 }
 
 impl Node {
@@ -143,11 +144,17 @@ impl Node {
             presence_rules,
             presence,
             slots: AtomicU64::new(0),
+            rate_clock: crate::limits::DefaultClock::default(),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The clock every connection's rate limiter reads (one calibration per node).
+    pub fn rate_clock(&self) -> &crate::limits::DefaultClock {
+        &self.rate_clock
     }
 
     /// How `room`'s traffic is kept: the first `history.rooms` rule whose pattern matches.
