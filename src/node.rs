@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::hub::{Gate, Hub};
 use crate::metrics::{Drop, Metrics};
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
-use crate::presence::{self, LocalPresence, PresenceRules};
+use crate::presence::{LocalPresence, PresenceRules};
 use crate::protocol::{
     self, CommandError, ErrorCode, Frame, PresenceList, RESERVED_ROOM_PREFIX, validate_room,
 };
@@ -507,21 +507,21 @@ impl Node {
                 "presence is not kept for this room",
             ));
         };
-        let others = tokio::time::timeout(self.command_timeout, self.broker.presence(room.into()))
-            .await
-            .unwrap_or(Err(BrokerError::Timeout))
-            .map_err(|err| {
-                CommandError::new(
-                    ErrorCode::Unavailable,
-                    format!("cannot read presence: {err}"),
-                )
-            })?;
-        Ok(presence::merge(
-            &self.node_id,
-            self.presence.users(room),
-            others,
-            rule.max_members,
-        ))
+        // Read our own writes: this node's changes so far reach the broker first.
+        self.presence.written(self.command_timeout).await;
+        tokio::time::timeout(
+            self.command_timeout,
+            self.broker
+                .presence(room.into(), rule.events, rule.max_members),
+        )
+        .await
+        .unwrap_or(Err(BrokerError::Timeout))
+        .map_err(|err| {
+            CommandError::new(
+                ErrorCode::Unavailable,
+                format!("cannot read presence: {err}"),
+            )
+        })
     }
 
     /// Write presence changes in batches and keep this node live in every room, until

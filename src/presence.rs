@@ -16,13 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::auth::glob_match;
-use crate::broker::{Broker, BrokerError, PresenceByNode, PresenceUpdate};
+use crate::broker::{Broker, BrokerError, PresenceUpdate};
 use crate::config::{PresenceConfig, PresenceRule};
 use crate::metrics::Metrics;
 use crate::protocol::{PresenceList, PresenceMember};
@@ -67,12 +67,16 @@ struct LocalState {
     rooms: HashMap<Arc<str>, LocalRoom>,
     /// Rooms with something to write.
     dirty: HashSet<Arc<str>>,
+    /// Counts every change, so a reader can wait until what it has seen is written.
+    changes: u64,
 }
 
 /// This node's presence table and its batching writer.
 pub struct LocalPresence {
     state: Mutex<LocalState>,
     wake: Notify,
+    /// The last of `LocalState::changes` that the broker has (all changes up to it written).
+    written: watch::Sender<u64>,
     ttl: Duration,
 }
 
@@ -81,6 +85,7 @@ impl LocalPresence {
         LocalPresence {
             state: Mutex::new(LocalState::default()),
             wake: Notify::new(),
+            written: watch::Sender::new(0),
             ttl,
         }
     }
@@ -98,6 +103,7 @@ impl LocalPresence {
             *local.users.entry(user.clone()).or_insert(0) += 1;
             local.dirty.insert(user.clone());
             state.dirty.insert(room.clone());
+            state.changes += 1;
         }
         self.wake.notify_one();
     }
@@ -124,12 +130,25 @@ impl LocalPresence {
             }
             local.dirty.insert(user);
             state.dirty.insert(room);
+            state.changes += 1;
         }
         self.wake.notify_one();
     }
 
-    /// This node's users of `room` with their connection counts.
-    pub fn users(&self, room: &str) -> Vec<(String, u64)> {
+    /// Wait (at most `timeout`) until every change made so far is written, so that a read
+    /// from the broker includes this node's latest members.
+    pub async fn written(&self, timeout: Duration) {
+        let want = self.state().changes;
+        let mut written = self.written.subscribe();
+        if *written.borrow() >= want {
+            return;
+        }
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(timeout, written.wait_for(|w| *w >= want)).await;
+    }
+
+    #[cfg(test)]
+    fn users(&self, room: &str) -> Vec<(String, u64)> {
         self.state()
             .rooms
             .get(room)
@@ -139,8 +158,9 @@ impl LocalPresence {
 
     /// What to write now: every room with changes (all of its users when the broker does not
     /// have it yet), and with `refresh` every other room too, with no users (to keep it live).
-    fn take_batch(&self, refresh: bool) -> Vec<PresenceUpdate> {
+    fn take_batch(&self, refresh: bool) -> (Vec<PresenceUpdate>, u64) {
         let mut state = self.state();
+        let changes = state.changes;
         let dirty: Vec<Arc<str>> = state.dirty.drain().collect();
         let mut batch = Vec::with_capacity(dirty.len());
         for room in &dirty {
@@ -185,7 +205,15 @@ impl LocalPresence {
                 }
             }
         }
-        batch
+        (batch, changes)
+    }
+
+    fn mark_written(&self, changes: u64) {
+        self.written.send_if_modified(|w| {
+            let newer = changes > *w;
+            *w = (*w).max(changes);
+            newer
+        });
     }
 
     /// A write failed: everything in it is to be written again.
@@ -213,6 +241,7 @@ impl LocalPresence {
             if let Some(local) = state.rooms.get_mut(room) {
                 local.synced = false;
                 state.dirty.insert(room.clone());
+                state.changes += 1;
             }
         }
     }
@@ -226,8 +255,9 @@ impl LocalPresence {
         timeout: Duration,
         metrics: &Metrics,
     ) -> Result<(), BrokerError> {
-        let batch = self.take_batch(refresh);
+        let (batch, changes) = self.take_batch(refresh);
         if batch.is_empty() {
+            self.mark_written(changes);
             return Ok(());
         }
         metrics.presence_writes.inc();
@@ -240,6 +270,7 @@ impl LocalPresence {
         .unwrap_or(Err(BrokerError::Timeout));
         match result {
             Ok(lost) => {
+                self.mark_written(changes);
                 if !lost.is_empty() {
                     debug!(rooms = lost.len(), "presence lost by the broker; resending");
                     self.resync(&lost);
@@ -301,24 +332,9 @@ impl LocalPresence {
     }
 }
 
-/// The `presence` reply: users of every other live node as the broker has them, this node's
-/// own from its exact local table; conns summed per user; the first `max_members` users in
+/// A `presence` reply from every user with its connections: the first `max_members` users in
 /// name order, `count` exact.
-pub fn merge(
-    own_node: &str,
-    local: Vec<(String, u64)>,
-    others: PresenceByNode,
-    max_members: usize,
-) -> PresenceList {
-    let mut users: HashMap<String, u64> = local.into_iter().collect();
-    for (node, members) in others {
-        if node == own_node {
-            continue;
-        }
-        for (user, conns) in members {
-            *users.entry(user).or_insert(0) += conns;
-        }
-    }
+pub fn roster(users: HashMap<String, u64>, max_members: usize) -> PresenceList {
     let count = users.len() as u64;
     let mut members: Vec<PresenceMember> = users
         .into_iter()
@@ -381,20 +397,20 @@ mod tests {
         p.add(&room, true, &arc("alice"));
         p.add(&room, true, &arc("alice"));
         p.add(&room, true, &arc("bob"));
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         assert_eq!(batch.len(), 1);
         assert!(batch[0].full, "the first write of a room is whole");
         assert_eq!(
             sorted(batch[0].users.clone()),
             [("alice".into(), 2), ("bob".into(), 1)]
         );
-        assert!(p.take_batch(false).is_empty(), "nothing pending");
+        assert!(p.take_batch(false).0.is_empty(), "nothing pending");
 
         // A join and a leave before the next write: one entry, the count now.
         p.add(&room, true, &arc("carol"));
         p.remove("r", "carol");
         p.remove("r", "alice");
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         assert!(!batch[0].full);
         assert_eq!(
             sorted(batch[0].users.clone()),
@@ -409,14 +425,14 @@ mod tests {
         p.add(&arc("b"), false, &arc("u"));
         p.take_batch(false);
         p.remove("b", "u");
-        let batch = p.take_batch(true);
+        let batch = p.take_batch(true).0;
         let mut rooms: Vec<(String, usize)> = batch
             .iter()
             .map(|u| (u.room.to_string(), u.users.len()))
             .collect();
         rooms.sort();
         assert_eq!(rooms, [("a".into(), 0), ("b".into(), 1)]);
-        let batch = p.take_batch(true);
+        let batch = p.take_batch(true).0;
         assert_eq!(batch.len(), 1, "b has no one left: {batch:?}");
         assert!(p.users("b").is_empty());
     }
@@ -426,15 +442,15 @@ mod tests {
         let p = LocalPresence::new(Duration::from_secs(30));
         let room = arc("r");
         p.add(&room, true, &arc("alice"));
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         p.restore(batch);
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         assert!(batch[0].full, "never written: still whole");
         p.add(&room, true, &arc("bob"));
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         assert!(!batch[0].full);
         p.resync(std::slice::from_ref(&room));
-        let batch = p.take_batch(false);
+        let batch = p.take_batch(false).0;
         assert!(batch[0].full);
         assert_eq!(
             sorted(batch[0].users.clone()),
@@ -443,17 +459,13 @@ mod tests {
     }
 
     #[test]
-    fn merge_counts_users_once_sums_conns_and_truncates_in_name_order() {
-        let others = vec![
-            (
-                "b".to_owned(),
-                vec![("alice".to_owned(), 1), ("zed".to_owned(), 2)],
-            ),
-            // This node's entry in the broker is replaced by the local table.
-            ("a".to_owned(), vec![("ghost".to_owned(), 1)]),
-        ];
-        let local = vec![("alice".to_owned(), 2), ("mia".to_owned(), 1)];
-        let list = merge("a", local.clone(), others.clone(), 10);
+    fn rosters_are_capped_in_name_order_with_the_exact_count() {
+        let users = HashMap::from([
+            ("alice".to_owned(), 3),
+            ("zed".to_owned(), 2),
+            ("mia".to_owned(), 1),
+        ]);
+        let list = roster(users.clone(), 10);
         assert_eq!(list.count, 3);
         assert!(!list.truncated);
         let members: Vec<(&str, u64)> = list
@@ -463,7 +475,7 @@ mod tests {
             .collect();
         assert_eq!(members, [("alice", 3), ("mia", 1), ("zed", 2)]);
 
-        let list = merge("a", local, others, 2);
+        let list = roster(users, 2);
         assert_eq!(list.count, 3, "the count stays exact");
         assert!(list.truncated);
         let names: Vec<&str> = list.members.iter().map(|m| m.user.as_str()).collect();

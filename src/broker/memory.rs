@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceByNode,
-    PresenceEvent, PresenceUpdate, Retention, Target, presence_live_for,
+    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceEvent,
+    PresenceList, PresenceUpdate, Retention, Target, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -177,23 +177,17 @@ impl PresenceTable {
         (events, lost)
     }
 
-    /// The live nodes' users of `room` at `now`.
-    pub fn read(&self, room: &str, now: Instant) -> PresenceByNode {
-        self.rooms
-            .get(room)
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .filter(|(_, e)| e.deadline >= now)
-                    .map(|(n, e)| {
-                        (
-                            n.clone(),
-                            e.users.iter().map(|(u, c)| (u.clone(), *c)).collect(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The live nodes' users of `room` at `now`, connections summed over nodes.
+    pub fn read(&self, room: &str, now: Instant) -> HashMap<String, u64> {
+        let mut users = HashMap::new();
+        for entry in self.rooms.get(room).into_iter().flat_map(|n| n.values()) {
+            if entry.deadline >= now {
+                for (user, conns) in &entry.users {
+                    *users.entry(user.clone()).or_insert(0) += conns;
+                }
+            }
+        }
+        users
     }
 }
 
@@ -310,8 +304,16 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
-        Box::pin(async move { Ok(self.presence_table().read(&room, Instant::now())) })
+    fn presence(
+        &self,
+        room: Arc<str>,
+        _events: bool,
+        max: usize,
+    ) -> BoxFuture<'_, Result<PresenceList, BrokerError>> {
+        Box::pin(async move {
+            let users = self.presence_table().read(&room, Instant::now());
+            Ok(crate::presence::roster(users, max))
+        })
     }
 
     fn subscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -377,9 +379,8 @@ mod tests {
         assert!(ev.is_empty(), "{ev:?}");
         let (ev, _) = t.apply("b", &update("r", true, false, &[("alice", 0)]), now, live);
         assert_eq!(ev, [("alice".to_owned(), false)]);
-        let mut read = t.read("r", now);
-        read.sort();
-        assert_eq!(read, [("b".to_owned(), vec![("bob".to_owned(), 2)])]);
+        let read = t.read("r", now);
+        assert_eq!(read, HashMap::from([("bob".to_owned(), 2)]));
         // Without events: the same bookkeeping, no announcements.
         let (ev, _) = t.apply("a", &update("q", false, true, &[("x", 1)]), now, live);
         assert!(ev.is_empty());

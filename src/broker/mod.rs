@@ -71,9 +71,7 @@ pub fn presence_live_for(ttl: Duration) -> Duration {
     ttl / 2
 }
 
-/// What a broker holds of one room's presence: every live node's users with their
-/// connection counts.
-pub type PresenceByNode = Vec<(String, Vec<(String, u64)>)>;
+pub use crate::protocol::PresenceList;
 
 /// How much of a room's traffic is kept (`history.rooms` of the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,10 +142,17 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    /// The live nodes' users of `room`.
-    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
-        let _ = room;
-        Box::pin(async { Ok(Vec::new()) })
+    /// Who is in `room` on every live node: the exact count, and the first `max` users in
+    /// name order with their connections summed over nodes. Drops nodes whose time is up
+    /// first (announcing their users when `events`).
+    fn presence(
+        &self,
+        room: Arc<str>,
+        events: bool,
+        max: usize,
+    ) -> BoxFuture<'_, Result<PresenceList, BrokerError>> {
+        let _ = (room, events, max);
+        Box::pin(async { Ok(PresenceList::default()) })
     }
 
     /// Start receiving `room`'s `member_joined` / `member_left`. Returns once live.

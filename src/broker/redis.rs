@@ -22,13 +22,14 @@
 //! (re)connect.
 //!
 //! Presence (`presence.rooms`) is kept beside them too: per room, a hash per node
-//! (`{roomcast:room:ROOM}:presence:NODE`, user → its connections on that node) and a sorted set
-//! of the nodes scored by when each stops counting (`{roomcast:room:ROOM}:presence`). The
-//! function `roomcast_presence` applies one node's changes to one room atomically: it first
-//! drops the other nodes whose time is up, then sets the node's users, and publishes
-//! `{"user","event":"joined"|"left","ts"}` on `{prefix}presence:ROOM` for users that appear or
-//! vanish across every node (rooms with events only). A node sends all its rooms' changes in
-//! one pipeline; `roomcast_presence_read` returns every live node's users of a room.
+//! (`{roomcast:room:ROOM}:presence:NODE`, user → its connections on that node), a sorted set
+//! of the nodes scored by when each stops counting (`{roomcast:room:ROOM}:presence`), and the
+//! sum over nodes (`…:presence-conns`, `…:presence-users`). The function `roomcast_presence`
+//! applies one node's changes to one room atomically: it first drops the other nodes whose
+//! time is up, then sets the node's users, and publishes `{"user","event":"joined"|"left","ts"}`
+//! on `{prefix}presence:ROOM` for users whose sum leaves or reaches 0 (rooms with events only).
+//! A node sends all its rooms' changes in one pipeline; `roomcast_presence_read` returns the
+//! count and the first users in name order without reading the whole room.
 //!
 //! Every node delivers what Redis delivers to it, its own publishes included, so every member
 //! of a room sees Redis's one order. Nothing here is unbounded: commands reach the pub/sub task
@@ -51,13 +52,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceByNode,
-    PresenceEvent, PresenceUpdate, Retention, Target, presence_live_for,
+    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceEvent,
+    PresenceList, PresenceUpdate, Retention, Target, presence_live_for,
 };
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    decode_envelope, decode_presence_event, encode_envelope, encode_envelope_unnumbered,
+    PresenceMember, decode_envelope, decode_presence_event, encode_envelope,
+    encode_envelope_unnumbered,
 };
 
 /// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
@@ -338,15 +340,38 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<PresenceByNode, BrokerError>> {
+    fn presence(
+        &self,
+        room: Arc<str>,
+        events: bool,
+        max: usize,
+    ) -> BoxFuture<'_, Result<PresenceList, BrokerError>> {
         Box::pin(async move {
+            let events = if events {
+                presence_channel(&self.shared.prefix, &room)
+            } else {
+                String::new()
+            };
             let channel = self.channel(&Target::Room(room));
             let call = || {
-                let mut cmd = redis::cmd("FCALL_RO");
-                cmd.arg("roomcast_presence_read").arg(1).arg(&channel);
+                let mut cmd = redis::cmd("FCALL");
+                cmd.arg("roomcast_presence_read")
+                    .arg(1)
+                    .arg(&channel)
+                    .arg(&events)
+                    .arg(max);
                 cmd
             };
-            with_functions(&self.shared.pool, call).await
+            let (count, members): (u64, Vec<(String, u64)>) =
+                with_functions(&self.shared.pool, call).await?;
+            Ok(PresenceList {
+                count,
+                truncated: count > members.len() as u64,
+                members: members
+                    .into_iter()
+                    .map(|(user, conns)| PresenceMember { user, conns })
+                    .collect(),
+            })
         })
     }
 
@@ -533,10 +558,13 @@ local function history(keys, args)
   return { m[1] or '', m[2] or '0', redis.call('LRANGE', log, 0, -1) }
 end
 
--- Presence (presence.rooms): per room, a hash per node (user -> its connections there) and a
--- sorted set of nodes scored by when each stops counting. Every write of a node first drops
--- the other nodes whose time is up, announcing their users that no live node still has, so a
--- killed node's users leave from the next write of any other node in the room.
+-- Presence (presence.rooms): per room, a hash per node (user -> its connections there), a
+-- sorted set of the nodes scored by when each stops counting, and the sum over nodes: a hash
+-- user -> connections and a sorted set of the users (all scores 0: name order), so that a
+-- read costs O(log N + M) for M listed users whatever the room's size N. A user appears or
+-- vanishes when its sum leaves or reaches 0. Every call first drops the nodes whose time is up,
+-- announcing their users that vanish, so a killed node's users leave with the next call of
+-- any other node in the room.
 
 local function presence_set(channel)
   return '{' .. channel .. '}:presence'
@@ -546,18 +574,61 @@ local function presence_hash(channel, node)
   return '{' .. channel .. '}:presence:' .. node
 end
 
-local function present_on(channel, nodes, except, user)
-  for _, n in ipairs(nodes) do
-    if n ~= except and redis.call('HEXISTS', presence_hash(channel, n), user) == 1 then
-      return true
-    end
-  end
-  return false
+local function presence_conns(channel)
+  return '{' .. channel .. '}:presence-conns'
+end
+
+local function presence_users(channel)
+  return '{' .. channel .. '}:presence-users'
 end
 
 local function announce(events, user, what, ts)
   if events ~= '' then
     redis.call('PUBLISH', events, cjson.encode({ user = user, event = what, ts = ts }))
+  end
+end
+
+-- Add delta to user's connections over every node; returns them before and after.
+local function adjust(channel, user, delta)
+  if delta == 0 then
+    return 0, 0
+  end
+  local after = redis.call('HINCRBY', presence_conns(channel), user, delta)
+  local before = after - delta
+  if after <= 0 then
+    redis.call('HDEL', presence_conns(channel), user)
+    redis.call('ZREM', presence_users(channel), user)
+    after = 0
+  elseif before <= 0 then
+    redis.call('ZADD', presence_users(channel), 0, user)
+  end
+  return before, after
+end
+
+-- Drop every node but `except` whose time is up.
+local function reap(channel, except, events, now)
+  local set = presence_set(channel)
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', '(' .. now)) do
+    if n ~= except then
+      local h = presence_hash(channel, n)
+      local entries = redis.call('HGETALL', h)
+      for i = 1, #entries, 2 do
+        local before, after = adjust(channel, entries[i], -(tonumber(entries[i + 1]) or 0))
+        if before > 0 and after == 0 then
+          announce(events, entries[i], 'left', now)
+        end
+      end
+      redis.call('DEL', h)
+      redis.call('ZREM', set, n)
+    end
+  end
+end
+
+local function keep(channel, expire_ms)
+  for _, k in ipairs({ presence_set(channel), presence_conns(channel), presence_users(channel) }) do
+    if redis.call('EXISTS', k) == 1 then
+      redis.call('PEXPIRE', k, expire_ms)
+    end
   end
 end
 
@@ -571,30 +642,7 @@ local function presence(keys, args)
   local events, full = args[4], args[5] == '1'
   local set, own = presence_set(channel), presence_hash(channel, node)
   local now = now_ms()
-
-  local gone, seen = {}, {}
-  for _, n in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', '(' .. now)) do
-    if n ~= node then
-      local h = presence_hash(channel, n)
-      if events ~= '' then
-        for _, u in ipairs(redis.call('HKEYS', h)) do
-          if not seen[u] then
-            seen[u] = true
-            table.insert(gone, u)
-          end
-        end
-      end
-      redis.call('DEL', h)
-      redis.call('ZREM', set, n)
-    end
-  end
-  local live = redis.call('ZRANGE', set, 0, -1)
-  table.sort(gone)
-  for _, u in ipairs(gone) do
-    if redis.call('HEXISTS', own, u) == 0 and not present_on(channel, live, nil, u) then
-      announce(events, u, 'left', now)
-    end
-  end
+  reap(channel, node, events, now)
 
   local lost = (not full) and redis.call('EXISTS', own) == 0
   local changes, given = {}, {}
@@ -616,18 +664,17 @@ local function presence(keys, args)
   end
   for _, c in ipairs(changes) do
     local u, conns = c[1], c[2]
-    local had = redis.call('HEXISTS', own, u) == 1
-    -- Without events nothing is announced, so nothing else is looked at.
+    local had = tonumber(redis.call('HGET', own, u)) or 0
     if conns > 0 then
       redis.call('HSET', own, u, conns)
-      if not had and events ~= '' and not present_on(channel, live, node, u) then
-        announce(events, u, 'joined', now)
-      end
-    elseif had then
+    elseif had > 0 then
       redis.call('HDEL', own, u)
-      if events ~= '' and not present_on(channel, live, node, u) then
-        announce(events, u, 'left', now)
-      end
+    end
+    local before, after = adjust(channel, u, conns - had)
+    if before <= 0 and after > 0 then
+      announce(events, u, 'joined', now)
+    elseif before > 0 and after <= 0 then
+      announce(events, u, 'left', now)
     end
   end
 
@@ -637,30 +684,34 @@ local function presence(keys, args)
   else
     redis.call('ZREM', set, node)
   end
-  if redis.call('EXISTS', set) == 1 then
-    redis.call('PEXPIRE', set, expire_ms)
-  end
+  keep(channel, expire_ms)
   if lost then
     return 1
   end
   return 0
 end
 
--- FCALL_RO roomcast_presence_read 1 CHANNEL: NODE1, {USER, CONNS, ...}, NODE2, ... for every
--- live node.
+-- FCALL roomcast_presence_read 1 CHANNEL EVENTS_CHANNEL MAX: {COUNT, {USER, CONNS, ...}} for
+-- the first MAX users in name order, after dropping the nodes whose time is up.
 local function presence_read(keys, args)
   local channel = keys[1]
+  reap(channel, nil, args[1] or '', now_ms())
+  local max = tonumber(args[2]) or 1000
+  local count = redis.call('ZCARD', presence_users(channel))
   local out = {}
-  for _, n in ipairs(redis.call('ZRANGEBYSCORE', presence_set(channel), now_ms(), '+inf')) do
-    table.insert(out, n)
-    table.insert(out, redis.call('HGETALL', presence_hash(channel, n)))
+  if max > 0 and count > 0 then
+    local users = redis.call('ZRANGE', presence_users(channel), 0, max - 1)
+    for _, u in ipairs(users) do
+      table.insert(out, u)
+      table.insert(out, tonumber(redis.call('HGET', presence_conns(channel), u)) or 0)
+    end
   end
-  return out
+  return { count, out }
 end
 
 redis.register_function('roomcast_publish', publish)
 redis.register_function('roomcast_presence', presence)
-redis.register_function{function_name = 'roomcast_presence_read', callback = presence_read, flags = { 'no-writes' }}
+redis.register_function('roomcast_presence_read', presence_read)
 redis.register_function{function_name = 'roomcast_history', callback = history, flags = { 'no-writes' }}
 "#;
 
