@@ -58,7 +58,7 @@ else
     # shellcheck disable=SC2064
     trap "as_root rm -rf '$rootfs' '$TARBALL.partial'; stop_docker_if_started" EXIT
     log "debootstrap $SUITE (minbase + $INCLUDE) from $MIRROR"
-    as_root debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR" \
+    as_root timeout 1200 debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR" \
         >"$CACHE_DIR/debootstrap.log" 2>&1 || { tail -30 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE_DIR/debootstrap.log)"; }
     # apt inside the images: the same mirror, updates and security, no recommends, no caches.
     as_root tee "$rootfs/etc/apt/sources.list" >/dev/null <<EOF
@@ -94,6 +94,9 @@ else
     docker import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' "$TARBALL" "$BASE_TAG" >/dev/null
 fi
 docker tag "$BASE_TAG" "$BASE_REPO:latest"
+# Base images of older recipes.
+docker images --format '{{.Repository}}:{{.Tag}}' "$BASE_REPO" | grep -v -e ":latest$" -e "^$BASE_TAG$" |
+    xargs -r docker rmi >/dev/null 2>&1 || true
 
 # 3. The gateway binary, staged as the gateway image's build context.
 if [ -n "$cargo_build" ]; then
@@ -109,7 +112,9 @@ log "docker-compose build (offline images)"
 cd "$REPO_DIR"
 # (The API key only satisfies the compose file's interpolation; builds do not use it.)
 # gateway-2 and gateway-3 use gateway-1's image.
-ROOMCAST_API_KEY=${ROOMCAST_API_KEY:-unused-at-build} \
+ROOMCAST_API_KEY=${ROOMCAST_API_KEY:-unused-at-build} timeout 1200 \
     docker-compose -f docker-compose.yml -f docker-compose.offline.yml \
-    build --build-arg "BASE=$BASE_TAG" --parallel redis lb prometheus gateway-1
+    build --force-rm --build-arg "BASE=$BASE_TAG" redis lb prometheus gateway-1
+# Images these builds replaced (a new gateway binary leaves the old image untagged).
+docker image prune -f --filter label=org.roomcast.offline=1 >/dev/null
 log "images built"
