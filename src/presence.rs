@@ -4,8 +4,8 @@
 //! Owns the `presence.rooms` rules, the local table (room → user → connections, synchronous,
 //! like the hub: a std lock never held across an await), the batching flusher (one broker call
 //! carries every room that changed since the last one, and every room is refreshed each quarter
-//! of `presence.ttl_s` so the node stays live), and merging the broker's view of other nodes
-//! with this node's own exact table into a `presence` reply.
+//! of `presence.ttl_s` so the node stays live), the barrier a read waits at until this node's
+//! own changes are written, and capping a reply ([`roster`], for the memory broker).
 //!
 //! Leaves to others: deciding who is in a room cluster-wide and when a user appears or vanishes
 //! (`member_joined` / `member_left`, sent once per user) is the broker's, atomically (the Redis
