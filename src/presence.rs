@@ -4,8 +4,8 @@
 //! Owns the `presence.rooms` rules, the local table (room → user → connections, synchronous,
 //! like the hub: a std lock never held across an await), the batching flusher (one broker call
 //! carries every room that changed since the last one, and every room is refreshed each quarter
-//! of `presence.ttl_s` so the node stays live), the barrier a read waits at until this node's
-//! own changes are written, and capping a reply ([`roster`], for the memory broker).
+//! of `presence.ttl_s` so the node stays live), and the barrier a read waits at until this
+//! node's own changes are written.
 //!
 //! Leaves to others: deciding who is in a room cluster-wide and when a user appears or vanishes
 //! (`member_joined` / `member_left`, sent once per user) is the broker's, atomically (the Redis
@@ -25,7 +25,6 @@ use crate::auth::glob_match;
 use crate::broker::{Broker, BrokerError, PresenceUpdate};
 use crate::config::{PresenceConfig, PresenceRule};
 use crate::metrics::Metrics;
-use crate::protocol::{PresenceList, PresenceMember};
 
 /// Changes that arrive this close together go to the broker in one call.
 const LINGER: Duration = Duration::from_millis(5);
@@ -332,28 +331,6 @@ impl LocalPresence {
     }
 }
 
-/// A `presence` reply from every user with its connections: the first `max_members` users in
-/// name order, `count` exact.
-pub fn roster(users: HashMap<String, u64>, max_members: usize) -> PresenceList {
-    let count = users.len() as u64;
-    let mut members: Vec<PresenceMember> = users
-        .into_iter()
-        .filter(|(_, conns)| *conns > 0)
-        .map(|(user, conns)| PresenceMember { user, conns })
-        .collect();
-    let truncated = members.len() > max_members;
-    if truncated {
-        members.select_nth_unstable_by(max_members, |a, b| a.user.cmp(&b.user));
-        members.truncate(max_members);
-    }
-    members.sort_unstable_by(|a, b| a.user.cmp(&b.user));
-    PresenceList {
-        count,
-        members,
-        truncated,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,29 +433,5 @@ mod tests {
             sorted(batch[0].users.clone()),
             [("alice".into(), 1), ("bob".into(), 1)]
         );
-    }
-
-    #[test]
-    fn rosters_are_capped_in_name_order_with_the_exact_count() {
-        let users = HashMap::from([
-            ("alice".to_owned(), 3),
-            ("zed".to_owned(), 2),
-            ("mia".to_owned(), 1),
-        ]);
-        let list = roster(users.clone(), 10);
-        assert_eq!(list.count, 3);
-        assert!(!list.truncated);
-        let members: Vec<(&str, u64)> = list
-            .members
-            .iter()
-            .map(|m| (m.user.as_str(), m.conns))
-            .collect();
-        assert_eq!(members, [("alice", 3), ("mia", 1), ("zed", 2)]);
-
-        let list = roster(users, 2);
-        assert_eq!(list.count, 3, "the count stays exact");
-        assert!(list.truncated);
-        let names: Vec<&str> = list.members.iter().map(|m| m.user.as_str()).collect();
-        assert_eq!(names, ["alice", "mia"]);
     }
 }

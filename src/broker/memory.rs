@@ -7,12 +7,14 @@
 //! so is presence ([`PresenceTable`], the model that the Redis function `roomcast_presence`
 //! follows step for step).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
+
+use crate::protocol::PresenceMember;
 
 use super::{
     BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceEvent,
@@ -78,17 +80,57 @@ struct NodeEntry {
     deadline: Instant,
 }
 
+/// One room's presence: each node's users, and their sum over nodes in name order.
+#[derive(Default)]
+struct RoomPresence {
+    nodes: HashMap<String, NodeEntry>,
+    totals: BTreeMap<String, u64>,
+}
+
+impl RoomPresence {
+    /// Add `delta` to `user`'s connections over every node: before and after.
+    fn adjust(&mut self, user: &str, delta: i64) -> (u64, u64) {
+        let before = self.totals.get(user).copied().unwrap_or(0);
+        let after = (before as i64 + delta).max(0) as u64;
+        if after == 0 {
+            self.totals.remove(user);
+        } else {
+            self.totals.insert(user.to_owned(), after);
+        }
+        (before, after)
+    }
+
+    /// Drop every node but `except` whose time is up: the users that vanish with them.
+    fn reap(&mut self, except: Option<&str>, now: Instant) -> Vec<String> {
+        let mut dead: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(n, e)| Some(n.as_str()) != except && e.deadline < now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        dead.sort();
+        let mut gone = Vec::new();
+        for n in dead {
+            let Some(entry) = self.nodes.remove(&n) else {
+                continue;
+            };
+            let mut users: Vec<(String, u64)> = entry.users.into_iter().collect();
+            users.sort();
+            for (user, conns) in users {
+                if let (1.., 0) = self.adjust(&user, -(conns as i64)) {
+                    gone.push(user);
+                }
+            }
+        }
+        gone
+    }
+}
+
 /// Presence of every room, per node: the in-process model of the Redis function
 /// `roomcast_presence`, which keeps the same steps in the same order.
 #[derive(Default)]
 pub struct PresenceTable {
-    rooms: HashMap<Arc<str>, HashMap<String, NodeEntry>>,
-}
-
-fn present(nodes: &HashMap<String, NodeEntry>, except: Option<&str>, user: &str) -> bool {
-    nodes
-        .iter()
-        .any(|(node, entry)| Some(node.as_str()) != except && entry.users.contains_key(user))
+    rooms: HashMap<Arc<str>, RoomPresence>,
 }
 
 impl PresenceTable {
@@ -103,38 +145,21 @@ impl PresenceTable {
         now: Instant,
         live_for: Duration,
     ) -> (Vec<(String, bool)>, bool) {
-        let nodes = self.rooms.entry(update.room.clone()).or_default();
-        let mut events = Vec::new();
-
-        let dead: Vec<String> = nodes
-            .iter()
-            .filter(|(n, e)| n.as_str() != node && e.deadline < now)
-            .map(|(n, _)| n.clone())
+        let room = self.rooms.entry(update.room.clone()).or_default();
+        let mut events: Vec<(String, bool)> = room
+            .reap(Some(node), now)
+            .into_iter()
+            .map(|user| (user, false))
             .collect();
-        let mut gone: Vec<String> = Vec::new();
-        for n in dead {
-            if let Some(entry) = nodes.remove(&n) {
-                gone.extend(entry.users.into_keys());
-            }
-        }
-        gone.sort();
-        gone.dedup();
-        if update.events {
-            for user in gone {
-                if !present(nodes, None, &user) {
-                    events.push((user, false));
-                }
-            }
-        }
 
-        let lost = !update.full && !nodes.contains_key(node);
+        let lost = !update.full && !room.nodes.contains_key(node);
         let mut changes: Vec<(String, u64)> = update
             .users
             .iter()
             .map(|(u, c)| (u.to_string(), *c))
             .collect();
         if update.full
-            && let Some(own) = nodes.get(node)
+            && let Some(own) = room.nodes.get(node)
         {
             let mut stale: Vec<String> = own
                 .users
@@ -146,48 +171,65 @@ impl PresenceTable {
             changes.extend(stale.into_iter().map(|u| (u, 0)));
         }
         for (user, conns) in changes {
-            let had = nodes.get(node).is_some_and(|e| e.users.contains_key(&user));
-            let elsewhere = update.events && present(nodes, Some(node), &user);
-            let own = nodes.entry(node.to_owned()).or_insert_with(|| NodeEntry {
-                users: HashMap::new(),
-                deadline: now + live_for,
-            });
-            if conns > 0 {
-                own.users.insert(user.clone(), conns);
-                if !had && update.events && !elsewhere {
-                    events.push((user, true));
-                }
-            } else if had {
-                own.users.remove(&user);
-                if update.events && !elsewhere {
-                    events.push((user, false));
-                }
+            let own = room
+                .nodes
+                .entry(node.to_owned())
+                .or_insert_with(|| NodeEntry {
+                    users: HashMap::new(),
+                    deadline: now + live_for,
+                });
+            let had = if conns > 0 {
+                own.users.insert(user.clone(), conns)
+            } else {
+                own.users.remove(&user)
+            }
+            .unwrap_or(0);
+            match room.adjust(&user, conns as i64 - had as i64) {
+                (0, 1..) => events.push((user, true)),
+                (1.., 0) => events.push((user, false)),
+                _ => {}
             }
         }
-        match nodes.get_mut(node) {
+        match room.nodes.get_mut(node) {
             Some(own) if own.users.is_empty() => {
-                nodes.remove(node);
+                room.nodes.remove(node);
             }
             Some(own) => own.deadline = now + live_for,
             None => {}
         }
-        if nodes.is_empty() {
+        if room.nodes.is_empty() {
             self.rooms.remove(&update.room);
+        }
+        if !update.events {
+            events.clear();
         }
         (events, lost)
     }
 
-    /// The live nodes' users of `room` at `now`, connections summed over nodes.
-    pub fn read(&self, room: &str, now: Instant) -> HashMap<String, u64> {
-        let mut users = HashMap::new();
-        for entry in self.rooms.get(room).into_iter().flat_map(|n| n.values()) {
-            if entry.deadline >= now {
-                for (user, conns) in &entry.users {
-                    *users.entry(user.clone()).or_insert(0) += conns;
-                }
-            }
+    /// Who is in `room` at `now`, after dropping the nodes whose time is up (the users that
+    /// vanish with them are returned): the count and the first `max` users in name order.
+    pub fn read(&mut self, room: &str, now: Instant, max: usize) -> (PresenceList, Vec<String>) {
+        let Some(presence) = self.rooms.get_mut(room) else {
+            return (PresenceList::default(), Vec::new());
+        };
+        let gone = presence.reap(None, now);
+        let list = PresenceList {
+            count: presence.totals.len() as u64,
+            members: presence
+                .totals
+                .iter()
+                .take(max)
+                .map(|(user, conns)| PresenceMember {
+                    user: user.clone(),
+                    conns: *conns,
+                })
+                .collect(),
+            truncated: presence.totals.len() > max,
+        };
+        if presence.nodes.is_empty() {
+            self.rooms.remove(room);
         }
-        users
+        (list, gone)
     }
 }
 
@@ -307,12 +349,23 @@ impl Broker for MemoryBroker {
     fn presence(
         &self,
         room: Arc<str>,
-        _events: bool,
+        events: bool,
         max: usize,
     ) -> BoxFuture<'_, Result<PresenceList, BrokerError>> {
         Box::pin(async move {
-            let users = self.presence_table().read(&room, Instant::now());
-            Ok(crate::presence::roster(users, max))
+            let (list, gone) = self.presence_table().read(&room, Instant::now(), max);
+            if events {
+                for user in gone {
+                    self.emit(BrokerEvent::Presence(PresenceEvent {
+                        room: room.clone(),
+                        user,
+                        joined: false,
+                        ts: crate::node::now_ms(),
+                    }))
+                    .await?;
+                }
+            }
+            Ok(list)
         })
     }
 
@@ -379,8 +432,16 @@ mod tests {
         assert!(ev.is_empty(), "{ev:?}");
         let (ev, _) = t.apply("b", &update("r", true, false, &[("alice", 0)]), now, live);
         assert_eq!(ev, [("alice".to_owned(), false)]);
-        let read = t.read("r", now);
-        assert_eq!(read, HashMap::from([("bob".to_owned(), 2)]));
+        let (read, gone) = t.read("r", now, 10);
+        assert!(gone.is_empty());
+        assert_eq!(read.count, 1);
+        assert_eq!(
+            read.members,
+            [PresenceMember {
+                user: "bob".into(),
+                conns: 2
+            }]
+        );
         // Without events: the same bookkeeping, no announcements.
         let (ev, _) = t.apply("a", &update("q", false, true, &[("x", 1)]), now, live);
         assert!(ev.is_empty());
@@ -406,17 +467,47 @@ mod tests {
         let later = start + Duration::from_secs(15);
         t.apply("alive", &update("r", true, false, &[]), later, live);
         let after = start + Duration::from_secs(21);
-        assert_eq!(
-            t.read("r", after).len(),
-            1,
-            "the dead node no longer counts"
-        );
         let (ev, lost) = t.apply("alive", &update("r", true, false, &[]), after, live);
         assert_eq!(ev, [("ann".to_owned(), false)], "`both` is still on alive");
         assert!(!lost);
+        let (list, _) = t.read("r", after, 10);
+        assert_eq!(list.count, 1, "the dead node no longer counts");
         // The dead node comes back: its state is gone and it is told to resend.
         let (_, lost) = t.apply("dead", &update("r", true, false, &[]), after, live);
         assert!(lost);
+    }
+
+    #[test]
+    fn reads_sum_nodes_and_list_the_first_users_in_name_order() {
+        let mut t = PresenceTable::default();
+        let now = Instant::now();
+        let live = Duration::from_secs(20);
+        t.apply(
+            "a",
+            &update("r", false, true, &[("zed", 1), ("alice", 2)]),
+            now,
+            live,
+        );
+        t.apply(
+            "b",
+            &update("r", false, true, &[("alice", 1), ("mia", 1)]),
+            now,
+            live,
+        );
+        let (list, _) = t.read("r", now, 2);
+        assert_eq!(
+            (list.count, list.truncated),
+            (3, true),
+            "the count stays exact"
+        );
+        let members: Vec<(&str, u64)> = list
+            .members
+            .iter()
+            .map(|m| (m.user.as_str(), m.conns))
+            .collect();
+        assert_eq!(members, [("alice", 3), ("mia", 1)]);
+        let (list, _) = t.read("r", now, 3);
+        assert!(!list.truncated);
     }
 
     #[test]
