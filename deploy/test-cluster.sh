@@ -143,3 +143,6 @@ dc_cmd="docker-compose -p $PROJECT --env-file $ENV_FILE -f $REPO_DIR/docker-comp
     --redis-cli "$dc_cmd exec -T redis redis-cli" \
     --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" \
     --stop-node gateway-2 --stop-cmd "$dc_cmd stop gateway-2"
+
+stage "dashboard queries return series on the live Prometheus"
+"$PYTHON" "$DEPLOY_DIR/checks/check_dashboard.py" --prometheus "http://127.0.0.1:$PROMETHEUS_PORT"

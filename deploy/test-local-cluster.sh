@@ -87,6 +87,9 @@ victim_pid=$(cat "$work/run/gateway-2.pid")
     --redis-cli "redis-cli -p $redis_port" --prometheus "$prom" \
     --stop-node gateway-2 --stop-cmd "kill -TERM $victim_pid && while kill -0 $victim_pid 2>/dev/null; do sleep 0.2; done"
 
+stage "dashboard queries return series on the live Prometheus"
+"$PYTHON" "$DEPLOY_DIR/checks/check_dashboard.py" --prometheus "$prom"
+
 stage "stop the cluster (SIGTERM, everything it started is gone)"
 pids=$(cat "$work"/run/*.pid)
 kill -TERM "$cluster_pid"

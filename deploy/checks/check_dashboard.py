@@ -2,6 +2,9 @@
 """Checks the Grafana dashboard and provisioning against a live gateway's /metrics.
 
   check_dashboard.py --metrics-url http://127.0.0.1:9090/metrics [--rules-out FILE]
+  check_dashboard.py --prometheus http://127.0.0.1:9091
+
+With --metrics-url:
 
 - every `roomcast_*` name in the dashboard's queries (panels, template variables) is a metric
   the gateway exports (histograms as NAME_bucket/_sum/_count), read from a live /metrics;
@@ -12,6 +15,8 @@
   dashboards provider points where docker-compose.yml mounts the dashboards;
 - with --rules-out, writes the queries as a Prometheus rules file, so that
   `promtool check rules FILE` checks their PromQL syntax.
+With --prometheus (a Prometheus scraping a running cluster): every query of the dashboard runs
+there and returns at least one series (retried for up to 60 s, while scrapes accumulate).
 Exit status 0 when all holds.
 """
 
@@ -19,6 +24,8 @@ import argparse
 import json
 import re
 import sys
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -64,12 +71,48 @@ def walk_panels(panels):
         yield from walk_panels(p.get("panels", []))
 
 
+def queries(dash):
+    for p in walk_panels(dash.get("panels", [])):
+        for t in p.get("targets") or []:
+            yield f"{p.get('title')!r} {t.get('legendFormat', '')}", t.get("expr", "")
+
+
+def check_live(prometheus, dash):
+    """Every dashboard query returns series on a live Prometheus; 0 when so."""
+    deadline = time.monotonic() + 60
+    while True:
+        empty = []
+        for where, expr in queries(dash):
+            expr = expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$instance", ".*")
+            url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = json.loads(resp.read())
+            if body.get("status") != "success":
+                print(f"check_dashboard: FAIL: {where}: {body}", file=sys.stderr)
+                return 1
+            if not body["data"]["result"]:
+                empty.append(where)
+        if not empty:
+            print(f"check_dashboard: all {len(list(queries(dash)))} dashboard queries return series on {prometheus}")
+            return 0
+        if time.monotonic() > deadline:
+            for where in empty:
+                print(f"check_dashboard: FAIL: no series for {where}", file=sys.stderr)
+            return 1
+        time.sleep(2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--metrics-url", required=True)
+    ap.add_argument("--metrics-url")
+    ap.add_argument("--prometheus")
     ap.add_argument("--rules-out")
     ap.add_argument("--dashboard", default=str(DASHBOARD))
     args = ap.parse_args()
+    if args.prometheus:
+        sys.exit(check_live(args.prometheus, json.loads(Path(args.dashboard).read_text())))
+    if not args.metrics_url:
+        ap.error("--metrics-url or --prometheus")
     problems = []
 
     with urllib.request.urlopen(args.metrics_url, timeout=10) as resp:
