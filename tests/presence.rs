@@ -760,3 +760,77 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("redis in time")
         .expect("redis")
 }
+
+/// Many tabs of many users join and leave on two nodes at once: afterwards presence is exact,
+/// and each user's events alternate joined/left, ending where the user ended.
+#[tokio::test]
+async fn churn_on_two_nodes_leaves_presence_exact_and_events_consistent() {
+    const USERS: usize = 12;
+    const ROUNDS: usize = 6;
+    let redis = RedisServer::start();
+    let p = prefix("churn");
+    let a = TestNode::start(redis_config(&redis, &p, "a", 30)).await;
+    let b = TestNode::start(redis_config(&redis, &p, "b", 30)).await;
+    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
+    watcher.join("chat:churn").await;
+    // Every user has a tab on each node; user i stays in the room at the end when i is even.
+    let mut tabs = Vec::new();
+    for i in 0..USERS {
+        for url in [a.ws_url(), b.ws_url()] {
+            tabs.push((i, connect_as(&url, &format!("c{i:02}")).await));
+        }
+    }
+    let churn = tabs.iter_mut().enumerate().map(|(k, (i, tab))| {
+        let i = *i;
+        async move {
+            for round in 0..ROUNDS {
+                tab.join("chat:churn").await;
+                let stay = round + 1 == ROUNDS && i % 2 == 0 && k % 2 == 0;
+                if !stay {
+                    let left = tab
+                        .request(json!({"type": "leave", "room": "chat:churn"}), "l")
+                        .await;
+                    assert_eq!(left["type"], "left", "{left}");
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(churn).await;
+    let mut expected: Vec<(String, u64)> = (0..USERS)
+        .filter(|i| i % 2 == 0)
+        .map(|i| (format!("c{i:02}"), 1))
+        .collect();
+    expected.push(("watcher".into(), 1));
+    let expected: Vec<(&str, u64)> = expected.iter().map(|(u, c)| (u.as_str(), *c)).collect();
+    presence_becomes(&mut watcher, "chat:churn", &expected).await;
+
+    // Drain the events up to a marker user's arrival, then check each user's sequence.
+    let mut marker = connect_as(&b.ws_url(), "zz-marker").await;
+    marker.join("chat:churn").await;
+    let mut seen: std::collections::HashMap<String, Vec<String>> = Default::default();
+    loop {
+        let (kind, user) = next_member_event(&mut watcher, "chat:churn").await;
+        if user == "zz-marker" {
+            break;
+        }
+        seen.entry(user).or_default().push(kind);
+    }
+    for i in 0..USERS {
+        let user = format!("c{i:02}");
+        let events = seen.get(&user).cloned().unwrap_or_default();
+        for (n, kind) in events.iter().enumerate() {
+            let want = if n % 2 == 0 {
+                "member_joined"
+            } else {
+                "member_left"
+            };
+            assert_eq!(kind, want, "{user}: {events:?}");
+        }
+        let present = events.len() % 2 == 1;
+        assert_eq!(
+            present,
+            i % 2 == 0,
+            "{user} ends where it ended: {events:?}"
+        );
+    }
+}
