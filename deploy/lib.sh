@@ -76,7 +76,13 @@ ensure_docker() {
     command -v dockerd >/dev/null || apt_install docker.io
     log "starting dockerd (it was not running; it will be stopped at exit)"
     mkdir -p "$CACHE_DIR"
-    as_root dockerd >"$CACHE_DIR/dockerd.log" 2>&1 &
+    # Not through as_root: a backgrounded function is a subshell, and $! would be its pid.
+    if [ "$(id -u)" = 0 ]; then
+        dockerd >"$CACHE_DIR/dockerd.log" 2>&1 &
+    else
+        # shellcheck disable=SC2024  # the log is ours to write
+        sudo dockerd >"$CACHE_DIR/dockerd.log" 2>&1 &   # sudo relays SIGTERM to dockerd
+    fi
     STARTED_DOCKERD_PID=$!
     wait_for 60 "dockerd to start" docker info || { tail -20 "$CACHE_DIR/dockerd.log" >&2; die "dockerd did not start"; }
 }
@@ -84,8 +90,13 @@ stop_docker_if_started() {
     if [ -n "$STARTED_DOCKERD_PID" ]; then
         log "stopping the dockerd this script started (pid $STARTED_DOCKERD_PID)"
         as_root kill -TERM "$STARTED_DOCKERD_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 60); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+        local _
+        for _ in $(seq 60); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+        if kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null; then
+            log "dockerd did not stop in 30 s; SIGKILL"
+            as_root kill -KILL "$STARTED_DOCKERD_PID" 2>/dev/null || true
+        fi
+        wait "$STARTED_DOCKERD_PID" 2>/dev/null || true
         STARTED_DOCKERD_PID=
     fi
 }
