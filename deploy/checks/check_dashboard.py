@@ -153,6 +153,21 @@ def main():
         if name not in used_bases:
             problems.append(f"the dashboard does not show {name}")
 
+    try:
+        import yaml  # PyYAML, which kubernetes-validate brings into the venv
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        compose = yaml.safe_load(COMPOSE.read_text())
+        for ds in yaml.safe_load(DATASOURCES.read_text()).get("datasources", []):
+            host_port = re.match(r"https?://([^:/]+):(\d+)", ds.get("url", ""))
+            if ds.get("type") != "prometheus" or not host_port:
+                problems.append(f"datasource {ds.get('name')}: not a prometheus URL: {ds.get('url')}")
+            elif host_port.group(1) not in compose["services"]:
+                problems.append(f"datasource {ds.get('name')}: {host_port.group(1)} is not a compose service")
+        providers = yaml.safe_load(PROVIDERS.read_text()).get("providers", [])
+        if not providers:
+            problems.append("no dashboard provider")
     provider_paths = re.findall(r"^\s*path:\s*(\S+)", PROVIDERS.read_text(), re.M)
     for path in provider_paths:
         if f":{path}:" not in COMPOSE.read_text() and f":{path}\n" not in COMPOSE.read_text():
