@@ -158,12 +158,22 @@ async fn a_node_cut_off_from_redis_catches_its_rooms_up_from_history() {
         expected.push(i);
     }
     proxy.cut();
-    eventually("node b notices it is cut off", || async {
-        reqwest::get(b.admin_url("/readyz"))
+    // A dropped socket is usually noticed at once; when the EOF is not, the liveness probe
+    // (5 s idle + 5 s timeout) catches it, so allow for that rather than WAIT alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let down = reqwest::get(b.admin_url("/readyz"))
             .await
-            .is_ok_and(|r| r.status() == 503)
-    })
-    .await;
+            .is_ok_and(|r| r.status() == 503);
+        if down {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b notices it is cut off"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for i in 50..150 {
         publish(&mut publisher, "chat:c", json!(i)).await;
         expected.push(i);
