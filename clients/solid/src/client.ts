@@ -21,9 +21,12 @@ import {
   type JoinCommand,
   type JoinedFrame,
   type LeftFrame,
+  type MemberFrame,
   type MessageFrame,
   type NotificationFrame,
   type PongFrame,
+  type PresenceFrame,
+  type PresenceMember,
   type ServerFrame,
   type WelcomeFrame,
 } from "./protocol.js";
@@ -130,6 +133,30 @@ export interface RoomOptions {
    * given, else false (a room without history answers `recovered: false` to every `since`).
    */
   recover?: boolean;
+  /**
+   * The room keeps presence (a `presence.rooms` rule matches it): fetch who is in it with the
+   * `presence` command after every join and rejoin, and keep it up to date from the
+   * `member_joined` / `member_left` events (rules with `events = true`). Default false. A room
+   * that keeps no presence (`bad_request` to the automatic fetch) keeps presence undefined.
+   */
+  presence?: boolean;
+}
+
+/** Who is in a room: the last `presence` reply, updated by `member_joined` / `member_left`. */
+export interface PresenceState {
+  /** Users in the room (exact, across every node). */
+  count: number;
+  /** At most the rule's `max_members` users, in user-name order. */
+  members: PresenceMember[];
+  /** `members` is shorter than `count`. */
+  truncated: boolean;
+}
+
+export interface PresenceEvent {
+  room: string;
+  presence: PresenceState;
+  /** What changed it: a `presence` reply, or a `member_joined` / `member_left` event. */
+  cause: PresenceFrame | MemberFrame;
 }
 
 export interface JoinedEvent {
@@ -156,6 +183,10 @@ export interface ClientEvents {
   roomError: RoomErrorEvent;
   notification: NotificationFrame;
   broadcast: BroadcastFrame;
+  /** `member_joined` / `member_left`, in any room (also when presence is not tracked). */
+  member: MemberFrame;
+  /** The presence of a room with `presence: true` changed. */
+  presence: PresenceEvent;
   /** An `error` frame that answers no pending command. */
   error: ErrorFrame;
   /** Every frame received, as text, after the client handled it. */
@@ -205,6 +236,10 @@ interface RoomEntry {
   retryTimer: ReturnType<typeof setTimeout> | undefined;
   /** Failed joins in a row (unavailable, rate_limited, internal), for the retry backoff. */
   joinFailures: number;
+  /** Who is in the room (rooms with `opts.presence`), undefined until the first reply. */
+  presence: PresenceState | undefined;
+  /** Bumped by every presence fetch: only the latest one's reply is applied. */
+  presenceSeq: number;
 }
 
 type Listener<T> = (value: T) => void;
@@ -351,6 +386,8 @@ export class RoomcastClient {
         waiters: [],
         retryTimer: undefined,
         joinFailures: 0,
+        presence: undefined,
+        presenceSeq: 0,
       };
       this.rooms.set(room, r);
       if (this.welcomed) this.sendJoin(r);
@@ -375,6 +412,21 @@ export class RoomcastClient {
     const cmd: Command = { type: "publish", room, data };
     if (opts.echo !== undefined) cmd.echo = opts.echo;
     return this.request(cmd).then((f) => f as AckFrame);
+  }
+
+  /** Who is in a room with `presence: true` (undefined until the first `presence` reply). */
+  presence(room: string): PresenceState | undefined {
+    return this.rooms.get(room)?.presence;
+  }
+
+  /**
+   * Fetch who is in a joined room now (the `presence` command) and keep the answer as the
+   * room's presence (rooms joined with `presence: true`; done after every join by itself).
+   */
+  refreshPresence(room: string): Promise<PresenceState> {
+    const r = this.rooms.get(room);
+    if (!r) return Promise.reject(new RoomcastError("not_joined", `not in ${room}`));
+    return this.fetchPresence(r);
   }
 
   /** The JSON `ping` command; resolves with `pong`. */
@@ -631,6 +683,10 @@ export class RoomcastClient {
       case "broadcast":
         this.emit("broadcast", f);
         break;
+      case "member_joined":
+      case "member_left":
+        this.onMember(f);
+        break;
       default: {
         const id = (f as { id?: unknown }).id;
         const p = id === undefined ? undefined : this.pending.get(String(id));
@@ -656,6 +712,50 @@ export class RoomcastClient {
     r.lastId = m.id;
     this.emit("message", m);
     return true;
+  }
+
+  /** Apply a `member_joined` / `member_left` to the room's presence, keeping `count` consistent. */
+  private onMember(f: MemberFrame): void {
+    this.emit("member", f);
+    const r = this.rooms.get(f.room);
+    const p = r?.presence;
+    if (!r || !p) return;
+    const at = p.members.findIndex((m) => m.user === f.user);
+    let { count, members } = p;
+    if (f.type === "member_joined") {
+      if (at >= 0) return; // already in the reply that raced this event
+      members = [...members, { user: f.user, conns: 1 }].sort((a, b) =>
+        a.user < b.user ? -1 : a.user > b.user ? 1 : 0,
+      );
+      count++;
+    } else {
+      if (at >= 0) members = members.filter((_, i) => i !== at);
+      else if (!p.truncated) return; // not there: the reply was taken after they left
+      count = Math.max(0, count - 1);
+    }
+    r.presence = { count, members, truncated: members.length < count };
+    this.emit("presence", { room: r.name, presence: r.presence, cause: f });
+  }
+
+  private fetchPresence(r: RoomEntry): Promise<PresenceState> {
+    const seq = ++r.presenceSeq;
+    // submit(): the reply is applied synchronously, in frame order with the member events
+    return new Promise((resolve, reject) =>
+      this.submit(
+        { type: "presence", room: r.name },
+        (frame) => {
+          const f = frame as PresenceFrame;
+          const state: PresenceState = { count: f.count, members: f.members ?? [], truncated: !!f.truncated };
+          if (this.rooms.get(r.name) === r && seq === r.presenceSeq) {
+            r.presence = state; // replaces what the events built: the reply is the truth
+            this.emit("presence", { room: r.name, presence: state, cause: f });
+          }
+          resolve(state);
+        },
+        reject,
+        false,
+      ),
+    );
   }
 
   /** After `welcome`: rejoin every room, then flush what was queued, in order. */
@@ -692,6 +792,15 @@ export class RoomcastClient {
         const ev: JoinedEvent = { room: r.name, frame, rejoin, recovered: frame.recovered };
         for (const w of r.waiters.splice(0)) w.resolve(ev);
         this.emit("joined", ev);
+        if (r.opts.presence && this.rooms.get(r.name) === r) {
+          // who is in the room now (also after a rejoin: events were missed while away)
+          this.fetchPresence(r).catch((e: RoomcastError) => {
+            if (this.rooms.get(r.name) !== r || e.code === "disconnected") return;
+            // "presence is not kept for this room": no rule matches it; presence stays undefined
+            if (e.code === "bad_request") return;
+            this.emit("roomError", { room: r.name, error: e, dropped: false });
+          });
+        }
       },
       (e: RoomcastError) => {
         if (this.rooms.get(r.name) !== r) return;

@@ -10,6 +10,8 @@ export {
   type ConnectionState,
   type HeartbeatOptions,
   type JoinedEvent,
+  type PresenceEvent,
+  type PresenceState,
   type RefusalOptions,
   type RoomErrorEvent,
   type RoomOptions,

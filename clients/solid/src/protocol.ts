@@ -30,7 +30,13 @@ export interface PingCommand {
   type: "ping";
   id?: RequestId;
 }
-export type Command = JoinCommand | LeaveCommand | PublishCommand | PingCommand;
+/** Who is in a room (rooms matching a `presence.rooms` rule; the connection must have joined). */
+export interface PresenceCommand {
+  type: "presence";
+  room: string;
+  id?: RequestId;
+}
+export type Command = JoinCommand | LeaveCommand | PublishCommand | PingCommand | PresenceCommand;
 
 export interface WelcomeFrame {
   type: "welcome";
@@ -73,6 +79,29 @@ export type ErrorCode =
   | "too_many_rooms"
   | "unavailable"
   | "internal";
+export interface PresenceMember {
+  user: string;
+  /** The user's connections in the room, across every node. */
+  conns: number;
+}
+export interface PresenceFrame {
+  type: "presence";
+  room: string;
+  /** Exact number of users in the room, across every node. */
+  count: number;
+  /** At most the rule's `max_members`, in user-name order. */
+  members: PresenceMember[];
+  /** True when `members` is shorter than `count`. */
+  truncated: boolean;
+  id?: RequestId;
+}
+/** Sent to a room's members when its presence rule has `events = true`; once per user. */
+export interface MemberFrame {
+  type: "member_joined" | "member_left";
+  room: string;
+  user: string;
+  ts: number;
+}
 export interface ErrorFrame {
   type: "error";
   code: ErrorCode | string;
@@ -107,6 +136,8 @@ export type ServerFrame =
   | LeftFrame
   | AckFrame
   | PongFrame
+  | PresenceFrame
+  | MemberFrame
   | ErrorFrame
   | MessageFrame
   | NotificationFrame

@@ -7,6 +7,7 @@ import {
   type ConnectionInfo,
   type ConnectionState,
   type JoinedEvent,
+  type PresenceState,
   type RoomOptions,
   type RoomcastOptions,
 } from "./client.js";
@@ -39,6 +40,14 @@ export interface Room<T = unknown> {
    * missed (or the room keeps no history); undefined when the join carried no `since`.
    */
   recovered: Accessor<boolean | undefined>;
+  /**
+   * Who is in the room (`{count, members, truncated}`), for rooms created with
+   * `presence: true`: fetched after every (re)join, updated by `member_joined` / `member_left`.
+   * Undefined until the first `presence` reply (or when the room keeps no presence).
+   */
+  presence: Accessor<PresenceState | undefined>;
+  /** Fetch the room's presence again now (the `presence` command). */
+  refreshPresence(): Promise<PresenceState>;
   /** The last error about this room (join refused, publish failed). */
   error: Accessor<RoomcastError | undefined>;
   /** Publish to the room (queued while disconnected); resolves with the `ack`. */
@@ -104,7 +113,11 @@ export function createRoomcast(
     const [joined, setJoined] = createSignal(false);
     const [recovered, setRecovered] = createSignal<boolean | undefined>();
     const [error, setError] = createSignal<RoomcastError>();
+    const [presence, setPresence] = createSignal<PresenceState | undefined>(client.presence(name));
     const offs = [
+      client.on("presence", (ev) => {
+        if (ev.room === name) setPresence(ev.presence);
+      }),
       client.on("message", (m) => {
         if (m.room !== name) return;
         setMessages((prev) => {
@@ -141,6 +154,13 @@ export function createRoomcast(
       messages,
       joined,
       recovered,
+      presence,
+      refreshPresence() {
+        return client.refreshPresence(name).catch((e: RoomcastError) => {
+          setError(() => e);
+          throw e;
+        });
+      },
       error,
       publish(data, popts) {
         return client.publish(name, data, popts).catch((e: RoomcastError) => {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Checks that the unit tests have teeth: each mutant is src/client.ts with one safeguard taken
 // out (backoff, rejoin, since, the heartbeat fix, 1008 handling, close during the gap, the
-// queue bound); the vitest suite must fail on every one of them. src/client.ts is not modified:
+// queue bound, presence events and the presence refetch after a rejoin); the vitest suite must fail on every one of them. src/client.ts is not modified:
 // the mutant is written to src/client.mutant.ts and swapped in by vitest.mutant.config.ts.
 //   node test/mutants.mjs        (prints "N passed, N failed"; exits non-zero if a mutant survives)
 import { spawnSync } from "node:child_process";
@@ -36,6 +36,14 @@ const mutants = [
     "this.fastRetryUsed = true;\n      return 0;", "this.fastRetryUsed = true;\n      return this.backoff();"],
   ["close(): a reconnect timer left running",
     "    this.stopped = true;\n    this.clearReconnect();", "    this.stopped = true;"],
+  ["presence: member_joined / member_left not applied",
+    "        this.onMember(f);\n", ""],
+  ["presence: not fetched again after a rejoin",
+    "if (r.opts.presence && this.rooms.get(r.name) === r) {", "if (r.opts.presence && !rejoin && this.rooms.get(r.name) === r) {"],
+  ["presence: count not raised by member_joined",
+    "      count++;\n", ""],
+  ["presence: a member_joined already in the reply counted twice",
+    "if (at >= 0) return; // already in the reply", "if (false) return; // already in the reply"],
   ["queue: unbounded",
     "if (this.queue.length >= this.o.maxQueue) {", "if (false) {"],
 ];

@@ -55,6 +55,70 @@ describe("createRoomcast", () => {
     });
   });
 
+  it("exposes presence: fetched after every (re)join, updated by member events, refreshable", async () => {
+    await createRoot(async (dispose) => {
+      const rc = createRoomcast("ws://gw.test/ws", { WebSocket: FakeWebSocket, random: () => 0, heartbeat: false });
+      const lobby = rc.room("lobby", { presence: true });
+      const plain = rc.room("plain");
+      const users = () => lobby.presence()?.members.map((m) => m.user);
+      const ws = FakeWebSocket.last.accept({ autoReply: true }); // joins answered, presence not
+      const asked = ws.commands.filter((c) => c.type === "presence");
+      expect(asked).toMatchObject([{ type: "presence", room: "lobby" }]); // not for "plain"
+      expect(plain.presence()).toBeUndefined();
+      expect(lobby.presence()).toBeUndefined();
+      // events before the first reply are not applied (there is nothing to apply them to)
+      ws.push({ type: "member_joined", room: "lobby", user: "early", ts: 1 });
+      expect(lobby.presence()).toBeUndefined();
+      ws.push({ type: "presence", room: "lobby", count: 1, members: [{ user: "c-0", conns: 1 }], truncated: false, id: asked[0]!.id });
+      expect(lobby.presence()).toEqual({ count: 1, members: [{ user: "c-0", conns: 1 }], truncated: false });
+
+      ws.push({ type: "member_joined", room: "lobby", user: "bob", ts: 2 });
+      expect(lobby.presence()).toEqual({ count: 2, members: [{ user: "bob", conns: 1 }, { user: "c-0", conns: 1 }], truncated: false });
+      ws.push({ type: "member_joined", room: "lobby", user: "bob", ts: 3 }); // already there
+      ws.push({ type: "member_joined", room: "other", user: "carol", ts: 3 }); // another room
+      expect(lobby.presence()?.count).toBe(2);
+      expect(users()).toEqual(["bob", "c-0"]);
+      ws.push({ type: "member_left", room: "lobby", user: "bob", ts: 4 });
+      expect(lobby.presence()).toEqual({ count: 1, members: [{ user: "c-0", conns: 1 }], truncated: false });
+      ws.push({ type: "member_left", room: "lobby", user: "nobody", ts: 5 }); // not listed, list complete
+      expect(lobby.presence()?.count).toBe(1);
+
+      // a reconnect: the rejoin is followed by a new fetch whose reply replaces the presence
+      ws.serverClose(1006);
+      await tick(500);
+      const ws2 = FakeWebSocket.last.accept({ autoReply: true });
+      const again = ws2.commands.filter((c) => c.type === "presence");
+      expect(ws2.commands.map((c) => c.type)).toEqual(["join", "presence", "join"]);
+      ws2.push({
+        type: "presence", room: "lobby", count: 5, truncated: true, id: again[0]!.id,
+        members: [{ user: "a", conns: 2 }, { user: "c-1", conns: 1 }],
+      });
+      expect(lobby.presence()).toEqual({ count: 5, members: [{ user: "a", conns: 2 }, { user: "c-1", conns: 1 }], truncated: true });
+      // truncated: someone not listed leaving still lowers the count
+      ws2.push({ type: "member_left", room: "lobby", user: "zed", ts: 6 });
+      expect(lobby.presence()?.count).toBe(4);
+      ws2.push({ type: "member_left", room: "lobby", user: "a", ts: 7 });
+      expect(lobby.presence()).toEqual({ count: 3, members: [{ user: "c-1", conns: 1 }], truncated: true });
+
+      // manual refresh
+      const refreshed = lobby.refreshPresence();
+      const last = ws2.commands.at(-1)!;
+      expect(last).toMatchObject({ type: "presence", room: "lobby" });
+      ws2.push({ type: "presence", room: "lobby", count: 1, members: [{ user: "c-1", conns: 1 }], truncated: false, id: last.id });
+      await expect(refreshed).resolves.toEqual({ count: 1, members: [{ user: "c-1", conns: 1 }], truncated: false });
+      expect(lobby.presence()).toEqual({ count: 1, members: [{ user: "c-1", conns: 1 }], truncated: false });
+
+      // a room that keeps no presence: the error is reported, presence stays undefined
+      const p = plain.refreshPresence();
+      const q = ws2.commands.at(-1)!;
+      ws2.push({ type: "error", code: "bad_request", message: "presence is not kept for this room", id: q.id });
+      await expect(p).rejects.toMatchObject({ code: "bad_request" });
+      expect(plain.error()?.code).toBe("bad_request");
+      expect(plain.presence()).toBeUndefined();
+      dispose();
+    });
+  });
+
   it("keeps at most maxMessages per room", async () => {
     const rc = createRoomcast("ws://gw.test/ws", { WebSocket: FakeWebSocket, heartbeat: false, maxMessages: 3 });
     const r = rc.room<number>("r");
