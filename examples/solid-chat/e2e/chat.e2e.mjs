@@ -250,6 +250,8 @@ async function main() {
   writeFileSync(
     config,
     (history ? `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n` : "") +
+      // presence with member_joined / member_left for the chat's room: the "who's here" list
+      (!CLUSTER ? `[presence]\nrooms = [{ pattern = "e2e-*", events = true }]\n` : "") +
       (AUTH ? `[auth]\nmode = "jwt"\njwt_secret = "${JWT_SECRET}"\nleeway_s = 0\n` : ""),
   );
   // roomcast reads every ROOMCAST_* variable as configuration (and stops on unknown keys):
@@ -338,6 +340,11 @@ async function main() {
   const joined = (page) => page.evaluate((room) => window.roomcast.room(room).joined(), ROOM);
   const recoveredOf = (page) => page.evaluate((room) => window.roomcast.room(room).recovered(), ROOM);
   const nodeOf = (page) => page.evaluate(() => window.roomcast.welcome()?.node);
+  // the presence member a page is: its token's user, else its conn_id
+  const userOf = (page) => page.evaluate(() => window.roomcast.welcome()?.user ?? window.roomcast.welcome()?.conn_id);
+  const listed = (page) => page.locator('[data-testid="presence"] li').evaluateAll((els) => els.map((e) => e.dataset.user));
+  const lists = (page, user, present, timeoutMs = 10_000) =>
+    waitFor(`${user} ${present ? "in" : "out of"} the presence list`, async () => (await listed(page)).includes(user) === present, timeoutMs).then(() => true, () => false);
   async function say(page, text) {
     // Enter submits the form; click() would wait for animation frames, which background pages
     // of a headless browser get about once a second
@@ -416,6 +423,9 @@ async function main() {
 
     // 1. both pages connect, join and chat
     check("alice and bob connect and join", await allOpen([alice, bob], 15_000));
+    const bob1 = await userOf(bob);
+    check("alice's who's-here list shows bob (presence fetched after the join, or member_joined)", await lists(alice, bob1, true), JSON.stringify(await listed(alice)));
+    check("... and bob's shows alice", await lists(bob, await userOf(alice), true), JSON.stringify(await listed(bob)));
     await waitFor("primitives pages open", async () => (await state(prim)) === "open" && (await state(migrated)) === "open", 10_000).catch(() => {});
     await sleep(300); // the primitives pages' joins are answered
     await exchange(alice, bob, "before the restart");
@@ -436,6 +446,9 @@ async function main() {
     const rec = await recoveredOf(alice);
     check("the rejoin reports recovered:false (the restarted node lost the history) and the page says so",
       rec === false && (await alice.getByTestId("gap").isVisible()), `recovered=${rec}`);
+    const bob2 = await userOf(bob);
+    check("after the restart alice's list is fetched again: bob's new connection is in it", (await lists(alice, bob2, true)) && !(await listed(alice)).includes(bob1),
+      `${bob1} -> ${bob2}: ${JSON.stringify(await listed(alice))}`);
     await exchange(alice, bob, "after the restart");
     check("the createRoomcastWS page rejoined and keeps receiving", await sees(migrated, "bob after the restart"));
     const primAfter = await sees(prim, "bob after the restart", 4000);
@@ -454,6 +467,15 @@ async function main() {
     await alice.screenshot({ path: join(HERE, "screenshot.png") });
     await migrated.screenshot({ path: join(HERE, "screenshot-primitives.png") });
     log(`screenshots: ${join(HERE, "screenshot.png")}, ${join(HERE, "screenshot-primitives.png")}`);
+
+    // 5. bob closes his page: member_left takes him out of alice's list
+    const bob3 = await userOf(bob);
+    check("before bob leaves, alice lists him", await lists(alice, bob3, true), JSON.stringify(await listed(alice)));
+    const countBefore = await alice.evaluate((room) => window.roomcast.room(room).presence()?.count, ROOM);
+    await bob.close();
+    check("bob's page closed: he disappears from alice's who's-here list", await lists(alice, bob3, false), JSON.stringify(await listed(alice)));
+    const countAfter = await alice.evaluate((room) => window.roomcast.room(room).presence()?.count, ROOM);
+    check("... and the count goes down by one", countAfter === countBefore - 1, `${countBefore} -> ${countAfter}`);
   } else {
     // alice starts on node 1, bob on node 2; each takes the next URL on every connect
     const alice = await openPage(`/${q("alice", [n1.ws, n2.ws])}`, "alice");

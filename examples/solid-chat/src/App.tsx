@@ -23,8 +23,10 @@ export function App() {
   function open(roomName: string) {
     if (!rooms.has(roomName)) {
       // history: replays recent messages on rooms that keep history; after a reconnect the
-      // room is rejoined with since = the last message seen
-      rooms.set(roomName, rc.room<ChatMessage>(roomName, { history: 50 }));
+      // room is rejoined with since = the last message seen. presence: who is here, fetched
+      // after every (re)join and kept up to date by member_joined / member_left (rooms that
+      // match a presence.rooms rule of the gateway; elsewhere presence() stays undefined)
+      rooms.set(roomName, rc.room<ChatMessage>(roomName, { history: 50, presence: true }));
       setRoomNames([...rooms.keys()]);
     }
     setCurrent(roomName);
@@ -53,6 +55,17 @@ export function App() {
       /* shown through r.error() */
     }
   }
+
+  // a member is a user id (a token's sub, or the conn_id of an anonymous connection, as in
+  // `from`): show the chat name its last message carried, when there is one
+  const nameOf = (r: Room<ChatMessage>, user: string) => {
+    const msgs = r.messages();
+    for (let i = msgs.length - 1; i >= 0; i--) {
+      const m = msgs[i]!;
+      if (m.from === user && typeof m.data?.name === "string") return m.data.name;
+    }
+    return undefined;
+  };
 
   const retryIn = () => {
     const at = rc.info().retryAt;
@@ -131,6 +144,30 @@ export function App() {
                 <p class="gap" data-testid="gap">
                   Reconnected: messages sent while you were away may be missing.
                 </p>
+              </Show>
+              <Show when={r().presence()}>
+                {(p) => (
+                  <div class="presence" data-testid="presence">
+                    <span class="here" data-testid="presence-count">
+                      {p().count} here{p().truncated ? ` (${p().members.length} shown)` : ""}:
+                    </span>
+                    <ul>
+                      <For each={p().members}>
+                        {(m) => (
+                          <li data-user={m.user} classList={{ me: m.user === (rc.welcome()?.user ?? rc.welcome()?.conn_id) }}>
+                            {nameOf(r(), m.user) ?? m.user}
+                            <Show when={nameOf(r(), m.user)}>
+                              <small> {m.user}</small>
+                            </Show>
+                            <Show when={m.conns > 1}>
+                              <small> ×{m.conns}</small>
+                            </Show>
+                          </li>
+                        )}
+                      </For>
+                    </ul>
+                  </div>
+                )}
               </Show>
               <Show when={r().error()}>
                 {(err) => <p class="error">{err().code}: {err().message}</p>}
