@@ -17,6 +17,9 @@
 //!     --sources 4 connections --connections 50000 --hold 30
 //! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws \
 //!     ramp --subscribers 1000 --rates 10,20,50,100,200
+//! # with `[history]\nrooms = [{ pattern = "chat:*", size = 10000, ttl_s = 600 }]` in --config:
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws \
+//!     chaos --subscribers 200 --rate 50 --duration 30 --kill-every 5
 //! ```
 
 use std::path::PathBuf;
@@ -26,6 +29,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use roomcast_loadtest::Common;
 use roomcast_loadtest::report::{self, Report};
+use roomcast_loadtest::scenario::chaos::{self, ChaosParams, KillDist};
 use roomcast_loadtest::scenario::connections::{self, ConnectionsParams};
 use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
 use roomcast_loadtest::scenario::ramp::{self, RampParams};
@@ -87,6 +91,42 @@ enum Scenario {
     Connections(ConnectionsArgs),
     /// Fanout at rising rates; reports the highest passing rate.
     Ramp(RampArgs),
+    /// Fanout into a history room while subscribers are cut at random and rejoin with `since`.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ChaosArgs {
+    #[arg(long, default_value_t = 200)]
+    subscribers: u64,
+    /// Publishing connections (on the first URL); 0 = as few as keep each under --max-rate-per-pub.
+    #[arg(long, default_value_t = 0)]
+    publishers: u64,
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_pub: f64,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds of publishing (and of cuts).
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Seconds to wait for deliveries and replays in flight after the last ack.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// A room the server keeps history for (history.rooms).
+    #[arg(long, default_value = "chat:chaos")]
+    room: String,
+    /// Mean seconds between two cuts of one subscriber; 0 = no cuts.
+    #[arg(long, default_value_t = 15.0)]
+    kill_every: f64,
+    /// How cut times are drawn: uniform (0.5 to 1.5 x --kill-every) or exp.
+    #[arg(long, default_value = "uniform")]
+    kill_dist: KillDist,
+    /// Lowest delivery ratio of acknowledged messages that passes.
+    #[arg(long, default_value_t = 1.0)]
+    min_ratio: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -221,6 +261,7 @@ impl Cli {
             Scenario::Rooms(r) => r.duration.max(0.0) + r.drain.max(0.0) + 40.0 + connect,
             Scenario::Connections(c) => c.hold.max(0.0) + connect + 30.0,
             Scenario::Ramp(r) => (run(&r.fanout) + 2.0) * 2.0 * ramp_rates(r).len() as f64,
+            Scenario::Chaos(c) => c.duration.max(0.0) + c.drain.max(0.0) + 60.0 + connect,
         };
         secs(s, 600.0)
     }
@@ -251,6 +292,7 @@ fn main() -> ExitCode {
         Scenario::Fanout(f) => f.subscribers + 1024,
         Scenario::Ramp(r) => r.fanout.subscribers + 1024,
         Scenario::Rooms(r) => r.rooms * r.members + 1024,
+        Scenario::Chaos(c) => c.subscribers * 2 + 1024,
     };
     let fds = roomcast_loadtest::procfs::raise_nofile_limit(wanted_fds);
     if fds < wanted_fds {
@@ -278,6 +320,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Scenario::Chaos(a) = &cli.scenario {
+        return run_chaos(runtime, &common, a, cli.report.is_some());
+    }
     let result: Result<Report, String> = runtime.block_on(async {
         match &cli.scenario {
             Scenario::Fanout(a) => fanout::run(&common, &a.params())
@@ -309,6 +354,7 @@ fn main() -> ExitCode {
                     .await
                     .map(Report::Connections)
             }
+            Scenario::Chaos(_) => Err("chaos runs apart".into()),
             Scenario::Ramp(a) => {
                 let params = RampParams {
                     fanout: a.fanout.params(),
@@ -350,5 +396,48 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// `chaos` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+fn run_chaos(
+    runtime: tokio::runtime::Runtime,
+    common: &roomcast_loadtest::Common,
+    a: &ChaosArgs,
+    html: bool,
+) -> ExitCode {
+    if html {
+        eprintln!("roomcast-loadtest: chaos writes no HTML report; --report is ignored");
+    }
+    let params = ChaosParams {
+        subscribers: a.subscribers,
+        publishers: a.publishers,
+        max_rate_per_pub: a.max_rate_per_pub,
+        rate: a.rate,
+        duration_s: a.duration,
+        drain_s: a.drain,
+        payload_bytes: a.payload_bytes,
+        room: a.room.clone(),
+        kill_every_s: a.kill_every,
+        kill_dist: a.kill_dist,
+        min_ratio: a.min_ratio,
+    };
+    let result = runtime.block_on(chaos::run(common, &params));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(r) => {
+            eprintln!("{}", r.text());
+            println!("{}", r.json_line());
+            if r.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("roomcast-loadtest: {e}");
+            println!("{}", serde_json::json!({ "error": e }));
+            ExitCode::from(2)
+        }
     }
 }

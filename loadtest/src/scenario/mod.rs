@@ -2,6 +2,7 @@
 //! `traffic` engine run it; `ramp` repeats `fanout` at rising rates; `connections` opens and
 //! holds idle connections. Each returns a report struct; printing is `report`'s business.
 
+pub mod chaos;
 pub mod connections;
 pub mod fanout;
 pub mod ramp;
