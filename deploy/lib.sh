@@ -118,13 +118,18 @@ ensure_python() {
     PYTHON=$venv/bin/python
 }
 
-# free_port_block N : print the first port P in 20000..60000 (random start) such that P..P+N-1
-# are all free on 127.0.0.1.
+# free_port_block N : print the first port P such that P..P+N-1 are all free on 127.0.0.1,
+# from a random start below the kernel's ephemeral range (where outgoing connections and
+# port-0 listeners of other programs would take ports between our check and our bind).
 free_port_block() {
-    local n=$1 base i ok
+    local n=$1 base i ok low=10000 high=32768
     need ss iproute2
+    if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+        read -r high _ </proc/sys/net/ipv4/ip_local_port_range
+    fi
+    [ "$high" -gt $((low + 1000)) ] || { low=1025; high=32768; }
     for _ in $(seq 200); do
-        base=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        base=$((low + (RANDOM * 32768 + RANDOM) % (high - low - n)))
         ok=1
         for ((i = 0; i < n; i++)); do
             if [ -n "$(ss -Hltn "sport = :$((base + i))" 2>/dev/null)" ]; then ok=; break; fi

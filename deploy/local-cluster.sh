@@ -145,10 +145,11 @@ done
 mkdir -p "$run_dir/nginx-temp"
 if [ "$(id -u)" = 0 ]; then user_line="user root;"; else user_line="# user: the invoking user"; fi
 nofile=$(ulimit -Hn)
-[ "$nofile" = unlimited ] || [ "$nofile" -gt 131072 ] && nofile=131072
+[ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ] && nofile=65536
 sed -e "s|^user nginx;|$user_line|" \
     -e "s|^pid .*|pid $run_dir/nginx.pid;|" \
     -e "s|^worker_rlimit_nofile .*|worker_rlimit_nofile $nofile;|" \
+    -e "s|worker_connections [0-9]*;|worker_connections $nofile;|" \
     -e "s|listen 8080|listen 127.0.0.1:$LB_PORT|" \
     -e "s|server gateway-1:8080|server 127.0.0.1:$(ws_port 1)|" \
     -e "s|server gateway-2:8080|server 127.0.0.1:$(ws_port 2)|" \

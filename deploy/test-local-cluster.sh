@@ -70,8 +70,9 @@ api_key=$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')
 "$DEPLOY_DIR/local-cluster.sh" --binary "$binary" --api-key "$api_key" --prometheus \
     --run-dir "$work/run" >"$work/cluster.out" 2>"$work/cluster.err" &
 cluster_pid=$!
-wait_for 120 "the ready line of local-cluster.sh" grep -q '^roomcast ws=' "$work/cluster.out" ||
-    die "local-cluster.sh did not get ready"
+ready_or_gone() { grep -q '^roomcast ws=' "$work/cluster.out" || ! kill -0 "$cluster_pid" 2>/dev/null; }
+wait_for 120 "the ready line of local-cluster.sh" ready_or_gone || die "local-cluster.sh did not get ready"
+grep -q '^roomcast ws=' "$work/cluster.out" || die "local-cluster.sh exited before it was ready"
 line=$(grep '^roomcast ws=' "$work/cluster.out")
 log "$line"
 ws=$(sed -E 's/.* ws=([^ ]+).*/\1/' <<<"$line")
