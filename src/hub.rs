@@ -29,6 +29,9 @@ struct GateState {
     open: bool,
     held: Vec<(Option<u64>, Frame)>,
     capacity: usize,
+    /// Once open: the replay covered offsets up to here. A live frame for one of them can
+    /// still be on its way (history was read before the dispatcher delivered it): drop it.
+    after: Option<u64>,
 }
 
 /// Holds back one member's room traffic until [`Gate::open`]: what a joining client receives
@@ -56,13 +59,16 @@ impl Gate {
                 }
             }
             state.open = true;
+            state.after = after;
         }
-        let mut shard = hub.rooms.shard(&*self.room);
-        if let Some(member) = shard
-            .get_mut(&*self.room)
-            .and_then(|m| m.get_mut(&self.conn))
-        {
-            member.gate = None;
+        if after.is_none() {
+            let mut shard = hub.rooms.shard(&*self.room);
+            if let Some(member) = shard
+                .get_mut(&*self.room)
+                .and_then(|m| m.get_mut(&self.conn))
+            {
+                member.gate = None;
+            }
         }
         delivery
     }
@@ -207,6 +213,7 @@ impl Hub {
             open: false,
             held: Vec::new(),
             capacity,
+            after: None,
         }));
         let joined = self.join_member(room, outbox, Some(state.clone()));
         let gate = (!joined.already).then(|| Gate {
@@ -312,19 +319,26 @@ impl Hub {
         skip: Option<ConnId>,
         offset: Option<u64>,
     ) -> Delivery {
-        let shard = self.rooms.shard(room);
+        let mut shard = self.rooms.shard(room);
         let mut delivery = Delivery::default();
-        if let Some(members) = shard.get(room) {
-            for (conn, member) in members {
+        if let Some(members) = shard.get_mut(room) {
+            for (conn, member) in members.iter_mut() {
                 if Some(*conn) == skip {
                     continue;
                 }
+                let mut passed_gate = false;
                 match &member.gate {
                     None => delivery.count(member.outbox.offer(frame.clone())),
                     Some(gate) => {
                         let mut state = gate.lock().unwrap_or_else(|p| p.into_inner());
                         if state.open {
-                            delivery.count(member.outbox.offer(frame.clone()));
+                            let replayed =
+                                matches!((offset, state.after), (Some(o), Some(a)) if o <= a);
+                            if !replayed {
+                                delivery.count(member.outbox.offer(frame.clone()));
+                                // Newer than the replay: everything after it is new too.
+                                passed_gate = offset.is_some();
+                            }
                         } else if state.held.len() < state.capacity {
                             state.held.push((offset, frame.clone()));
                         } else {
@@ -335,6 +349,9 @@ impl Hub {
                             delivery.overflowed += 1;
                         }
                     }
+                }
+                if passed_gate {
+                    member.gate = None;
                 }
             }
         }
@@ -494,5 +511,24 @@ mod tests {
         }
         assert_eq!(ra.closer.reason(), Some(Disconnect::SlowConsumer));
         drop(gate);
+    }
+
+    /// History was read after a message was kept but before the dispatcher delivered it: the
+    /// replay includes it, so its live copy must not reach the member a second time.
+    #[test]
+    fn a_live_copy_of_a_replayed_message_is_dropped_after_the_gate_opens() {
+        let hub = Hub::new();
+        let (a, mut ra) = outbox(1, 16);
+        let (_, gate) = hub.join_gated("h", &a, 8);
+        let gate = gate.expect("gate");
+        // The replay covered offsets up to 5; nothing was held.
+        gate.open(&hub, &a, Some(5));
+        hub.deliver_room("h", &Frame::text_for_tests("m5"), None, Some(5));
+        hub.deliver_room("h", &Frame::text_for_tests("m6"), None, Some(6));
+        hub.deliver_room("h", &Frame::text_for_tests("m7"), None, Some(7));
+        let got: Vec<String> = std::iter::from_fn(|| ra.rx.try_recv().ok())
+            .map(|f| f.text().to_owned())
+            .collect();
+        assert_eq!(got, ["m6", "m7"]);
     }
 }
