@@ -80,13 +80,16 @@ PIDS=() NAMES=() REPORTED=()
 start() { # start NAME COMMAND... : run in the background, output to RUN/NAME.log
     local name=$1
     shift
-    "$@" >"$run_dir/$name.log" 2>&1 &
+    "$@" >"$run_dir/$name.log" 2>&1 7>&- 8>&- &
     PIDS+=($!) NAMES+=("$name") REPORTED+=("")
     echo $! >"$run_dir/$name.pid"
 }
+# The script's own stdout and stderr, for the exit handler.
+exec 7>&1 8>&2
 cleanup() {
     local status=$? i deadline
     trap - EXIT INT TERM
+    exec 1>&7 2>&8   # a signal may land while output is redirected (wait_for)
     if [ ${#PIDS[@]} -gt 0 ]; then
         log "stopping the cluster"
         for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done

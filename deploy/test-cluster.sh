@@ -41,9 +41,12 @@ dc() {
 }
 
 compose_started=
+# The script's own stdout and stderr, for the exit handler.
+exec 7>&1 8>&2
 finish() {
     local status=$?
     trap - EXIT INT TERM
+    exec 1>&7 2>&8   # a signal may land while output is redirected (wait_for)
     if [ -n "$compose_started" ]; then
         if [ "$status" != 0 ]; then
             log "FAILED; container states and logs:"

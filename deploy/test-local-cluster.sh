@@ -24,9 +24,12 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-local-test.XXXXXX")
 cluster_pid=
+# The script's own stdout and stderr, for the exit handler.
+exec 7>&1 8>&2
 finish() {
     local status=$?
     trap - EXIT INT TERM
+    exec 1>&7 2>&8   # a signal may land while output is redirected (wait_for)
     if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
         kill -TERM "$cluster_pid" 2>/dev/null || true
         for _ in $(seq 60); do kill -0 "$cluster_pid" 2>/dev/null || break; sleep 0.5; done

@@ -26,9 +26,12 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-static.XXXXXX")
 node_pid=
+# The script's own stdout and stderr, for the exit handler.
+exec 7>&1 8>&2
 finish() {
     local status=$?
     trap - EXIT INT TERM
+    exec 1>&7 2>&8   # a signal may land while output is redirected (wait_for)
     if [ -n "$node_pid" ]; then
         kill -TERM "$node_pid" 2>/dev/null || true
         wait "$node_pid" 2>/dev/null || true
