@@ -733,27 +733,19 @@ struct WireEnvelope<'a> {
 /// The payload a node PUBLISHes on a broker channel for `envelope` (the channel names the
 /// target).
 pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
-    let wire = WireEnvelope {
-        data: &envelope.data,
-        id: Some(Cow::Borrowed(&envelope.id)),
-        from: Some(Cow::Borrowed(&envelope.from)),
-        ts: Some(envelope.ts),
-        node: envelope
-            .origin
-            .as_ref()
-            .map(|o| Cow::Borrowed(o.node.as_str())),
-        conn: envelope.origin.as_ref().map(|o| o.conn),
-        echo: envelope.origin.as_ref().map(|o| o.echo),
-    };
-    serde_json::to_vec(&wire).unwrap_or_default()
+    encode_wire(envelope, true)
 }
 
 /// [`encode_envelope`] without the id, for a broker that assigns the id itself (a kept
 /// message's id is its history position).
 pub fn encode_envelope_unnumbered(envelope: &Envelope) -> Vec<u8> {
+    encode_wire(envelope, false)
+}
+
+fn encode_wire(envelope: &Envelope, with_id: bool) -> Vec<u8> {
     let wire = WireEnvelope {
         data: &envelope.data,
-        id: None,
+        id: with_id.then_some(Cow::Borrowed(envelope.id.as_str())),
         from: Some(Cow::Borrowed(&envelope.from)),
         ts: Some(envelope.ts),
         node: envelope

@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use roomcast::config::{BrokerKind, Config, Overrides};
 
@@ -177,54 +176,23 @@ fn binary_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                "bin-node",
-            ])
-            .env("RUST_LOG", "info")
-            .env("ROOMCAST_LOG__FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn roomcast"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    // The bound address is logged; read it from the JSON log line.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["fields"]["message"] == "websocket listening"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(support::WAIT, rx)
-        .await
-        .expect("listening line in time")
-        .expect("address");
-    let mut client = support::Client::connect(&format!("ws://{addr}/ws")).await;
+    let (child, url) = support::spawn_binary(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "bin-node",
+        ]
+        .map(std::ffi::OsStr::new),
+        &[],
+    )
+    .await;
+    let mut child = child;
+    let mut client = support::Client::connect(&url).await;
     assert_eq!(client.welcome["node"], "bin-node");
 
     let status = Command::new("kill")

@@ -6,8 +6,6 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -459,16 +457,6 @@ async fn two_nodes_share_presence_and_announce_each_user_once() {
     }
 }
 
-/// Kills the child on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary as a node of the cluster, with `presence.rooms` from a file.
 async fn spawn_node(
     redis: &RedisServer,
@@ -488,38 +476,23 @@ async fn spawn_node(
         ),
     )
     .expect("write config");
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--redis", &redis.url(), "--node-id", node_id])
-            .arg("--config")
-            .arg(&file)
-            .env("ROOMCAST_REDIS__PREFIX", prefix)
-            .env("ROOMCAST_LOG__FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn roomcast"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "websocket listening"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(WAIT, rx)
-        .await
-        .expect("node listens in time")
-        .expect("address");
-    (child, format!("ws://{addr}/ws"))
+    let redis_url = redis.url();
+    spawn_binary(
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--admin-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--redis".as_ref(),
+            redis_url.as_ref(),
+            "--node-id".as_ref(),
+            node_id.as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ],
+        &[("ROOMCAST_REDIS__PREFIX", prefix)],
+    )
+    .await
 }
 
 #[tokio::test]

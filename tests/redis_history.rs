@@ -4,9 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use redis::aio::MultiplexedConnection;
 use roomcast::config::{BrokerKind, Config, HistoryRule};
 use serde_json::{Value, json};
@@ -204,16 +201,6 @@ async fn a_node_cut_off_from_redis_catches_its_rooms_up_from_history() {
     );
 }
 
-/// Kills the child on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn spawn_node(redis: &RedisServer, prefix: &str) -> (Child, String) {
     let file = std::env::temp_dir().join(format!("roomcast-{}.toml", prefix.replace(':', "-")));
     std::fs::write(
@@ -221,40 +208,25 @@ async fn spawn_node(redis: &RedisServer, prefix: &str) -> (Child, String) {
         "[history]\nrooms = [{ pattern = \"chat:*\", size = 1000, ttl_s = 600 }]\n",
     )
     .expect("write config");
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--redis", &redis.url()])
-            .arg("--config")
-            .arg(&file)
-            .env("ROOMCAST_REDIS__PREFIX", prefix)
-            .env("ROOMCAST_LOG__FORMAT", "json")
-            .env("ROOMCAST_LIMITS__RATE_PER_SEC", "100000")
-            .env("ROOMCAST_LIMITS__RATE_BURST", "100000")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn roomcast"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "websocket listening"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(WAIT, rx)
-        .await
-        .expect("node listens in time")
-        .expect("address");
-    (child, format!("ws://{addr}/ws"))
+    let redis_url = redis.url();
+    spawn_binary(
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--admin-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--redis".as_ref(),
+            redis_url.as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ],
+        &[
+            ("ROOMCAST_REDIS__PREFIX", prefix),
+            ("ROOMCAST_LIMITS__RATE_PER_SEC", "100000"),
+            ("ROOMCAST_LIMITS__RATE_BURST", "100000"),
+        ],
+    )
+    .await
 }
 
 /// A gateway node is SIGKILLed mid-stream; its client resumes on another node with `since`

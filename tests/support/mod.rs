@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -291,7 +291,7 @@ pub fn free_port() -> u16 {
 /// A `redis-server` of our own on a free loopback port, no persistence; killed on drop.
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
+    child: Option<std::process::Child>,
 }
 
 impl RedisServer {
@@ -461,4 +461,49 @@ impl Drop for CuttableProxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop, so a failing test leaves none behind.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the built `roomcast` binary with `args` and `envs` (JSON logs at info on stdout) and
+/// wait for the WebSocket address it logs once bound. Returns the process and `ws://ADDR/ws`.
+pub async fn spawn_binary(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    command
+        .args(args)
+        .env("ROOMCAST_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = Child(command.spawn().expect("spawn roomcast"));
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "websocket listening"
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("the node logs its address in time")
+        .expect("address");
+    (child, format!("ws://{addr}/ws"))
 }
