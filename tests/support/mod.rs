@@ -301,36 +301,7 @@ impl RedisServer {
 
     /// Start (or restart) on a given port.
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/test installs it)");
-        let server = RedisServer {
-            port,
-            child: Some(child),
-        };
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
+        Self::start_with_args(port, &["--port", &port.to_string()])
     }
 
     pub fn url(&self) -> String {
