@@ -329,7 +329,7 @@ impl Broker for RedisBroker {
                     }
                     pipe
                 };
-                let answers: Vec<i64> = with_functions_pipe(&self.shared.pool, pipe).await?;
+                let answers: Vec<i64> = with_functions(&self.shared.pool, pipe).await?;
                 for (update, answer) in chunk.iter().zip(answers) {
                     if answer == 1 {
                         lost.push(update.room.clone());
@@ -728,42 +728,47 @@ pub async fn load_functions(pool: &Pool) -> Result<(), BrokerError> {
         .map_err(|err| redis_error(&err))
 }
 
-/// [`with_functions`] for a pipeline of function calls.
-async fn with_functions_pipe<T: redis::FromRedisValue>(
-    pool: &Pool,
-    pipe: impl Fn() -> redis::Pipeline,
-) -> Result<T, BrokerError> {
-    let mut conn = pool.get().await.map_err(pool_error)?;
-    match pipe().query_async::<T>(&mut *conn).await {
-        Ok(value) => Ok(value),
-        Err(err) if err.to_string().contains("Function not found") => {
-            drop(conn);
-            load_functions(pool).await?;
-            let mut conn = pool.get().await.map_err(pool_error)?;
-            pipe()
-                .query_async::<T>(&mut *conn)
-                .await
-                .map_err(|err| redis_error(&err))
-        }
-        Err(err) => Err(redis_error(&err)),
+/// A function call or a pipeline of them: what [`with_functions`] can send.
+trait FunctionCall {
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<T, RedisError>;
+}
+
+impl FunctionCall for redis::Cmd {
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<T, RedisError> {
+        self.query_async(conn).await
     }
 }
 
-/// Run a function call; when Redis lost the library (a restart without persistence), load it
-/// and try once more.
-async fn with_functions<T: redis::FromRedisValue>(
+impl FunctionCall for redis::Pipeline {
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<T, RedisError> {
+        self.query_async(conn).await
+    }
+}
+
+/// Run a function call (or a pipeline of them); when Redis lost the library (a restart
+/// without persistence), load it and try once more.
+async fn with_functions<T: redis::FromRedisValue, C: FunctionCall>(
     pool: &Pool,
-    call: impl Fn() -> redis::Cmd,
+    call: impl Fn() -> C,
 ) -> Result<T, BrokerError> {
     let mut conn = pool.get().await.map_err(pool_error)?;
-    match call().query_async::<T>(&mut *conn).await {
+    match call().send::<T>(&mut conn).await {
         Ok(value) => Ok(value),
         Err(err) if err.to_string().contains("Function not found") => {
             drop(conn);
             load_functions(pool).await?;
             let mut conn = pool.get().await.map_err(pool_error)?;
             call()
-                .query_async::<T>(&mut *conn)
+                .send::<T>(&mut conn)
                 .await
                 .map_err(|err| redis_error(&err))
         }
