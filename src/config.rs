@@ -133,6 +133,21 @@ pub struct RedisConfig {
     pub prefix: String,
     pub pool_size: usize,
     pub command_timeout_ms: u64,
+    /// Redis Cluster: room and user channels use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub cluster: bool,
+    /// Seed nodes of the cluster (`redis.cluster`); empty means `redis.url` alone.
+    pub urls: Vec<String>,
+}
+
+impl RedisConfig {
+    /// Where to find the cluster: `urls`, or `url` when that is empty.
+    pub fn seed_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
 }
 
 impl Default for RedisConfig {
@@ -142,6 +157,8 @@ impl Default for RedisConfig {
             prefix: "roomcast:".into(),
             pool_size: 16,
             command_timeout_ms: 1_000,
+            cluster: false,
+            urls: Vec::new(),
         }
     }
 }
@@ -250,6 +267,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (broker.kind = "redis", redis.cluster, redis.urls).
+    pub redis_cluster: Option<Vec<String>>,
     pub node_id: Option<String>,
 }
 
@@ -302,6 +321,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("server.allowed_origins")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("redis.urls")
                 .try_parsing(true)
                 .source(Some(env)),
         );
@@ -319,6 +339,13 @@ impl Config {
             builder = builder
                 .set_override("broker.kind", "redis")
                 .and_then(|b| b.set_override("redis.url", url.clone()))
+                .map_err(map_err)?;
+        }
+        if let Some(urls) = &overrides.redis_cluster {
+            builder = builder
+                .set_override("broker.kind", "redis")
+                .and_then(|b| b.set_override("redis.cluster", true))
+                .and_then(|b| b.set_override("redis.urls", urls.clone()))
                 .map_err(map_err)?;
         }
         let raw = builder.build().map_err(map_err)?;
@@ -394,6 +421,32 @@ impl Config {
             return Err(ConfigError::key(
                 "redis.url",
                 "must start with redis:// or rediss://",
+            ));
+        }
+        for (i, url) in self.redis.urls.iter().enumerate() {
+            let key = format!("redis.urls[{i}]");
+            if !url.starts_with("redis://") {
+                let problem = if url.starts_with("rediss://") {
+                    "rediss:// is not supported with redis.cluster yet; use redis://"
+                } else {
+                    "must start with redis://"
+                };
+                return Err(ConfigError::key(&key, problem));
+            }
+        }
+        if self.redis.cluster
+            && self.redis.urls.is_empty()
+            && !self.redis.url.starts_with("redis://")
+        {
+            return Err(ConfigError::key(
+                "redis.url",
+                "rediss:// is not supported with redis.cluster yet; use redis://",
+            ));
+        }
+        if !self.redis.cluster && !self.redis.urls.is_empty() {
+            return Err(ConfigError::key(
+                "redis.urls",
+                "lists cluster seed nodes: set redis.cluster = true, or use redis.url",
             ));
         }
         positive("redis.pool_size", self.redis.pool_size as u64)?;

@@ -1,6 +1,7 @@
 //! The `roomcast` binary: flags, configuration, logging, binding, signals.
 //!
-//! `roomcast [--config PATH] [--listen ADDR] [--admin-listen ADDR] [--redis URL] [--node-id ID]`
+//! `roomcast [--config PATH] [--listen ADDR] [--admin-listen ADDR] [--redis URL]
+//! [--redis-cluster URL,URL,…] [--node-id ID]`
 //! A bad configuration exits with status 2 and a message naming the key.
 
 use std::path::PathBuf;
@@ -27,6 +28,10 @@ struct Args {
     /// Use the Redis broker at this URL (broker.kind = "redis", redis.url).
     #[arg(long)]
     redis: Option<String>,
+    /// Use a Redis Cluster through these seed nodes, comma-separated (broker.kind = "redis",
+    /// redis.cluster = true, redis.urls).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    redis_cluster: Option<Vec<String>>,
     /// Node id sent in `welcome` (server.node_id).
     #[arg(long)]
     node_id: Option<String>,
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         admin_listen: args.admin_listen,
         redis_url: args.redis,
+        redis_cluster: args.redis_cluster,
         node_id: args.node_id,
     };
     let config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides) {

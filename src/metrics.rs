@@ -71,6 +71,33 @@ impl Drop {
     }
 }
 
+/// Why the cluster broker subscribed a channel again (`redis.cluster`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resubscribe {
+    /// A shard answered `MOVED`: the slot has another owner now.
+    Moved,
+    /// A shard dropped the subscription itself (`SUNSUBSCRIBE`: slot migrated, shard demoted).
+    Sunsubscribe,
+    /// The links were rebuilt after a connection to a shard was lost (failover, restart).
+    Reconnect,
+}
+
+impl Resubscribe {
+    pub const ALL: [Resubscribe; 3] = [
+        Resubscribe::Moved,
+        Resubscribe::Sunsubscribe,
+        Resubscribe::Reconnect,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Resubscribe::Moved => "moved",
+            Resubscribe::Sunsubscribe => "sunsubscribe",
+            Resubscribe::Reconnect => "reconnect",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_open: IntGauge,
@@ -92,6 +119,7 @@ pub struct Metrics {
     pub broker_reconnects: IntCounter,
     pub broker_subscriptions: IntGauge,
     pub broker_roundtrip: Histogram,
+    broker_resubscribes: IntCounterVec,
     pub pubsub_lag: Histogram,
     pub history_unkept: IntCounter,
     pub history_caught_up: IntCounter,
@@ -236,6 +264,12 @@ impl Metrics {
                 "roomcast_broker_roundtrip_seconds",
                 "Round-trip time of broker commands (PING, SUBSCRIBE)",
             ),
+            broker_resubscribes: counter_vec(
+                "roomcast_broker_resubscribes_total",
+                "Channels subscribed again on a Redis Cluster shard, by why (redis.cluster)",
+                "reason",
+                &labels(&mut Resubscribe::ALL.iter().map(|r| r.label())),
+            ),
             pubsub_lag: histogram(
                 "roomcast_pubsub_lag_seconds",
                 "From a publication's ts to its arrival from the broker",
@@ -294,6 +328,14 @@ impl Metrics {
         self.disconnects.with_label_values(&[reason.label()]).inc();
         if reason == Disconnect::SlowConsumer {
             self.slow_consumer_closes.inc();
+        }
+    }
+
+    pub fn resubscribed(&self, reason: Resubscribe, channels: u64) {
+        if channels > 0 {
+            self.broker_resubscribes
+                .with_label_values(&[reason.label()])
+                .inc_by(channels);
         }
     }
 

@@ -152,11 +152,76 @@ fn bad_values_and_unknown_keys_name_the_key() {
             vec![("ROOMCAST_SERVER__MAX_CONNECTIONS_PER_IP", "0")],
             "server.max_connections_per_ip",
         ),
+        (
+            vec![("ROOMCAST_REDIS__URLS", "redis://a:1,redis://b:2")],
+            "redis.urls",
+        ),
+        (
+            vec![
+                ("ROOMCAST_REDIS__CLUSTER", "true"),
+                ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
+            ],
+            "redis.urls[1]",
+        ),
+        (
+            vec![
+                ("ROOMCAST_REDIS__CLUSTER", "true"),
+                ("ROOMCAST_REDIS__URL", "rediss://a:1"),
+            ],
+            "redis.url",
+        ),
     ] {
         let err = Config::load(None, env(&pairs), &Overrides::default())
             .expect_err(&format!("{pairs:?} must be refused"));
         assert!(err.to_string().contains(key), "`{err}` names {key}");
     }
+}
+
+#[test]
+fn a_cluster_is_configured_by_env_or_by_one_flag() {
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOMCAST_BROKER__KIND", "redis"),
+            ("ROOMCAST_REDIS__CLUSTER", "true"),
+            (
+                "ROOMCAST_REDIS__URLS",
+                "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+            ),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert!(config.redis.cluster);
+    assert_eq!(
+        config.redis.seed_urls(),
+        vec!["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+    );
+
+    let config = Config::load(
+        None,
+        env(&[]),
+        &Overrides {
+            redis_cluster: Some(vec!["redis://h1:7000".into(), "redis://h2:7001".into()]),
+            ..Overrides::default()
+        },
+    )
+    .expect("loads");
+    assert_eq!(config.broker.kind, BrokerKind::Redis);
+    assert!(config.redis.cluster);
+    assert_eq!(
+        config.redis.urls,
+        vec!["redis://h1:7000", "redis://h2:7001"]
+    );
+
+    // Without seeds, redis.url is the one seed.
+    let config = Config::load(
+        None,
+        env(&[("ROOMCAST_REDIS__CLUSTER", "true")]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.redis.seed_urls(), vec![config.redis.url.clone()]);
 }
 
 #[test]

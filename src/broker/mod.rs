@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_cluster;
 
 use std::future::Future;
 use std::pin::Pin;

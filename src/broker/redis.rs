@@ -45,12 +45,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::redis_cluster::ClusterPubSubTask;
 use super::{
     BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceEvent,
     PresenceList, PresenceUpdate, Retention, Target, presence_live_for,
@@ -63,9 +66,9 @@ use crate::protocol::{
 };
 
 /// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
-const COMMAND_QUEUE: usize = 4096;
+pub(super) const COMMAND_QUEUE: usize = 4096;
 /// At most this many channels in one SUBSCRIBE or UNSUBSCRIBE.
-const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// The timings of the pub/sub link. [`Default`] is what a node uses; tests shorten them.
 #[derive(Clone, Debug)]
@@ -111,17 +114,80 @@ pub struct RedisBroker {
 }
 
 /// What the broker's handle and its pub/sub task both need.
-struct Shared {
+pub(super) struct Shared {
     /// True while the pub/sub link is connected and every wanted channel is subscribed.
-    up: AtomicBool,
-    pool: Pool,
-    prefix: String,
-    metrics: Arc<Metrics>,
+    pub(super) up: AtomicBool,
+    pub(super) commands: Commands,
+    pub(super) prefix: String,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Where commands (publishes, function calls, probes) go: a pooled single Redis, or a Redis
+/// Cluster through the redis crate's cluster connection, which routes each command to the
+/// shard that owns its key and follows `MOVED` and failovers.
+pub(super) enum Commands {
+    Single(Pool),
+    Cluster {
+        client: Box<ClusterClient>,
+        /// Made at first use: a cluster that is down when the node starts is not an error.
+        connection: tokio::sync::OnceCell<ClusterConnection>,
+        timeout: Duration,
+    },
+}
+
+impl Commands {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Commands::Cluster { .. })
+    }
+
+    async fn cluster_connection(
+        client: &ClusterClient,
+        connection: &tokio::sync::OnceCell<ClusterConnection>,
+        limit: Duration,
+    ) -> Result<ClusterConnection, BrokerError> {
+        connection
+            .get_or_try_init(|| async {
+                match timeout(limit, client.get_async_connection()).await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(err)) => Err(redis_error(&err)),
+                    Err(_) => Err(BrokerError::Timeout),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Send one command (or a pipeline, on a single Redis) and read its answer.
+    async fn send<T: redis::FromRedisValue, C: FunctionCall>(
+        &self,
+        call: &C,
+    ) -> Result<Result<T, RedisError>, BrokerError> {
+        match self {
+            Commands::Single(pool) => {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                Ok(call.send(&mut *conn).await)
+            }
+            Commands::Cluster {
+                client,
+                connection,
+                timeout,
+            } => {
+                let mut conn = Self::cluster_connection(client, connection, *timeout).await?;
+                Ok(call.send(&mut conn).await)
+            }
+        }
+    }
+
+    fn close(&self) {
+        if let Commands::Single(pool) = self {
+            pool.close();
+        }
+    }
 }
 
 /// What arrives on a subscribed channel.
 #[derive(Clone, Debug)]
-enum Channel {
+pub(super) enum Channel {
     /// Publications for a target (PROTOCOL.md "Redis channels").
     Messages(Target),
     /// `member_joined` / `member_left` of a room, published by `roomcast_presence`.
@@ -132,9 +198,9 @@ enum Channel {
 const PRESENCE_PIPELINE: usize = 256;
 
 /// Answers a subscribe once the subscription is live (or cannot be).
-type Reply = oneshot::Sender<Result<(), BrokerError>>;
+pub(super) type Reply = oneshot::Sender<Result<(), BrokerError>>;
 
-enum Command {
+pub(super) enum Command {
     Subscribe {
         channel: String,
         target: Channel,
@@ -180,6 +246,9 @@ impl RedisBroker {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BrokerError::Unavailable("the redis broker needs a tokio runtime".into())
         })?;
+        if config.cluster {
+            return Self::start_cluster(config, events, metrics, timings, runtime);
+        }
         // The URL may hold a password: errors name the key, never the value.
         let client = Client::open(config.url.as_str()).map_err(|err| {
             BrokerError::Unavailable(format!(
@@ -208,7 +277,7 @@ impl RedisBroker {
 
         let shared = Arc::new(Shared {
             up: AtomicBool::new(false),
-            pool,
+            commands: Commands::Single(pool),
             prefix: config.prefix.clone(),
             metrics,
         });
@@ -225,13 +294,69 @@ impl RedisBroker {
             probe_channel: format!("{}probe:{token:012x}", config.prefix),
             wanted: HashMap::new(),
             waiting: Vec::new(),
-            external_id_prefix: format!("{token:012x}x"),
-            next_external_id: 1,
+            external_ids: ExternalIds::new(token),
             announced_up: false,
             ever_up: false,
             timings,
         };
         info!(redis = %redacted_addr(&task.client), prefix = %config.prefix, "starting the redis broker");
+        runtime.spawn(task.run());
+        Ok(RedisBroker {
+            shared,
+            commands: commands_tx,
+            stop,
+        })
+    }
+
+    /// The broker on a Redis Cluster: commands through the redis crate's cluster connection,
+    /// pub/sub through [`ClusterPubSubTask`].
+    fn start_cluster(
+        config: &RedisConfig,
+        events: mpsc::Sender<BrokerEvent>,
+        metrics: Arc<Metrics>,
+        timings: Timings,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<RedisBroker, BrokerError> {
+        if config.prefix.contains(['{', '}']) {
+            // A brace would make the channel's hash tag differ from its keys' (`{channel}:log`).
+            return Err(BrokerError::Unavailable(
+                "redis.prefix must not contain `{` or `}` with redis.cluster".into(),
+            ));
+        }
+        let seeds = config.seed_urls();
+        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let client = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(command_timeout)
+            .response_timeout(command_timeout)
+            .build()
+            .map_err(|err| {
+                BrokerError::Unavailable(format!(
+                    "redis.urls are not usable Redis Cluster seeds ({:?})",
+                    err.kind()
+                ))
+            })?;
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(false),
+            commands: Commands::Cluster {
+                client: Box::new(client),
+                connection: tokio::sync::OnceCell::new(),
+                timeout: command_timeout,
+            },
+            prefix: config.prefix.clone(),
+            metrics,
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let stop = CancellationToken::new();
+        let task = ClusterPubSubTask::new(
+            shared.clone(),
+            &seeds,
+            events,
+            commands_rx,
+            stop.clone(),
+            command_timeout,
+            timings,
+        )?;
+        info!(seeds = seeds.len(), prefix = %config.prefix, "starting the redis cluster broker");
         runtime.spawn(task.run());
         Ok(RedisBroker {
             shared,
@@ -248,7 +373,7 @@ impl RedisBroker {
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.shared.pool.close();
+        self.shared.commands.close();
     }
 }
 
@@ -259,7 +384,13 @@ impl Broker for RedisBroker {
                 return Err(BrokerError::Unavailable("redis is not reachable".into()));
             }
             let channel = self.channel(&envelope.target);
-            publish(&self.shared.pool, &channel, &encode_envelope(&envelope)).await
+            publish(
+                &self.shared.commands,
+                &channel,
+                sharded(&envelope.target),
+                &encode_envelope(&envelope),
+            )
+            .await
         })
     }
 
@@ -304,18 +435,17 @@ impl Broker for RedisBroker {
             let expire_ms = (ttl * 2).as_millis().max(1) as u64;
             let mut lost = Vec::new();
             for chunk in updates.chunks(PRESENCE_PIPELINE) {
-                let pipe = || {
-                    let mut pipe = redis::pipe();
-                    for update in chunk {
+                let calls: Vec<redis::Cmd> = chunk
+                    .iter()
+                    .map(|update| {
                         let target = Target::Room(update.room.clone());
                         let events = if update.events {
                             presence_channel(&self.shared.prefix, &update.room)
                         } else {
                             String::new()
                         };
-                        let cmd = pipe
-                            .cmd("FCALL")
-                            .arg("roomcast_presence")
+                        let mut cmd = redis::cmd("FCALL");
+                        cmd.arg("roomcast_presence")
                             .arg(1)
                             .arg(self.channel(&target))
                             .arg(&node)
@@ -326,10 +456,29 @@ impl Broker for RedisBroker {
                         for (user, conns) in &update.users {
                             cmd.arg(user.as_ref()).arg(*conns);
                         }
-                    }
-                    pipe
+                        cmd
+                    })
+                    .collect();
+                let commands = &self.shared.commands;
+                let answers: Vec<i64> = if commands.is_cluster() {
+                    // A pipeline must stay on one shard, and rooms spread over all of them:
+                    // one call per room, all in flight at once.
+                    futures_util::future::try_join_all(
+                        calls
+                            .iter()
+                            .map(|call| with_functions(commands, move || call.clone())),
+                    )
+                    .await?
+                } else {
+                    let pipe = || {
+                        let mut pipe = redis::pipe();
+                        for call in &calls {
+                            pipe.add_command(call.clone());
+                        }
+                        pipe
+                    };
+                    with_functions(commands, pipe).await?
                 };
-                let answers: Vec<i64> = with_functions(&self.shared.pool, pipe).await?;
                 for (update, answer) in chunk.iter().zip(answers) {
                     if answer == 1 {
                         lost.push(update.room.clone());
@@ -363,7 +512,7 @@ impl Broker for RedisBroker {
                 cmd
             };
             let (count, members): (u64, Vec<(String, u64)>) =
-                with_functions(&self.shared.pool, call).await?;
+                with_functions(&self.shared.commands, call).await?;
             Ok(PresenceList {
                 count,
                 truncated: count > members.len() as u64,
@@ -408,7 +557,7 @@ impl Broker for RedisBroker {
                     .arg(1);
                 cmd
             };
-            with_functions(&self.shared.pool, call).await
+            with_functions(&self.shared.commands, call).await
         })
     }
 
@@ -426,7 +575,7 @@ impl Broker for RedisBroker {
                 cmd
             };
             let (epoch, top, entries): (String, String, Vec<Vec<u8>>) =
-                with_functions(&self.shared.pool, call).await?;
+                with_functions(&self.shared.commands, call).await?;
             let now = unix_ms();
             Ok(HistoryPage {
                 epoch,
@@ -448,7 +597,7 @@ impl Broker for RedisBroker {
     }
 }
 
-fn stopped() -> BrokerError {
+pub(super) fn stopped() -> BrokerError {
     BrokerError::Unavailable("the redis broker has stopped".into())
 }
 
@@ -472,18 +621,29 @@ fn redacted_addr(client: &Client) -> String {
     client.get_connection_info().addr().to_string()
 }
 
-/// One PUBLISH through the pool.
-async fn publish(pool: &Pool, channel: &str, payload: &[u8]) -> Result<(), BrokerError> {
-    let mut conn = pool.get().await.map_err(|err| match err {
-        PoolError::Timeout(_) => BrokerError::Timeout,
-        PoolError::Backend(err) => redis_error(&err),
-        other => BrokerError::Unavailable(other.to_string()),
-    })?;
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query_async::<i64>(&mut *conn)
-        .await
+/// Whether a target's channel is a shard channel on a Redis Cluster: rooms and users are
+/// (`SPUBLISH`, one shard), the broadcast every node needs is not (`PUBLISH`, every shard).
+pub(super) fn sharded(target: &Target) -> bool {
+    !matches!(target, Target::Broadcast)
+}
+
+/// One PUBLISH (SPUBLISH for a shard channel on a cluster).
+pub(super) async fn publish(
+    commands: &Commands,
+    channel: &str,
+    sharded: bool,
+    payload: &[u8],
+) -> Result<(), BrokerError> {
+    let verb = if sharded && commands.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(channel).arg(payload);
+    commands
+        .send::<i64, _>(&cmd)
+        .await?
         .map(|_receivers| ())
         .map_err(|err| redis_error(&err))
 }
@@ -500,6 +660,9 @@ pub const FUNCTIONS: &str = r#"#!lua name=roomcast
 local function keys_of(channel)
   return '{' .. channel .. '}:meta', '{' .. channel .. '}:log'
 end
+
+-- What publishes a room's messages: SPUBLISH on a Redis Cluster (see functions_for).
+local MESSAGE_PUBLISH = 'PUBLISH'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -548,7 +711,7 @@ local function publish(keys, args)
   redis.call('LTRIM', log, -size, -1)
   redis.call('EXPIRE', log, ttl)
   redis.call('EXPIRE', meta, ttl)
-  redis.call('PUBLISH', channel, body)
+  redis.call(MESSAGE_PUBLISH, channel, body)
   return epoch .. '-' .. offset
 end
 
@@ -715,31 +878,44 @@ redis.register_function('roomcast_presence_read', presence_read)
 redis.register_function{function_name = 'roomcast_history', callback = history, flags = { 'no-writes' }}
 "#;
 
-/// Load [`FUNCTIONS`] (idempotent).
-pub async fn load_functions(pool: &Pool) -> Result<(), BrokerError> {
-    let mut conn = pool.get().await.map_err(pool_error)?;
-    redis::cmd("FUNCTION")
-        .arg("LOAD")
+/// [`FUNCTIONS`] as loaded: on a cluster, `roomcast_publish` publishes on the room's shard
+/// (`SPUBLISH`; its keys share the channel's hash slot), elsewhere with `PUBLISH`.
+pub fn functions_for(cluster: bool) -> String {
+    if cluster {
+        FUNCTIONS.replace(
+            "local MESSAGE_PUBLISH = 'PUBLISH'",
+            "local MESSAGE_PUBLISH = 'SPUBLISH'",
+        )
+    } else {
+        FUNCTIONS.to_owned()
+    }
+}
+
+/// Load the function library (idempotent; on a cluster, on every master).
+pub(super) async fn load_functions(commands: &Commands) -> Result<(), BrokerError> {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD")
         .arg("REPLACE")
-        .arg(FUNCTIONS)
-        .query_async::<String>(&mut *conn)
-        .await
+        .arg(functions_for(commands.is_cluster()));
+    commands
+        .send::<redis::Value, _>(&cmd)
+        .await?
         .map(|_| ())
         .map_err(|err| redis_error(&err))
 }
 
-/// A function call or a pipeline of them: what [`with_functions`] can send.
-trait FunctionCall {
+/// A command or a pipeline: what [`Commands::send`] can send.
+pub(super) trait FunctionCall {
     async fn send<T: redis::FromRedisValue>(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut impl redis::aio::ConnectionLike,
     ) -> Result<T, RedisError>;
 }
 
 impl FunctionCall for redis::Cmd {
     async fn send<T: redis::FromRedisValue>(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut impl redis::aio::ConnectionLike,
     ) -> Result<T, RedisError> {
         self.query_async(conn).await
     }
@@ -748,7 +924,7 @@ impl FunctionCall for redis::Cmd {
 impl FunctionCall for redis::Pipeline {
     async fn send<T: redis::FromRedisValue>(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut impl redis::aio::ConnectionLike,
     ) -> Result<T, RedisError> {
         self.query_async(conn).await
     }
@@ -757,19 +933,16 @@ impl FunctionCall for redis::Pipeline {
 /// Run a function call (or a pipeline of them); when Redis lost the library (a restart
 /// without persistence), load it and try once more.
 async fn with_functions<T: redis::FromRedisValue, C: FunctionCall>(
-    pool: &Pool,
+    commands: &Commands,
     call: impl Fn() -> C,
 ) -> Result<T, BrokerError> {
-    let mut conn = pool.get().await.map_err(pool_error)?;
-    match call().send::<T>(&mut conn).await {
+    match commands.send::<T, C>(&call()).await? {
         Ok(value) => Ok(value),
         Err(err) if err.to_string().contains("Function not found") => {
-            drop(conn);
-            load_functions(pool).await?;
-            let mut conn = pool.get().await.map_err(pool_error)?;
-            call()
-                .send::<T>(&mut conn)
-                .await
+            load_functions(commands).await?;
+            commands
+                .send::<T, C>(&call())
+                .await?
                 .map_err(|err| redis_error(&err))
         }
         Err(err) => Err(redis_error(&err)),
@@ -784,7 +957,7 @@ fn pool_error(err: PoolError) -> BrokerError {
     }
 }
 
-fn redis_error(err: &RedisError) -> BrokerError {
+pub(super) fn redis_error(err: &RedisError) -> BrokerError {
     if err.is_timeout() {
         BrokerError::Timeout
     } else {
@@ -816,8 +989,7 @@ struct PubSubTask {
     /// Subscribe requests made while the link is down: answered once it is back.
     waiting: Vec<(String, Channel, Reply)>,
     /// Ids for publications that arrive without one (plain `PUBLISH` from services).
-    external_id_prefix: String,
-    next_external_id: u64,
+    external_ids: ExternalIds,
     /// An `Up` was sent and no `Down` since.
     announced_up: bool,
     /// The link has been up at least once (the next `Up` is a resumption).
@@ -966,7 +1138,7 @@ impl PubSubTask {
             "redis pub/sub link up"
         );
         // Services' FCALL roomcast_publish needs the library, also after a Redis restart.
-        if let Err(err) = load_functions(&self.shared.pool).await {
+        if let Err(err) = load_functions(&self.shared.commands).await {
             warn!(%err, "cannot load the roomcast Redis functions (history)");
         }
         if !self.emit(BrokerEvent::Up { resumed }).await {
@@ -1193,44 +1365,16 @@ impl PubSubTask {
             return Ok(());
         }
         // Publications for a channel already unsubscribed can still be on their way.
-        let target = match link.live.get(channel).cloned() {
-            None => return Ok(()),
-            Some(Channel::Presence(room)) => {
-                let Some((user, joined, ts)) = decode_presence_event(message.get_payload_bytes())
-                else {
-                    debug!("ignoring a malformed presence event");
-                    return Ok(());
-                };
-                let event = BrokerEvent::Presence(PresenceEvent {
-                    room,
-                    user,
-                    joined,
-                    ts,
-                });
-                return if self.emit(event).await {
-                    Ok(())
-                } else {
-                    Err(Exit::Stop)
-                };
-            }
-            Some(Channel::Messages(target)) => target,
+        let Some(kind) = link.live.get(channel) else {
+            return Ok(());
         };
-        let now_ms = unix_ms();
-        let envelope = decode_envelope(
-            target,
-            message.get_payload_bytes(),
-            || {
-                let id = format!("{}{}", self.external_id_prefix, self.next_external_id);
-                self.next_external_id += 1;
-                id
-            },
-            now_ms,
-        );
-        self.shared
-            .metrics
-            .pubsub_lag
-            .observe(now_ms.saturating_sub(envelope.ts) as f64 / 1000.0);
-        if self.emit(BrokerEvent::Publication(envelope)).await {
+        let Some(event) =
+            self.external_ids
+                .event(kind, message.get_payload_bytes(), &self.shared.metrics)
+        else {
+            return Ok(());
+        };
+        if self.emit(event).await {
             Ok(())
         } else {
             Err(Exit::Stop)
@@ -1297,13 +1441,14 @@ impl PubSubTask {
         link.probe_seq += 1;
         link.probe = Some((link.probe_seq, now));
         link.last_probe = now;
-        let pool = self.shared.pool.clone();
+        let shared = self.shared.clone();
         let channel = self.probe_channel.clone();
         let payload = link.probe_seq.to_string();
         let limit = self.command_timeout;
         tokio::spawn(async move {
             // Bounded: a probe that cannot be sent simply does not come back.
-            match timeout(limit, publish(&pool, &channel, payload.as_bytes())).await {
+            let sent = publish(&shared.commands, &channel, false, payload.as_bytes());
+            match timeout(limit, sent).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => debug!(%err, "liveness probe not published"),
                 Err(_) => debug!("liveness probe publish timed out"),
@@ -1321,6 +1466,63 @@ impl PubSubTask {
     }
 }
 
+/// Turns what arrives on a subscribed channel into the node's event, giving ids to
+/// publications that arrive without one (plain `PUBLISH` from services).
+pub(super) struct ExternalIds {
+    prefix: String,
+    next: u64,
+}
+
+impl ExternalIds {
+    /// Ids unique to this process: a random token, then a counter.
+    pub(super) fn new(token: u64) -> ExternalIds {
+        ExternalIds {
+            prefix: format!("{token:012x}x"),
+            next: 1,
+        }
+    }
+
+    /// The event for `payload` on a channel of `kind`; None for a malformed presence event.
+    pub(super) fn event(
+        &mut self,
+        kind: &Channel,
+        payload: &[u8],
+        metrics: &Metrics,
+    ) -> Option<BrokerEvent> {
+        match kind {
+            Channel::Presence(room) => {
+                let Some((user, joined, ts)) = decode_presence_event(payload) else {
+                    debug!("ignoring a malformed presence event");
+                    return None;
+                };
+                Some(BrokerEvent::Presence(PresenceEvent {
+                    room: room.clone(),
+                    user,
+                    joined,
+                    ts,
+                }))
+            }
+            Channel::Messages(target) => {
+                let now_ms = unix_ms();
+                let envelope = decode_envelope(
+                    target.clone(),
+                    payload,
+                    || {
+                        let id = format!("{}{}", self.prefix, self.next);
+                        self.next += 1;
+                        id
+                    },
+                    now_ms,
+                );
+                metrics
+                    .pubsub_lag
+                    .observe(now_ms.saturating_sub(envelope.ts) as f64 / 1000.0);
+                Some(BrokerEvent::Publication(envelope))
+            }
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch (what `ts` counts).
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -1329,7 +1531,7 @@ fn unix_ms() -> u64 {
 }
 
 /// Whether an error means the connection is unusable (as opposed to Redis refusing a command).
-fn link_broken(err: &RedisError) -> bool {
+pub(super) fn link_broken(err: &RedisError) -> bool {
     err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
@@ -1340,7 +1542,7 @@ fn link_broken(err: &RedisError) -> bool {
 /// Delay before reconnect attempt `failures` (0 after a link that was up): exponential from
 /// `backoff_min`, capped at `backoff_max`, with jitter over its upper half so that nodes do
 /// not reconnect in step.
-fn backoff(timings: &Timings, failures: u32) -> Duration {
+pub(super) fn backoff(timings: &Timings, failures: u32) -> Duration {
     let min = timings.backoff_min.as_millis() as u64;
     let max = timings.backoff_max.as_millis().max(1) as u64;
     let ceiling = min.saturating_mul(1u64 << failures.min(20)).clamp(1, max);
