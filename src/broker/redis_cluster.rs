@@ -862,6 +862,7 @@ impl ClusterPubSubTask {
                         };
                         // Publications for a channel already released can still be on their way.
                         let Some((kind, _)) = session.live.get(&channel) else {
+                            debug!(channel, %addr, "a publication for a channel not live here");
                             return Ok(());
                         };
                         let Some(event) =

@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 /// The longest any test waits for one event.
 pub const WAIT: Duration = Duration::from_secs(10);
 
