@@ -807,3 +807,92 @@ async fn churn_on_two_nodes_leaves_presence_exact_and_events_consistent() {
         );
     }
 }
+
+/// Read member events until `room → (event, user)` has arrived for every room, whatever
+/// their order across rooms (on a cluster, rooms on different shards are written in parallel).
+async fn member_events_in(client: &mut Peer, rooms: &[String], expected: (String, String)) {
+    let mut missing: std::collections::HashSet<&String> = rooms.iter().collect();
+    while !missing.is_empty() {
+        let v = client.next().await;
+        let kind = v["type"].as_str().unwrap_or("");
+        if (kind == "member_joined" || kind == "member_left")
+            && let Some(room) = rooms.iter().find(|r| v["room"] == r.as_str())
+        {
+            assert_eq!(
+                (kind.to_owned(), v["user"].as_str().unwrap_or("").to_owned()),
+                expected,
+                "{v}"
+            );
+            assert!(missing.remove(room), "a second {kind} in {room}: {v}");
+        }
+    }
+}
+
+/// Presence and user channels on a Redis Cluster (`redis.cluster`): rooms on every shard,
+/// one `roomcast_presence` call per room (a pipeline may not cross slots), events on classic
+/// pub/sub, a user's notifications on its shard channel.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_and_notifications_work_on_a_redis_cluster() {
+    let cluster = support::cluster::RedisCluster::start(3, 0);
+    let p = prefix("cluster");
+    let config = |node_id: &str| {
+        let mut config = memory_config(true);
+        config.server.node_id = node_id.into();
+        config.broker.kind = BrokerKind::Redis;
+        config.redis.cluster = true;
+        config.redis.urls = cluster.seed_urls();
+        config.redis.prefix = p.clone();
+        config
+    };
+    let a = TestNode::start(config("node-a")).await;
+    let b = TestNode::start(config("node-b")).await;
+    // Rooms on all three masters.
+    let mut rooms: Vec<String> = Vec::new();
+    let mut masters = std::collections::HashSet::new();
+    for i in 0..10_000 {
+        let room = format!("chat:{i}");
+        let slot = cluster.slot_of(&format!("{p}room:{room}"));
+        if masters.insert(cluster.master_port_for_slot(slot)) {
+            rooms.push(room);
+        }
+        if rooms.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(rooms.len(), 3, "a room on each master");
+
+    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
+    let mut alice = connect_as(&b.ws_url(), "alice").await;
+    for room in &rooms {
+        watcher.join(room).await;
+    }
+    member_events_in(&mut watcher, &rooms, ev("member_joined", "watcher")).await;
+    // One batch of alice's joins spans three shards.
+    for room in &rooms {
+        alice.join(room).await;
+    }
+    member_events_in(&mut watcher, &rooms, ev("member_joined", "alice")).await;
+    for room in &rooms {
+        presence_becomes(&mut watcher, room, &[("alice", 1), ("watcher", 1)]).await;
+    }
+
+    // A notification for alice, sent to node a, reaches her connection on node b.
+    let status = reqwest::Client::new()
+        .post(a.admin_url("/api/notify"))
+        .body(r#"{"user":"alice","data":{"ping":1}}"#)
+        .send()
+        .await
+        .expect("notify")
+        .status();
+    assert_eq!(status, 202);
+    loop {
+        let v = alice.next().await;
+        if v["type"] == "notification" {
+            assert_eq!(v["data"], json!({"ping":1}));
+            break;
+        }
+    }
+
+    alice.client.close().await;
+    member_events_in(&mut watcher, &rooms, ev("member_left", "alice")).await;
+}

@@ -173,7 +173,10 @@ impl Commands {
                 timeout,
             } => {
                 let mut conn = Self::cluster_connection(client, connection, *timeout).await?;
-                Ok(call.send(&mut conn).await)
+                // The crate retries MOVED and lost nodes on its own: bound the whole exchange.
+                tokio::time::timeout(*timeout, call.send(&mut conn))
+                    .await
+                    .map_err(|_| BrokerError::Timeout)
             }
         }
     }
