@@ -288,22 +288,20 @@ impl RedisBroker {
         let stop = CancellationToken::new();
         let token = rand::random::<u64>() & 0xffff_ffff_ffff;
         let task = PubSubTask {
-            shared: shared.clone(),
+            demand: Demand::new(
+                shared.clone(),
+                events,
+                commands_rx,
+                stop.clone(),
+                timings,
+                token,
+            ),
             client,
-            events,
-            commands: commands_rx,
-            stop: stop.clone(),
             command_timeout,
             probe_channel: format!("{}probe:{token:012x}", config.prefix),
-            wanted: HashMap::new(),
-            waiting: Vec::new(),
-            external_ids: ExternalIds::new(token),
-            announced_up: false,
-            ever_up: false,
-            timings,
         };
         info!(redis = %redacted_addr(&task.client), prefix = %config.prefix, "starting the redis broker");
-        runtime.spawn(task.run());
+        runtime.spawn(run_reconnecting(task));
         Ok(RedisBroker {
             shared,
             commands: commands_tx,
@@ -360,7 +358,7 @@ impl RedisBroker {
             timings,
         )?;
         info!(seeds = seeds.len(), prefix = %config.prefix, "starting the redis cluster broker");
-        runtime.spawn(task.run());
+        runtime.spawn(run_reconnecting(task));
         Ok(RedisBroker {
             shared,
             commands: commands_tx,
@@ -968,186 +966,88 @@ pub(super) fn redis_error(err: &RedisError) -> BrokerError {
     }
 }
 
-/// Why the pub/sub link ended.
-enum Exit {
+/// Why a pub/sub link ended.
+pub(super) enum Exit {
     /// The broker was dropped or the node stopped listening: end the task.
     Stop,
     /// The connection failed or the probe did not come back: reconnect.
     Lost(String),
 }
 
-/// The one task that owns the pub/sub connection.
-struct PubSubTask {
-    shared: Arc<Shared>,
-    client: Client,
+/// What a pub/sub task keeps across its connections: the channels the node wants, the
+/// subscribers waiting for a link, the node's event queue, and whether the node heard `Up`.
+pub(super) struct Demand {
+    pub(super) shared: Arc<Shared>,
     events: mpsc::Sender<BrokerEvent>,
-    commands: mpsc::Receiver<Command>,
-    stop: CancellationToken,
-    command_timeout: Duration,
-    timings: Timings,
-    /// This node's own channel for liveness probes.
-    probe_channel: String,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) stop: CancellationToken,
+    pub(super) timings: Timings,
     /// Every channel the node wants, whatever the state of the connection.
-    wanted: HashMap<String, Channel>,
+    pub(super) wanted: HashMap<String, Channel>,
     /// Subscribe requests made while the link is down: answered once it is back.
-    waiting: Vec<(String, Channel, Reply)>,
+    pub(super) waiting: Vec<(String, Channel, Reply)>,
     /// Ids for publications that arrive without one (plain `PUBLISH` from services).
-    external_ids: ExternalIds,
+    pub(super) external_ids: ExternalIds,
     /// An `Up` was sent and no `Down` since.
     announced_up: bool,
     /// The link has been up at least once (the next `Up` is a resumption).
     ever_up: bool,
 }
 
-/// One live pub/sub connection and what is subscribed on it.
-struct Link {
-    sink: PubSubSink,
-    stream: PubSubStream,
-    /// Channels confirmed on this connection (the probe channel aside).
-    live: HashMap<String, Channel>,
-    /// Channels no longer wanted, with the end of their grace.
-    releasing: HashMap<String, Instant>,
-    /// The same, in deadline order (the grace is constant, so pushing keeps the order).
-    release_queue: VecDeque<(Instant, String)>,
-    last_activity: Instant,
-    last_probe: Instant,
-    probe_seq: u64,
-    /// The probe in flight: its sequence number, when it was sent.
-    probe: Option<(u64, Instant)>,
-}
-
-impl PubSubTask {
-    async fn run(mut self) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.connect().await {
-                Ok(Some(link)) => {
-                    let connected = Instant::now();
-                    match self.serve(link).await {
-                        Exit::Stop => break,
-                        Exit::Lost(reason) => {
-                            // A link that keeps dropping right after it came up backs off too.
-                            if connected.elapsed() >= self.timings.backoff_max {
-                                failures = 0;
-                            } else {
-                                failures = failures.saturating_add(1);
-                            }
-                            warn!(%reason, "redis pub/sub link lost; reconnecting");
-                            if !self.went_down().await {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(reason) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_multiple_of(50) {
-                        warn!(%reason, redis = %redacted_addr(&self.client), failures, "cannot reach redis; retrying");
-                    } else {
-                        debug!(%reason, failures, "cannot reach redis; retrying");
-                    }
-                }
-            }
-            let delay = backoff(&self.timings, failures);
-            if !self.wait_down(delay).await {
-                break;
-            }
+impl Demand {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        events: mpsc::Sender<BrokerEvent>,
+        commands: mpsc::Receiver<Command>,
+        stop: CancellationToken,
+        timings: Timings,
+        token: u64,
+    ) -> Demand {
+        Demand {
+            shared,
+            events,
+            commands,
+            stop,
+            timings,
+            wanted: HashMap::new(),
+            waiting: Vec::new(),
+            external_ids: ExternalIds::new(token),
+            announced_up: false,
+            ever_up: false,
         }
-        self.shared.up.store(false, Ordering::Release);
-        self.shared.metrics.broker_subscriptions.set(0);
-        debug!("redis pub/sub task stopped");
     }
 
-    /// Connect and subscribe every wanted channel. `Ok(None)`: stop.
-    async fn connect(&mut self) -> Result<Option<Link>, String> {
-        // Keep answering commands while the connection is being made.
-        let client = self.client.clone();
-        let connect_timeout = self.timings.connect_timeout;
-        let connecting = async move {
-            match timeout(connect_timeout, client.get_async_pubsub()).await {
-                Ok(Ok(pubsub)) => Ok(pubsub),
-                Ok(Err(err)) => Err(format!("connect: {err}")),
-                Err(_) => Err("connect: timed out".to_owned()),
+    /// A command while the link is down: subscribes wait for it, unsubscribes apply.
+    pub(super) fn queue_while_down(&mut self, command: Command) {
+        match command {
+            Command::Subscribe {
+                channel,
+                target,
+                reply,
+            } => {
+                // Callers give up after their timeout; forget them as they go.
+                self.waiting.retain(|(_, _, reply)| !reply.is_closed());
+                self.waiting.push((channel, target, reply));
             }
-        };
-        tokio::pin!(connecting);
-        let pubsub = loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return Ok(None),
-                result = &mut connecting => break result?,
-                command = self.commands.recv() => match command {
-                    Some(command) => self.queue_while_down(command),
-                    None => return Ok(None),
-                },
+            Command::Unsubscribe { channel } => {
+                self.wanted.remove(&channel);
             }
-        };
-        let (mut sink, stream) = pubsub.split();
+        }
+    }
 
-        // Everything wanted, and what was asked for while the link was down (those callers
-        // that still wait: a channel nobody waits for must not stay subscribed).
-        self.waiting.retain(|(_, _, reply)| !reply.is_closed());
-        let mut live = self.wanted.clone();
-        for (channel, target, _) in &self.waiting {
-            live.insert(channel.clone(), target.clone());
-        }
-        let mut channels: Vec<&str> = live.keys().map(String::as_str).collect();
-        channels.push(&self.probe_channel);
-        for chunk in channels.chunks(MAX_BATCH) {
-            let started = Instant::now();
-            match timeout(self.command_timeout, sink.subscribe(chunk)).await {
-                Ok(Ok(())) => self
-                    .shared
-                    .metrics
-                    .broker_roundtrip
-                    .observe(started.elapsed().as_secs_f64()),
-                Ok(Err(err)) => return Err(format!("resubscribe: {err}")),
-                Err(_) => return Err("resubscribe: timed out".to_owned()),
-            }
-        }
-        let now = Instant::now();
-        let waiting = std::mem::take(&mut self.waiting);
-        for (channel, target, _) in &waiting {
-            self.wanted.insert(channel.clone(), target.clone());
-        }
-        let mut link = Link {
-            sink,
-            stream,
-            live,
-            releasing: HashMap::new(),
-            release_queue: VecDeque::new(),
-            last_activity: now,
-            last_probe: now,
-            probe_seq: 0,
-            probe: None,
-        };
-        for (channel, _, reply) in waiting {
-            if reply.send(Ok(())).is_err() {
-                self.release(&mut link, channel);
-            }
-        }
-        self.shared
-            .metrics
-            .broker_subscriptions
-            .set(link.live.len() as i64);
+    /// Whether the node heard `Up` at least once (a new link is a resumption).
+    pub(super) fn has_been_up(&self) -> bool {
+        self.ever_up
+    }
+
+    /// The link is up with every wanted channel: publishes may go. Returns whether this is a
+    /// resumption; the caller sends `Up` (after loading the functions).
+    pub(super) fn mark_up(&mut self) -> bool {
         self.shared.up.store(true, Ordering::Release);
         let resumed = self.ever_up;
         self.ever_up = true;
         self.announced_up = true;
-        info!(
-            redis = %redacted_addr(&self.client),
-            channels = link.live.len(),
-            resumed,
-            "redis pub/sub link up"
-        );
-        // Services' FCALL roomcast_publish needs the library, also after a Redis restart.
-        if let Err(err) = load_functions(&self.shared.commands).await {
-            warn!(%err, "cannot load the roomcast Redis functions (history)");
-        }
-        if !self.emit(BrokerEvent::Up { resumed }).await {
-            return Ok(None);
-        }
-        Ok(Some(link))
+        resumed
     }
 
     /// The link is down: publishes fail, the node hears `Down`. False: stop.
@@ -1176,25 +1076,216 @@ impl PubSubTask {
         }
     }
 
-    fn queue_while_down(&mut self, command: Command) {
-        match command {
-            Command::Subscribe {
-                channel,
-                target,
-                reply,
-            } => {
-                // Callers give up after their timeout; forget them as they go.
-                self.waiting.retain(|(_, _, reply)| !reply.is_closed());
-                self.waiting.push((channel, target, reply));
+    /// Hand an event to the node, waiting for room in its queue. False: the node is gone or
+    /// the broker stopped.
+    pub(super) async fn emit(&self, event: BrokerEvent) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            sent = self.events.send(event) => sent.is_ok(),
+        }
+    }
+}
+
+/// A pub/sub task: [`run_reconnecting`] connects it, lets it serve until its link is lost,
+/// and connects it again with capped backoff, telling the node `Down` and `Up` as it goes.
+pub(super) trait Reconnecting {
+    type Link;
+    fn demand(&mut self) -> &mut Demand;
+    /// What it connects to, for logs (never a password).
+    fn target(&self) -> String;
+    /// Connect and subscribe every wanted channel. `Ok(None)`: stop.
+    async fn connect(&mut self) -> Result<Option<Self::Link>, String>;
+    /// Serve the link until it fails or the broker stops.
+    async fn serve(&mut self, link: Self::Link) -> Exit;
+}
+
+pub(super) async fn run_reconnecting<T: Reconnecting>(mut task: T) {
+    let mut failures: u32 = 0;
+    loop {
+        match task.connect().await {
+            Ok(Some(link)) => {
+                let connected = Instant::now();
+                match task.serve(link).await {
+                    Exit::Stop => break,
+                    Exit::Lost(reason) => {
+                        // A link that keeps dropping right after it came up backs off too.
+                        if connected.elapsed() >= task.demand().timings.backoff_max {
+                            failures = 0;
+                        } else {
+                            failures = failures.saturating_add(1);
+                        }
+                        warn!(%reason, redis = %task.target(), "redis pub/sub link lost; reconnecting");
+                        if !task.demand().went_down().await {
+                            break;
+                        }
+                    }
+                }
             }
-            Command::Unsubscribe { channel } => {
-                self.wanted.remove(&channel);
+            Ok(None) => break,
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(50) {
+                    warn!(%reason, redis = %task.target(), failures, "cannot reach redis; retrying");
+                } else {
+                    debug!(%reason, failures, "cannot reach redis; retrying");
+                }
+                if !task.demand().went_down().await {
+                    break;
+                }
             }
         }
+        let delay = backoff(&task.demand().timings, failures);
+        if !task.demand().wait_down(delay).await {
+            break;
+        }
+    }
+    let demand = task.demand();
+    demand.shared.up.store(false, Ordering::Release);
+    demand.shared.metrics.broker_subscriptions.set(0);
+    debug!("redis pub/sub task stopped");
+}
+
+/// The one task that owns the pub/sub connection to a single Redis.
+struct PubSubTask {
+    demand: Demand,
+    client: Client,
+    command_timeout: Duration,
+    /// This node's own channel for liveness probes.
+    probe_channel: String,
+}
+
+/// One live pub/sub connection and what is subscribed on it.
+struct Link {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    /// Channels confirmed on this connection (the probe channel aside).
+    live: HashMap<String, Channel>,
+    /// Channels no longer wanted, with the end of their grace.
+    releasing: HashMap<String, Instant>,
+    /// The same, in deadline order (the grace is constant, so pushing keeps the order).
+    release_queue: VecDeque<(Instant, String)>,
+    last_activity: Instant,
+    last_probe: Instant,
+    probe_seq: u64,
+    /// The probe in flight: its sequence number, when it was sent.
+    probe: Option<(u64, Instant)>,
+}
+
+impl Reconnecting for PubSubTask {
+    type Link = Link;
+
+    fn demand(&mut self) -> &mut Demand {
+        &mut self.demand
+    }
+
+    fn target(&self) -> String {
+        redacted_addr(&self.client)
+    }
+
+    async fn connect(&mut self) -> Result<Option<Link>, String> {
+        self.open().await
+    }
+
+    async fn serve(&mut self, link: Link) -> Exit {
+        self.serve_link(link).await
+    }
+}
+
+impl PubSubTask {
+    /// Connect and subscribe every wanted channel. `Ok(None)`: stop.
+    async fn open(&mut self) -> Result<Option<Link>, String> {
+        // Keep answering commands while the connection is being made.
+        let client = self.client.clone();
+        let connect_timeout = self.demand.timings.connect_timeout;
+        let connecting = async move {
+            match timeout(connect_timeout, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => Ok(pubsub),
+                Ok(Err(err)) => Err(format!("connect: {err}")),
+                Err(_) => Err("connect: timed out".to_owned()),
+            }
+        };
+        tokio::pin!(connecting);
+        let pubsub = loop {
+            tokio::select! {
+                _ = self.demand.stop.cancelled() => return Ok(None),
+                result = &mut connecting => break result?,
+                command = self.demand.commands.recv() => match command {
+                    Some(command) => self.demand.queue_while_down(command),
+                    None => return Ok(None),
+                },
+            }
+        };
+        let (mut sink, stream) = pubsub.split();
+
+        // Everything wanted, and what was asked for while the link was down (those callers
+        // that still wait: a channel nobody waits for must not stay subscribed).
+        self.demand
+            .waiting
+            .retain(|(_, _, reply)| !reply.is_closed());
+        let mut live = self.demand.wanted.clone();
+        for (channel, target, _) in &self.demand.waiting {
+            live.insert(channel.clone(), target.clone());
+        }
+        let mut channels: Vec<&str> = live.keys().map(String::as_str).collect();
+        channels.push(&self.probe_channel);
+        for chunk in channels.chunks(MAX_BATCH) {
+            let started = Instant::now();
+            match timeout(self.command_timeout, sink.subscribe(chunk)).await {
+                Ok(Ok(())) => self
+                    .demand
+                    .shared
+                    .metrics
+                    .broker_roundtrip
+                    .observe(started.elapsed().as_secs_f64()),
+                Ok(Err(err)) => return Err(format!("resubscribe: {err}")),
+                Err(_) => return Err("resubscribe: timed out".to_owned()),
+            }
+        }
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.demand.waiting);
+        for (channel, target, _) in &waiting {
+            self.demand.wanted.insert(channel.clone(), target.clone());
+        }
+        let mut link = Link {
+            sink,
+            stream,
+            live,
+            releasing: HashMap::new(),
+            release_queue: VecDeque::new(),
+            last_activity: now,
+            last_probe: now,
+            probe_seq: 0,
+            probe: None,
+        };
+        for (channel, _, reply) in waiting {
+            if reply.send(Ok(())).is_err() {
+                self.release(&mut link, channel);
+            }
+        }
+        self.demand
+            .shared
+            .metrics
+            .broker_subscriptions
+            .set(link.live.len() as i64);
+        let resumed = self.demand.mark_up();
+        info!(
+            redis = %redacted_addr(&self.client),
+            channels = link.live.len(),
+            resumed,
+            "redis pub/sub link up"
+        );
+        // Services' FCALL roomcast_publish needs the library, also after a Redis restart.
+        if let Err(err) = load_functions(&self.demand.shared.commands).await {
+            warn!(%err, "cannot load the roomcast Redis functions (history)");
+        }
+        if !self.demand.emit(BrokerEvent::Up { resumed }).await {
+            return Ok(None);
+        }
+        Ok(Some(link))
     }
 
     /// Serve one connection until it fails or the broker stops.
-    async fn serve(&mut self, mut link: Link) -> Exit {
+    async fn serve_link(&mut self, mut link: Link) -> Exit {
         let timer = sleep_until(self.next_wake(&link));
         tokio::pin!(timer);
         loop {
@@ -1206,13 +1297,13 @@ impl PubSubTask {
             // and the ends of graces.
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return Exit::Stop,
+                _ = self.demand.stop.cancelled() => return Exit::Stop,
                 _ = &mut timer => {
                     if let Err(exit) = self.on_timer(&mut link).await {
                         return exit;
                     }
                 }
-                command = self.commands.recv() => match command {
+                command = self.demand.commands.recv() => match command {
                     Some(command) => {
                         if let Err(exit) = self.on_commands(&mut link, command).await {
                             return exit;
@@ -1235,9 +1326,9 @@ impl PubSubTask {
     /// The earliest of: the end of a grace, a probe due, a probe overdue.
     fn next_wake(&self, link: &Link) -> Instant {
         let probe = match link.probe {
-            Some((_, sent)) => sent + self.timings.probe_timeout,
-            None => (link.last_activity + self.timings.probe_idle)
-                .min(link.last_probe + self.timings.probe_every),
+            Some((_, sent)) => sent + self.demand.timings.probe_timeout,
+            None => (link.last_activity + self.demand.timings.probe_idle)
+                .min(link.last_probe + self.demand.timings.probe_every),
         };
         match link.release_queue.front() {
             Some((deadline, _)) => probe.min(*deadline),
@@ -1249,7 +1340,7 @@ impl PubSubTask {
     async fn on_commands(&mut self, link: &mut Link, first: Command) -> Result<(), Exit> {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match self.commands.try_recv() {
+            match self.demand.commands.try_recv() {
                 Ok(command) => batch.push(command),
                 Err(_) => break,
             }
@@ -1266,7 +1357,7 @@ impl PubSubTask {
                     if reply.is_closed() {
                         continue;
                     }
-                    self.wanted.insert(channel.clone(), target.clone());
+                    self.demand.wanted.insert(channel.clone(), target.clone());
                     if link.live.contains_key(&channel) {
                         // Still subscribed (maybe in its grace): live now, nothing to send.
                         link.releasing.remove(&channel);
@@ -1281,7 +1372,9 @@ impl PubSubTask {
                     }
                 }
                 Command::Unsubscribe { channel } => {
-                    if self.wanted.remove(&channel).is_some() && link.live.contains_key(&channel) {
+                    if self.demand.wanted.remove(&channel).is_some()
+                        && link.live.contains_key(&channel)
+                    {
                         self.release(link, channel);
                     }
                 }
@@ -1294,7 +1387,8 @@ impl PubSubTask {
         let result = timeout(self.command_timeout, link.sink.subscribe(&to_subscribe)).await;
         match result {
             Ok(Ok(())) => {
-                self.shared
+                self.demand
+                    .shared
                     .metrics
                     .broker_roundtrip
                     .observe(started.elapsed().as_secs_f64());
@@ -1306,12 +1400,14 @@ impl PubSubTask {
                 }
                 // Released within this batch, after its subscribe was queued.
                 for channel in to_subscribe {
-                    if !self.wanted.contains_key(&channel) && !link.releasing.contains_key(&channel)
+                    if !self.demand.wanted.contains_key(&channel)
+                        && !link.releasing.contains_key(&channel)
                     {
                         self.release(link, channel);
                     }
                 }
-                self.shared
+                self.demand
+                    .shared
                     .metrics
                     .broker_subscriptions
                     .set(link.live.len() as i64);
@@ -1321,7 +1417,7 @@ impl PubSubTask {
                 // Redis refused (an ACL, say): the connection itself is fine.
                 warn!(%err, "redis refused SUBSCRIBE");
                 for (channel, _, reply) in replies {
-                    self.wanted.remove(&channel);
+                    self.demand.wanted.remove(&channel);
                     let _ = reply.send(Err(BrokerError::Unavailable(err.to_string())));
                 }
                 Ok(())
@@ -1332,7 +1428,7 @@ impl PubSubTask {
                     _ => BrokerError::Timeout,
                 };
                 for (channel, _, reply) in replies {
-                    self.wanted.remove(&channel);
+                    self.demand.wanted.remove(&channel);
                     let _ = reply.send(Err(error.clone()));
                 }
                 Err(Exit::Lost(format!("SUBSCRIBE failed: {error}")))
@@ -1342,8 +1438,8 @@ impl PubSubTask {
 
     /// Start the grace of a channel that is subscribed but no longer wanted.
     fn release(&mut self, link: &mut Link, channel: String) {
-        self.wanted.remove(&channel);
-        let deadline = Instant::now() + self.timings.unsubscribe_grace;
+        self.demand.wanted.remove(&channel);
+        let deadline = Instant::now() + self.demand.timings.unsubscribe_grace;
         link.releasing.insert(channel.clone(), deadline);
         link.release_queue.push_back((deadline, channel));
     }
@@ -1360,7 +1456,8 @@ impl PubSubTask {
                 && seq == expected
             {
                 link.probe = None;
-                self.shared
+                self.demand
+                    .shared
                     .metrics
                     .broker_roundtrip
                     .observe(now.duration_since(sent).as_secs_f64());
@@ -1371,13 +1468,14 @@ impl PubSubTask {
         let Some(kind) = link.live.get(channel) else {
             return Ok(());
         };
-        let Some(event) =
-            self.external_ids
-                .event(kind, message.get_payload_bytes(), &self.shared.metrics)
-        else {
+        let Some(event) = self.demand.external_ids.event(
+            kind,
+            message.get_payload_bytes(),
+            &self.demand.shared.metrics,
+        ) else {
             return Ok(());
         };
-        if self.emit(event).await {
+        if self.demand.emit(event).await {
             Ok(())
         } else {
             Err(Exit::Stop)
@@ -1387,14 +1485,14 @@ impl PubSubTask {
     async fn on_timer(&mut self, link: &mut Link) -> Result<(), Exit> {
         let now = Instant::now();
         if let Some((_, sent)) = link.probe {
-            if now >= sent + self.timings.probe_timeout {
+            if now >= sent + self.demand.timings.probe_timeout {
                 return Err(Exit::Lost(format!(
                     "the liveness probe did not come back within {:?}",
-                    self.timings.probe_timeout
+                    self.demand.timings.probe_timeout
                 )));
             }
-        } else if now >= link.last_activity + self.timings.probe_idle
-            || now >= link.last_probe + self.timings.probe_every
+        } else if now >= link.last_activity + self.demand.timings.probe_idle
+            || now >= link.last_probe + self.demand.timings.probe_every
         {
             self.send_probe(link, now);
         }
@@ -1410,7 +1508,7 @@ impl PubSubTask {
             // A later release or a resubscribe makes this entry stale.
             if link.releasing.get(&channel) == Some(&deadline) {
                 link.releasing.remove(&channel);
-                if !self.wanted.contains_key(&channel) {
+                if !self.demand.wanted.contains_key(&channel) {
                     expired.push(channel);
                 }
             }
@@ -1423,7 +1521,8 @@ impl PubSubTask {
                 for channel in &expired {
                     link.live.remove(channel);
                 }
-                self.shared
+                self.demand
+                    .shared
                     .metrics
                     .broker_subscriptions
                     .set(link.live.len() as i64);
@@ -1444,7 +1543,7 @@ impl PubSubTask {
         link.probe_seq += 1;
         link.probe = Some((link.probe_seq, now));
         link.last_probe = now;
-        let shared = self.shared.clone();
+        let shared = self.demand.shared.clone();
         let channel = self.probe_channel.clone();
         let payload = link.probe_seq.to_string();
         let limit = self.command_timeout;
@@ -1457,15 +1556,6 @@ impl PubSubTask {
                 Err(_) => debug!("liveness probe publish timed out"),
             }
         });
-    }
-
-    /// Hand an event to the node, waiting for room in its queue. False: the node is gone or
-    /// the broker stopped.
-    async fn emit(&self, event: BrokerEvent) -> bool {
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            sent = self.events.send(event) => sent.is_ok(),
-        }
     }
 }
 

@@ -22,7 +22,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
@@ -35,8 +34,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use super::redis::{
-    Channel, Command, ExternalIds, MAX_BATCH, Reply, Shared, Timings, backoff, load_functions,
-    sharded,
+    Channel, Command, Demand, Exit, MAX_BATCH, Reconnecting, Reply, Shared, Timings,
+    load_functions, sharded,
 };
 use super::{BrokerError, BrokerEvent};
 use crate::metrics::Resubscribe;
@@ -271,7 +270,7 @@ impl Link {
 }
 
 /// The links of one connected spell, and what is subscribed on them.
-struct Session {
+pub(super) struct Session {
     slots: SlotMap,
     /// The link that carries the classic subscriptions: the owner of slot 0.
     classic: String,
@@ -300,31 +299,36 @@ impl Session {
     }
 }
 
-/// Why a spell ended.
-enum Exit {
-    Stop,
-    Lost(String),
-}
-
 /// The one task that owns every subscriber link to the cluster.
 pub(super) struct ClusterPubSubTask {
-    shared: Arc<Shared>,
+    demand: Demand,
     /// The seeds as given, then the masters of the last map read.
     seeds: Vec<(String, u16)>,
     known: Vec<String>,
     /// Credentials of the first seed, used for every node.
     seed_info: ConnectionInfo,
-    events: mpsc::Sender<BrokerEvent>,
-    commands: mpsc::Receiver<Command>,
-    stop: CancellationToken,
     command_timeout: Duration,
-    timings: Timings,
-    wanted: HashMap<String, Channel>,
-    waiting: Vec<(String, Channel, Reply)>,
-    external_ids: ExternalIds,
-    announced_up: bool,
-    ever_up: bool,
     next_link_id: u64,
+}
+
+impl Reconnecting for ClusterPubSubTask {
+    type Link = Session;
+
+    fn demand(&mut self) -> &mut Demand {
+        &mut self.demand
+    }
+
+    fn target(&self) -> String {
+        format!("cluster via {} seed(s)", self.seeds.len())
+    }
+
+    async fn connect(&mut self) -> Result<Option<Session>, String> {
+        self.open_session().await
+    }
+
+    async fn serve(&mut self, session: Session) -> Exit {
+        self.serve_session(session).await
+    }
 }
 
 impl ClusterPubSubTask {
@@ -362,67 +366,15 @@ impl ClusterPubSubTask {
                 "redis.urls: no seed node given".into(),
             ));
         };
+        let token = rand::random::<u64>() & 0xffff_ffff_ffff;
         Ok(ClusterPubSubTask {
-            shared,
+            demand: Demand::new(shared, events, commands, stop, timings, token),
             seeds,
             known: Vec::new(),
             seed_info,
-            events,
-            commands,
-            stop,
             command_timeout,
-            timings,
-            wanted: HashMap::new(),
-            waiting: Vec::new(),
-            external_ids: ExternalIds::new(rand::random::<u64>() & 0xffff_ffff_ffff),
-            announced_up: false,
-            ever_up: false,
             next_link_id: 1,
         })
-    }
-
-    pub(super) async fn run(mut self) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.open_session().await {
-                Ok(Some(session)) => {
-                    let opened = Instant::now();
-                    match self.serve(session).await {
-                        Exit::Stop => break,
-                        Exit::Lost(reason) => {
-                            if opened.elapsed() >= self.timings.backoff_max {
-                                failures = 0;
-                            } else {
-                                failures = failures.saturating_add(1);
-                            }
-                            warn!(%reason, "redis cluster link lost; reconnecting");
-                            if !self.went_down().await {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(reason) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_multiple_of(50) {
-                        warn!(%reason, failures, "cannot reach the redis cluster; retrying");
-                    } else {
-                        debug!(%reason, failures, "cannot reach the redis cluster; retrying");
-                    }
-                    if !self.went_down().await {
-                        break;
-                    }
-                }
-            }
-            let delay = backoff(&self.timings, failures);
-            if !self.wait_down(delay).await {
-                break;
-            }
-        }
-        self.shared.up.store(false, Ordering::Release);
-        self.shared.metrics.broker_subscriptions.set(0);
-        debug!("redis cluster pub/sub task stopped");
     }
 
     /// Read the slot map from the known masters, then the seeds; the first complete one wins.
@@ -435,7 +387,7 @@ impl ClusterPubSubTask {
         candidates.extend(self.seeds.iter().cloned());
         let info = self.seed_info.clone();
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timings.connect_timeout))
+            .set_connection_timeout(Some(self.demand.timings.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
         async move {
             let mut last_error = String::from("no node to ask");
@@ -475,14 +427,14 @@ impl ClusterPubSubTask {
             }
             Ok::<_, io::Error>((reader, write))
         };
-        let (reader, writer) = match timeout(self.timings.connect_timeout, connect).await {
+        let (reader, writer) = match timeout(self.demand.timings.connect_timeout, connect).await {
             Ok(Ok(halves)) => halves,
             Ok(Err(err)) => return Err(format!("connect to {addr}: {err}")),
             Err(_) => return Err(format!("connect to {addr}: timed out")),
         };
         let id = self.next_link_id;
         self.next_link_id += 1;
-        let reader_stop = self.stop.child_token();
+        let reader_stop = self.demand.stop.child_token();
         tokio::spawn(read_link(
             id,
             reader,
@@ -558,10 +510,10 @@ impl ClusterPubSubTask {
         tokio::pin!(reading);
         let slots = loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return Ok(None),
+                _ = self.demand.stop.cancelled() => return Ok(None),
                 map = &mut reading => break map?,
-                command = self.commands.recv() => match command {
-                    Some(command) => queue_while_down(&mut self.wanted, &mut self.waiting, command),
+                command = self.demand.commands.recv() => match command {
+                    Some(command) => self.demand.queue_while_down(command),
                     None => return Ok(None),
                 },
             }
@@ -586,14 +538,17 @@ impl ClusterPubSubTask {
         self.open_link(&mut session, &classic).await?;
 
         // Everything wanted, and what was asked for while down by callers that still wait.
-        self.waiting.retain(|(_, _, reply)| !reply.is_closed());
-        let resubscribing = self.wanted.len() as u64;
+        self.demand
+            .waiting
+            .retain(|(_, _, reply)| !reply.is_closed());
+        let resubscribing = self.demand.wanted.len() as u64;
         let mut callers: HashMap<String, Vec<Reply>> = HashMap::new();
-        for (channel, kind, reply) in std::mem::take(&mut self.waiting) {
-            self.wanted.insert(channel.clone(), kind);
+        for (channel, kind, reply) in std::mem::take(&mut self.demand.waiting) {
+            self.demand.wanted.insert(channel.clone(), kind);
             callers.entry(channel).or_default().push(reply);
         }
         let all: Vec<(String, Channel)> = self
+            .demand
             .wanted
             .iter()
             .map(|(channel, kind)| (channel.clone(), kind.clone()))
@@ -608,8 +563,9 @@ impl ClusterPubSubTask {
             }
         }
         self.flush(&mut session).await?;
-        if self.ever_up {
-            self.shared
+        if self.demand.has_been_up() {
+            self.demand
+                .shared
                 .metrics
                 .resubscribed(Resubscribe::Reconnect, resubscribing);
         }
@@ -622,10 +578,7 @@ impl ClusterPubSubTask {
     /// Every channel of the session's start is confirmed: tell the node. False: stop.
     async fn session_up(&mut self, session: &mut Session) -> bool {
         session.up = true;
-        self.shared.up.store(true, Ordering::Release);
-        let resumed = self.ever_up;
-        self.ever_up = true;
-        self.announced_up = true;
+        let resumed = self.demand.mark_up();
         info!(
             masters = session.slots.masters().len(),
             links = session.links.len(),
@@ -634,38 +587,13 @@ impl ClusterPubSubTask {
             "redis cluster pub/sub up"
         );
         // Services' FCALL roomcast_publish needs the library, also after a restart.
-        if let Err(err) = load_functions(&self.shared.commands).await {
+        if let Err(err) = load_functions(&self.demand.shared.commands).await {
             warn!(%err, "cannot load the roomcast Redis functions (history)");
         }
-        self.emit(BrokerEvent::Up { resumed }).await
+        self.demand.emit(BrokerEvent::Up { resumed }).await
     }
 
-    async fn went_down(&mut self) -> bool {
-        self.shared.up.store(false, Ordering::Release);
-        self.shared.metrics.broker_subscriptions.set(0);
-        if self.announced_up {
-            self.announced_up = false;
-            return self.emit(BrokerEvent::Down).await;
-        }
-        true
-    }
-
-    /// Sleep `delay` while down, answering commands. False: stop.
-    async fn wait_down(&mut self, delay: Duration) -> bool {
-        let deadline = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return false,
-                _ = sleep_until(deadline) => return true,
-                command = self.commands.recv() => match command {
-                    Some(command) => queue_while_down(&mut self.wanted, &mut self.waiting, command),
-                    None => return false,
-                },
-            }
-        }
-    }
-
-    async fn serve(&mut self, mut session: Session) -> Exit {
+    async fn serve_session(&mut self, mut session: Session) -> Exit {
         let timer = sleep_until(self.next_wake(&session));
         tokio::pin!(timer);
         loop {
@@ -675,9 +603,9 @@ impl ClusterPubSubTask {
             }
             let step = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return Exit::Stop,
+                _ = self.demand.stop.cancelled() => return Exit::Stop,
                 _ = &mut timer => self.on_timer(&mut session).await,
-                command = self.commands.recv() => match command {
+                command = self.demand.commands.recv() => match command {
                     Some(command) => self.on_commands(&mut session, command).await,
                     None => return Exit::Stop,
                 },
@@ -697,17 +625,17 @@ impl ClusterPubSubTask {
 
     /// The earliest of: a link's ping due or overdue, the end of a grace, the start deadline.
     fn next_wake(&self, session: &Session) -> Instant {
-        let mut wake = session
-            .release_queue
-            .front()
-            .map_or(Instant::now() + self.timings.probe_idle, |(at, _)| *at);
+        let mut wake = session.release_queue.front().map_or(
+            Instant::now() + self.demand.timings.probe_idle,
+            |(at, _)| *at,
+        );
         if !session.up {
-            wake = wake.min(session.started + self.timings.connect_timeout);
+            wake = wake.min(session.started + self.demand.timings.connect_timeout);
         }
         for link in session.links.values() {
             let due = match link.ping {
-                Some(sent) => sent + self.timings.probe_timeout,
-                None => link.last_activity + self.timings.probe_idle,
+                Some(sent) => sent + self.demand.timings.probe_timeout,
+                None => link.last_activity + self.demand.timings.probe_idle,
             };
             wake = wake.min(due);
         }
@@ -716,22 +644,22 @@ impl ClusterPubSubTask {
 
     async fn on_timer(&mut self, session: &mut Session) -> Result<(), Exit> {
         let now = Instant::now();
-        if !session.up && now >= session.started + self.timings.connect_timeout {
+        if !session.up && now >= session.started + self.demand.timings.connect_timeout {
             return Err(Exit::Lost(format!(
                 "{} subscriptions not confirmed within {:?}",
                 session.subscribing.len(),
-                self.timings.connect_timeout
+                self.demand.timings.connect_timeout
             )));
         }
         for (addr, link) in &mut session.links {
             match link.ping {
-                Some(sent) if now >= sent + self.timings.probe_timeout => {
+                Some(sent) if now >= sent + self.demand.timings.probe_timeout => {
                     return Err(Exit::Lost(format!(
                         "{addr} did not answer PING within {:?}",
-                        self.timings.probe_timeout
+                        self.demand.timings.probe_timeout
                     )));
                 }
-                None if now >= link.last_activity + self.timings.probe_idle => {
+                None if now >= link.last_activity + self.demand.timings.probe_idle => {
                     link.ping = Some(now);
                     link.queue(&redis::cmd("PING"), Sent::Ping);
                 }
@@ -750,7 +678,7 @@ impl ClusterPubSubTask {
                 continue; // a later release or a resubscribe made this entry stale
             }
             session.releasing.remove(&channel);
-            if self.wanted.contains_key(&channel) {
+            if self.demand.wanted.contains_key(&channel) {
                 continue;
             }
             // Gone from `live` now: a subscribe from here on goes through SSUBSCRIBE again,
@@ -767,7 +695,8 @@ impl ClusterPubSubTask {
                 released += 1;
             }
         }
-        self.shared
+        self.demand
+            .shared
             .metrics
             .broker_subscriptions
             .set(session.live.len() as i64);
@@ -778,7 +707,7 @@ impl ClusterPubSubTask {
     async fn on_commands(&mut self, session: &mut Session, first: Command) -> Result<(), Exit> {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match self.commands.try_recv() {
+            match self.demand.commands.try_recv() {
                 Ok(command) => batch.push(command),
                 Err(_) => break,
             }
@@ -793,7 +722,7 @@ impl ClusterPubSubTask {
                     if reply.is_closed() {
                         continue;
                     }
-                    self.wanted.insert(channel.clone(), target.clone());
+                    self.demand.wanted.insert(channel.clone(), target.clone());
                     if session.live.contains_key(&channel) {
                         session.releasing.remove(&channel);
                         if reply.send(Ok(())).is_err() {
@@ -811,7 +740,8 @@ impl ClusterPubSubTask {
                     }
                 }
                 Command::Unsubscribe { channel } => {
-                    if self.wanted.remove(&channel).is_some() && session.live.contains_key(&channel)
+                    if self.demand.wanted.remove(&channel).is_some()
+                        && session.live.contains_key(&channel)
                     {
                         self.release(session, channel);
                     }
@@ -822,8 +752,8 @@ impl ClusterPubSubTask {
     }
 
     fn release(&mut self, session: &mut Session, channel: String) {
-        self.wanted.remove(&channel);
-        let deadline = Instant::now() + self.timings.unsubscribe_grace;
+        self.demand.wanted.remove(&channel);
+        let deadline = Instant::now() + self.demand.timings.unsubscribe_grace;
         session.releasing.insert(channel.clone(), deadline);
         session.release_queue.push_back((deadline, channel));
     }
@@ -865,18 +795,21 @@ impl ClusterPubSubTask {
                             debug!(channel, %addr, "a publication for a channel not live here");
                             return Ok(());
                         };
-                        let Some(event) =
-                            self.external_ids.event(kind, payload, &self.shared.metrics)
-                        else {
+                        let Some(event) = self.demand.external_ids.event(
+                            kind,
+                            payload,
+                            &self.demand.shared.metrics,
+                        ) else {
                             return Ok(());
                         };
-                        if !self.emit(event).await {
+                        if !self.demand.emit(event).await {
                             return Err(Exit::Stop);
                         }
                     }
                     b"ssubscribe" | b"subscribe" => {
                         if let Some((Sent::Subscribe(_), sent)) = link.sent.pop_front() {
-                            self.shared
+                            self.demand
+                                .shared
                                 .metrics
                                 .broker_roundtrip
                                 .observe(sent.elapsed().as_secs_f64());
@@ -915,7 +848,7 @@ impl ClusterPubSubTask {
                         return Err(Exit::Lost(format!("{addr}: {err}")));
                     } else {
                         warn!(%err, "redis refused a subscription");
-                        self.wanted.remove(&channel);
+                        self.demand.wanted.remove(&channel);
                         let replies = session.subscribing.remove(&channel);
                         for reply in replies.map(|(_, r)| r).unwrap_or_default() {
                             let _ = reply.send(Err(BrokerError::Unavailable(err.clone())));
@@ -939,7 +872,8 @@ impl ClusterPubSubTask {
             link.sent.pop_front();
         }
         if let Some(sent) = link.ping.take() {
-            self.shared
+            self.demand
+                .shared
                 .metrics
                 .broker_roundtrip
                 .observe(sent.elapsed().as_secs_f64());
@@ -957,7 +891,7 @@ impl ClusterPubSubTask {
             return Ok(()); // a confirmation nothing waited for
         };
         session.live.insert(channel.clone(), (kind, addr));
-        if !self.wanted.contains_key(&channel) {
+        if !self.demand.wanted.contains_key(&channel) {
             // Released while it was on its way: subscribed, unwanted, in its grace.
             self.release(session, channel);
             return self.check_started(session).await;
@@ -977,7 +911,8 @@ impl ClusterPubSubTask {
     /// Count the live channels; once the last subscription of the start is confirmed, the
     /// session is up.
     async fn check_started(&mut self, session: &mut Session) -> Result<(), Exit> {
-        self.shared
+        self.demand
+            .shared
             .metrics
             .broker_subscriptions
             .set(session.live.len() as i64);
@@ -996,7 +931,7 @@ impl ClusterPubSubTask {
         moved_to: Option<String>,
     ) -> Result<(), Exit> {
         let was_on = session.live.remove(channel).map(|(_, addr)| addr);
-        let Some(kind) = self.wanted.get(channel).cloned() else {
+        let Some(kind) = self.demand.wanted.get(channel).cloned() else {
             session.subscribing.remove(channel);
             return Ok(());
         };
@@ -1014,39 +949,11 @@ impl ClusterPubSubTask {
         }
         session.slots = fresh;
         self.known = session.slots.masters();
-        self.shared.metrics.resubscribed(reason, 1);
+        self.demand.shared.metrics.resubscribed(reason, 1);
         debug!(channel, %owner, reason = reason.label(), "following a slot to its owner");
         self.queue_subscribe(session, channel, &kind, Some(owner))
             .await
             .map_err(Exit::Lost)
-    }
-
-    async fn emit(&self, event: BrokerEvent) -> bool {
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            sent = self.events.send(event) => sent.is_ok(),
-        }
-    }
-}
-
-/// A command while no session is up: subscribes wait for the next one, unsubscribes apply.
-fn queue_while_down(
-    wanted: &mut HashMap<String, Channel>,
-    waiting: &mut Vec<(String, Channel, Reply)>,
-    command: Command,
-) {
-    match command {
-        Command::Subscribe {
-            channel,
-            target,
-            reply,
-        } => {
-            waiting.retain(|(_, _, reply)| !reply.is_closed());
-            waiting.push((channel, target, reply));
-        }
-        Command::Unsubscribe { channel } => {
-            wanted.remove(&channel);
-        }
     }
 }
 
