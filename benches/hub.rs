@@ -43,7 +43,7 @@ fn deliver(c: &mut Criterion) {
                 timed += started.elapsed();
                 assert_eq!(d.delivered, MEMBERS);
                 for rx in receivers.iter_mut() {
-                    while rx.rx.try_recv().is_ok() {}
+                    while rx.try_recv().is_ok() {}
                 }
             }
             timed

@@ -327,7 +327,7 @@ where
                 closer.close(Disconnect::Shutdown);
                 break;
             }
-            received = outbox.rx.recv_many(&mut batch, WRITE_BATCH) => {
+            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                 if received == 0 {
                     break;
                 }

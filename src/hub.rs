@@ -433,7 +433,7 @@ mod tests {
                 overflowed: 0
             }
         );
-        assert!(ra.rx.try_recv().is_err());
+        assert!(ra.try_recv().is_err());
         let d = hub.deliver_room("r", &Frame::plain_pong(), None, None);
         assert_eq!(
             d,
@@ -444,11 +444,7 @@ mod tests {
         );
         assert_eq!(rb.closer.reason(), Some(Disconnect::SlowConsumer));
         assert_eq!(
-            ra.rx
-                .try_recv()
-                .map(|f| f.text().to_owned())
-                .ok()
-                .as_deref(),
+            ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
             Some("pong")
         );
     }
@@ -464,7 +460,7 @@ mod tests {
         assert!(!hub.add_connection(&c, None));
         assert_eq!(hub.deliver_user("u1", &Frame::plain_pong()).delivered, 2);
         assert_eq!(hub.deliver_all(&Frame::plain_pong()).delivered, 3);
-        assert!(ra.rx.try_recv().is_ok() && rb.rx.try_recv().is_ok() && rc.rx.try_recv().is_ok());
+        assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok() && rc.try_recv().is_ok());
         assert!(!hub.remove_connection(1, Some("u1")));
         assert!(hub.remove_connection(2, Some("u1")));
         assert_eq!(hub.user_count(), 0);
@@ -482,21 +478,17 @@ mod tests {
         hub.deliver_room("h", &frame("m4"), None, Some(4));
         hub.deliver_room("h", &frame("m5"), None, Some(5));
         hub.deliver_room("h", &frame("ext"), None, None);
-        assert!(ra.rx.try_recv().is_err(), "held while the gate is closed");
+        assert!(ra.try_recv().is_err(), "held while the gate is closed");
         // The replay covered offsets up to 4.
         let released = gate.open(&hub, &a, Some(4));
         assert_eq!(released.delivered, 2);
-        let got: Vec<String> = std::iter::from_fn(|| ra.rx.try_recv().ok())
+        let got: Vec<String> = std::iter::from_fn(|| ra.try_recv().ok())
             .map(|f| f.text().to_owned())
             .collect();
         assert_eq!(got, ["m5", "ext"]);
         hub.deliver_room("h", &frame("m6"), None, Some(6));
         assert_eq!(
-            ra.rx
-                .try_recv()
-                .map(|f| f.text().to_owned())
-                .ok()
-                .as_deref(),
+            ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
             Some("m6")
         );
     }
@@ -526,7 +518,7 @@ mod tests {
         hub.deliver_room("h", &Frame::text_for_tests("m5"), None, Some(5));
         hub.deliver_room("h", &Frame::text_for_tests("m6"), None, Some(6));
         hub.deliver_room("h", &Frame::text_for_tests("m7"), None, Some(7));
-        let got: Vec<String> = std::iter::from_fn(|| ra.rx.try_recv().ok())
+        let got: Vec<String> = std::iter::from_fn(|| ra.try_recv().ok())
             .map(|f| f.text().to_owned())
             .collect();
         assert_eq!(got, ["m6", "m7"]);

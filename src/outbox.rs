@@ -5,10 +5,11 @@
 //! connection as a slow consumer (1013). What is written to the socket, and when, is the
 //! connection's business.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Disconnect, Frame};
@@ -46,12 +47,63 @@ impl Closer {
     }
 }
 
+/// The queue behind one connection's outbox. A plain locked `VecDeque` rather than a tokio
+/// channel: an idle connection holds no queue memory at all (a bounded mpsc allocates its
+/// first block of 32 slots up front, a kilobyte per connection), and the lock is held only
+/// to push one frame or to take a batch.
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    closer: Arc<Closer>,
+    /// Live `Outbox` handles; the receiver sees the end of the stream when it reaches 0.
+    senders: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    frames: VecDeque<Frame>,
+    /// The writer waiting for a frame.
+    waiter: Option<Waker>,
+    receiver_gone: bool,
+}
+
+impl Queue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a queue keeps between bursts: a connection that has gone quiet gives the rest back.
+const IDLE_QUEUE_CAPACITY: usize = 8;
+
 /// The sending side, cheap to clone into the hub's room and user tables.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Outbox {
     conn: ConnId,
-    tx: mpsc::Sender<Frame>,
-    closer: Arc<Closer>,
+    queue: Arc<Queue>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.queue.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            conn: self.conn,
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl std::ops::Drop for Outbox {
+    fn drop(&mut self) {
+        if self.queue.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waiter = self.queue.state().waiter.take();
+            if let Some(waker) = waiter {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// Result of offering a frame to an outbox.
@@ -70,42 +122,99 @@ impl Outbox {
     }
 
     pub fn closer(&self) -> &Arc<Closer> {
-        &self.closer
+        &self.queue.closer
     }
 
     /// Queue a frame without waiting. A full queue closes the connection with 1013.
     pub fn offer(&self, frame: Frame) -> Offer {
-        match self.tx.try_send(frame) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.closer.is_closing() {
-                    Offer::Closed
-                } else {
-                    self.closer.close(Disconnect::SlowConsumer);
-                    Offer::Overflowed
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        let mut state = self.queue.state();
+        if state.receiver_gone {
+            return Offer::Closed;
         }
+        if state.frames.len() >= self.queue.capacity {
+            drop(state);
+            let closer = &self.queue.closer;
+            if closer.is_closing() {
+                return Offer::Closed;
+            }
+            closer.close(Disconnect::SlowConsumer);
+            return Offer::Overflowed;
+        }
+        state.frames.push_back(frame);
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+        Offer::Queued
     }
 }
 
+/// The empty outbox, from [`OutboxReceiver::try_recv`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Empty;
+
+/// The connection writer's side of the outbox.
+#[derive(Debug)]
 pub struct OutboxReceiver {
-    pub rx: mpsc::Receiver<Frame>,
+    queue: Arc<Queue>,
     pub closer: Arc<Closer>,
+}
+
+impl OutboxReceiver {
+    /// Wait for frames and move up to `max` of them into `batch`. 0: every sender is gone.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Frame>, max: usize) -> usize {
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.state();
+            if state.frames.is_empty() {
+                if self.queue.senders.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(0);
+                }
+                match &state.waiter {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => state.waiter = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            let n = state.frames.len().min(max);
+            batch.extend(state.frames.drain(..n));
+            if state.frames.is_empty() && state.frames.capacity() > IDLE_QUEUE_CAPACITY {
+                state.frames.shrink_to(IDLE_QUEUE_CAPACITY);
+            }
+            Poll::Ready(n)
+        })
+        .await
+    }
+
+    /// The next frame, if one is queued.
+    pub fn try_recv(&mut self) -> Result<Frame, Empty> {
+        self.queue.state().frames.pop_front().ok_or(Empty)
+    }
+}
+
+impl std::ops::Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut state = self.queue.state();
+        state.receiver_gone = true;
+        state.frames.clear();
+    }
 }
 
 /// A new outbox holding at most `capacity` frames.
 pub fn outbox(conn: ConnId, capacity: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
     let closer = Arc::new(Closer::default());
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState::default()),
+        capacity: capacity.max(1),
+        closer: closer.clone(),
+        senders: AtomicUsize::new(1),
+    });
     (
         Outbox {
             conn,
-            tx,
-            closer: closer.clone(),
+            queue: queue.clone(),
         },
-        OutboxReceiver { rx, closer },
+        OutboxReceiver { queue, closer },
     )
 }
 
@@ -120,6 +229,36 @@ mod tests {
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Queued);
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Overflowed);
         assert_eq!(rx.closer.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(tx.offer(Frame::plain_pong()), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_and_the_end_is_seen_when_senders_go() {
+        let (tx, mut rx) = outbox(1, 8);
+        let other = tx.clone();
+        let waiting = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            let n = rx.recv_many(&mut batch, 8).await;
+            (n, batch, rx)
+        });
+        tx.offer(Frame::plain_pong());
+        other.offer(Frame::plain_pong());
+        let (n, batch, mut rx) = waiting.await.expect("receiver");
+        assert!(n >= 1 && batch.len() == n, "woken with what was queued");
+        let mut rest = Vec::new();
+        if n < 2 {
+            assert_eq!(rx.recv_many(&mut rest, 8).await, 2 - n);
+        }
+        assert!(rx.try_recv().is_err());
+        drop(tx);
+        drop(other);
+        assert_eq!(rx.recv_many(&mut rest, 8).await, 0, "every sender gone");
+    }
+
+    #[test]
+    fn a_gone_receiver_refuses_frames() {
+        let (tx, rx) = outbox(1, 8);
+        drop(rx);
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Closed);
     }
 
