@@ -1,19 +1,23 @@
 //! One client connection after its handshake: reading and answering commands, writing the
 //! outbox, heartbeats, limits, and closing with the right code.
 //!
-//! A reader half handles commands one at a time, so replies leave in the order the commands
-//! arrived; a writer half drains the bounded outbox, many frames per flush. Both stop when the
-//! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and its
-//! checks are the listener's; rooms and publishing are the node's.
+//! One task drives the socket: it handles commands one at a time, so replies leave in the
+//! order the commands arrived, while it keeps draining the bounded outbox, many frames per
+//! flush, and one timer serves the idle limit, the server ping and the token's expiry. An idle
+//! connection is that one task, its socket and one timer entry. Everything stops when the
+//! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and
+//! its checks are the listener's; rooms and publishing are the node's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
+use std::future::Future;
+use std::pin::Pin;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,7 +29,7 @@ use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::Drop;
 use crate::node::{Node, Session};
-use crate::outbox::{Closer, OutboxReceiver};
+use crate::outbox::OutboxReceiver;
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
@@ -45,7 +49,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-    let (mut session, receiver) = match node.open_session(identity).await {
+    let (session, receiver) = match node.open_session(identity).await {
         Ok(opened) => opened,
         Err(err) => {
             error!(%err, "cannot register connection with the broker");
@@ -68,101 +72,185 @@ pub async fn serve<S>(
         config.limits.ping_interval_ms,
     ));
 
-    let (sink, stream) = ws.split();
-    let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
-    let writer = tokio::spawn(write_loop(
-        sink,
-        receiver,
-        ping_every,
-        close_timeout,
-        shutdown,
-    ));
-    let stream = read_loop(&node, stream, &mut session, &closer, close_timeout).await;
-
+    let Some(mut session) = drive(&node, ws, session, receiver, shutdown, close_timeout).await
+    else {
+        // Only a bug could lose it; the node keeps the connection in its tables then.
+        error!("a connection ended without its session");
+        node.metrics().disconnected(Disconnect::Internal);
+        return;
+    };
     node.close_session(&mut session).await;
-    let _ = writer.await;
-    drop(stream);
     let reason = closer.reason().unwrap_or(Disconnect::PeerGone);
     node.metrics().disconnected(reason);
     debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
 }
 
-async fn read_loop<S>(
+/// A command under way; it owns the session and the rate limiter until it is done.
+type Running<'a> = Pin<Box<dyn Future<Output = (Session, MessageRate)> + Send + 'a>>;
+
+/// Serve the socket until the connection closes; returns the session for the node to forget.
+async fn drive<S>(
     node: &Node,
-    mut stream: SplitStream<WebSocketStream<S>>,
-    session: &mut Session,
-    closer: &Closer,
+    mut ws: WebSocketStream<S>,
+    session: Session,
+    mut outbox: OutboxReceiver,
+    shutdown: CancellationToken,
     close_timeout: Duration,
-) -> SplitStream<WebSocketStream<S>>
+) -> Option<Session>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
+    let limits = &node.config().limits;
+    let closer = outbox.closer.clone();
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let ping_every = Duration::from_millis(limits.ping_interval_ms);
     // A connection lives no longer than its token.
     let expiry = session
         .identity
         .as_ref()
         .map(|i| token_deadline(i.expires_at));
-    let token_timer = tokio::time::sleep_until(expiry.unwrap_or_else(far_future));
-    tokio::pin!(token_timer);
-    let mut rate = MessageRate::new(&node.config().limits, node.rate_clock());
-    // Made once: re-creating the cancellation future per frame locks the token each time.
+    let mut last_read = Instant::now();
+    let mut next_ping = last_read + ping_every;
+    let deadline = |last_read: Instant, next_ping: Instant| {
+        let due = (last_read + idle).min(next_ping);
+        expiry.map_or(due, |expiry| due.min(expiry))
+    };
+    // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
+    // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
+    let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
+    tokio::pin!(timer);
+    // Made once: re-creating the cancellation futures per frame locks the token each time.
     let closed = closer.closed();
     tokio::pin!(closed);
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
+    let mut batch = Vec::new();
+    let mut idle_state = Some((session, MessageRate::new(limits, node.rate_clock())));
+    let mut running: Option<Running<'_>> = None;
 
     loop {
-        let next = tokio::select! {
+        tokio::select! {
             biased;
             _ = &mut closed => break,
-            _ = &mut idle_timer => {
-                closer.close(Disconnect::Idle);
+            _ = &mut shutting_down => {
+                closer.close(Disconnect::Shutdown);
                 break;
             }
-            _ = &mut token_timer, if expiry.is_some() => {
-                closer.close(Disconnect::TokenExpired);
-                break;
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= last_read + idle {
+                    closer.close(Disconnect::Idle);
+                    break;
+                }
+                if expiry.is_some_and(|expiry| now >= expiry) {
+                    closer.close(Disconnect::TokenExpired);
+                    break;
+                }
+                if now >= next_ping {
+                    next_ping = now + ping_every;
+                    let ping = ws.send(Message::Ping(Bytes::new()));
+                    let sent = tokio::select! {
+                        biased;
+                        _ = &mut closed => break,
+                        sent = ping => sent,
+                    };
+                    if sent.is_err() {
+                        closer.close(Disconnect::PeerGone);
+                        break;
+                    }
+                }
+                timer.as_mut().reset(deadline(last_read, next_ping));
             }
-            next = stream.next() => next,
-        };
-        idle_timer.as_mut().reset(Instant::now() + idle);
-        match next {
-            None => {
-                closer.close(Disconnect::PeerGone);
-                break;
+            done = async {
+                match running.as_mut() {
+                    Some(command) => command.await,
+                    None => std::future::pending().await,
+                }
+            }, if running.is_some() => {
+                idle_state = Some(done);
+                running = None;
             }
-            Some(Err(err)) => {
-                closer.close(classify(&err));
-                break;
-            }
-            Some(Ok(Message::Text(text))) => {
-                // Boxed: the command futures (join, publish) are large, and an idle
-                // connection should not carry their space while it waits.
-                Box::pin(handle_text(node, session, &mut rate, text.as_str())).await;
-            }
-            Some(Ok(Message::Binary(_))) => {
-                if check_rate(node, session, &mut rate, None) {
-                    node.metrics().received(CommandKind::Invalid);
-                    let err = CommandError::bad_request("binary frames are not supported");
-                    reply_error(node, session, &err, None);
+            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                let write = async {
+                    for frame in batch.drain(..) {
+                        ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+                    }
+                    ws.flush().await
+                };
+                let written = tokio::select! {
+                    biased;
+                    _ = &mut closed => break,
+                    written = write => written,
+                };
+                if written.is_err() {
+                    closer.close(Disconnect::PeerGone);
+                    break;
+                }
+                if batch.capacity() > IDLE_BATCH_CAPACITY {
+                    batch.shrink_to(IDLE_BATCH_CAPACITY);
                 }
             }
-            Some(Ok(Message::Close(_))) => {
-                // tungstenite queued the close reply; the drain below flushes it.
-                closer.close(Disconnect::PeerGone);
-                break;
+            next = ws.next(), if running.is_none() => {
+                last_read = Instant::now();
+                let Some((mut session, mut rate)) = idle_state.take() else {
+                    break;
+                };
+                match next {
+                    None => closer.close(Disconnect::PeerGone),
+                    Some(Err(err)) => closer.close(classify(&err)),
+                    Some(Ok(Message::Text(text))) => {
+                        // Boxed: the command futures (join, publish) are large, and an idle
+                        // connection should not carry their space while it waits.
+                        running = Some(Box::pin(async move {
+                            handle_text(node, &mut session, &mut rate, text.as_str()).await;
+                            (session, rate)
+                        }));
+                        continue;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if check_rate(node, &session, &mut rate, None) {
+                            node.metrics().received(CommandKind::Invalid);
+                            let err = CommandError::bad_request("binary frames are not supported");
+                            reply_error(node, &session, &err, None);
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; the drain below flushes it.
+                        closer.close(Disconnect::PeerGone);
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                }
+                idle_state = Some((session, rate));
+                if closer.is_closing() {
+                    break;
+                }
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
         }
     }
 
+    // A command under way finishes first (each is bounded by its own timeouts): its session
+    // is what the node needs to take the connection out of its rooms.
+    let session = match (running, idle_state) {
+        (Some(command), _) => Some(command.await.0),
+        (None, state) => state.map(|(session, _)| session),
+    };
+    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
+        let _ = tokio::time::timeout(
+            close_timeout,
+            ws.send(Message::Close(Some(close_frame(reason)))),
+        )
+        .await;
+    }
     // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
     let _ = tokio::time::timeout(close_timeout, async {
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-    stream
+    session
 }
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.
@@ -177,10 +265,6 @@ fn token_deadline(exp: u64) -> Instant {
 fn far_future_secs() -> f64 {
     // About 30 years: effectively never, and far from Instant overflow.
     86_400.0 * 365.0 * 30.0
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs_f64(far_future_secs())
 }
 
 /// Apply the rate limit to one client frame. Returns false when the frame must be dropped
@@ -295,76 +379,4 @@ fn close_frame(reason: Disconnect) -> CloseFrame {
         code: CloseCode::from(reason.close_code().unwrap_or(1000)),
         reason: reason.reason().into(),
     }
-}
-
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbox: OutboxReceiver,
-    ping_every: Duration,
-    close_timeout: Duration,
-    shutdown: CancellationToken,
-) -> SplitSink<WebSocketStream<S>, Message>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let closer = outbox.closer.clone();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
-    let mut batch = Vec::new();
-    // Made once, not per batch: each re-creation locks the token's tree and waiter list
-    // (about 6 % of a fan-out node's CPU when it was per batch).
-    let closed = closer.closed();
-    tokio::pin!(closed);
-    let shutting_down = shutdown.cancelled();
-    tokio::pin!(shutting_down);
-
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            _ = &mut shutting_down => {
-                closer.close(Disconnect::Shutdown);
-                break;
-            }
-            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                if received == 0 {
-                    break;
-                }
-                let write = async {
-                    for frame in batch.drain(..) {
-                        sink.feed(Message::Text(frame.into_utf8_bytes())).await?;
-                    }
-                    sink.flush().await
-                };
-                let written = tokio::select! {
-                    biased;
-                    _ = &mut closed => break,
-                    written = write => written,
-                };
-                if written.is_err() {
-                    closer.close(Disconnect::PeerGone);
-                    break;
-                }
-                if batch.capacity() > IDLE_BATCH_CAPACITY {
-                    batch.shrink_to(IDLE_BATCH_CAPACITY);
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    closer.close(Disconnect::PeerGone);
-                    break;
-                }
-            }
-        }
-    }
-
-    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
-        let _ = tokio::time::timeout(
-            close_timeout,
-            sink.send(Message::Close(Some(close_frame(reason)))),
-        )
-        .await;
-    }
-    sink
 }
