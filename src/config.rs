@@ -43,6 +43,12 @@ pub struct ServerConfig {
     pub client_ip_header: String,
     pub handshake_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Bytes read from a socket at a time (tungstenite's read buffer, held by every
+    /// connection); a larger frame grows it for as long as it needs.
+    pub read_buffer_bytes: usize,
+    /// Frames queued for a socket are written once this many bytes are buffered (and at every
+    /// flush).
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +64,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
             handshake_timeout_ms: 5_000,
+            read_buffer_bytes: 512,
+            write_buffer_bytes: 8192,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -371,6 +379,14 @@ impl Config {
         positive(
             "server.handshake_timeout_ms",
             self.server.handshake_timeout_ms,
+        )?;
+        positive(
+            "server.read_buffer_bytes",
+            self.server.read_buffer_bytes as u64,
+        )?;
+        positive(
+            "server.write_buffer_bytes",
+            self.server.write_buffer_bytes as u64,
         )?;
         if self.admin.api_key.as_deref() == Some("") {
             return Err(ConfigError::key("admin.api_key", "must not be empty"));

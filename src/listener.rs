@@ -29,10 +29,6 @@ use crate::connection;
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
-/// Per-socket buffers: small, because idle connections dominate memory at scale.
-/// Client frames are small commands; larger ones grow the buffer for as long as they need.
-const READ_BUFFER_BYTES: usize = 1024;
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// How often forgotten per-address limiter entries are purged.
 const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
@@ -52,9 +48,12 @@ impl Listener {
         let rate = NonZeroU32::new(config.server.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         let max = config.limits.max_message_bytes;
+        // Per-socket buffers are small by default, because idle connections dominate memory
+        // at scale: client frames are small commands, and a larger one grows the buffer for as
+        // long as it needs.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .read_buffer_size(config.server.read_buffer_bytes)
+            .write_buffer_size(config.server.write_buffer_bytes)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         Listener {

@@ -157,6 +157,14 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "redis.urls",
         ),
         (
+            vec![("ROOMCAST_SERVER__READ_BUFFER_BYTES", "0")],
+            "server.read_buffer_bytes",
+        ),
+        (
+            vec![("ROOMCAST_SERVER__WRITE_BUFFER_BYTES", "0")],
+            "server.write_buffer_bytes",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),

@@ -31,6 +31,28 @@ async fn oversize_message_closes_with_1009() {
     assert_eq!(b.request(json!({"type":"ping"}), "b").await["type"], "pong");
 }
 
+/// `server.read_buffer_bytes` and `server.write_buffer_bytes` only size the socket buffers:
+/// with tiny ones a frame many times their size still travels whole, both ways.
+#[tokio::test]
+async fn tiny_socket_buffers_still_carry_large_frames() {
+    let mut config = test_config();
+    config.server.read_buffer_bytes = 16;
+    config.server.write_buffer_bytes = 1;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    let mut b = node.connect().await;
+    a.join("big").await;
+    b.join("big").await;
+    let big = "y".repeat(40_000);
+    let ack = a
+        .request(json!({"type":"publish","room":"big","data":big}), "p")
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let m = b.recv_type("message").await;
+    assert_eq!(m["data"].as_str().map(str::len), Some(40_000));
+    assert_eq!(b.request(json!({"type":"ping"}), "b").await["type"], "pong");
+}
+
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007() {
     let node = TestNode::start(test_config()).await;
