@@ -40,217 +40,233 @@ const WRITE_BATCH: usize = 256;
 const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
-pub async fn serve<S>(
+/// (A plain function around an `async move` block for the reason given at [`drive`]; the
+/// socket comes boxed so that the futures it passes through hold a pointer, not 312 bytes
+/// each.)
+// Not `async fn`, on purpose: see `drive`.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S>(
     node: Arc<Node>,
-    ws: WebSocketStream<S>,
+    ws: Box<WebSocketStream<S>>,
     identity: Option<Identity>,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-    let (session, receiver) = match node.open_session(identity).await {
-        Ok(opened) => opened,
-        Err(err) => {
-            error!(%err, "cannot register connection with the broker");
-            let mut ws = ws;
-            let _ = tokio::time::timeout(
-                close_timeout,
-                ws.close(Some(close_frame(Disconnect::Internal))),
-            )
-            .await;
+    async move {
+        let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
+        let (session, receiver) = match node.open_session(identity).await {
+            Ok(opened) => opened,
+            Err(err) => {
+                error!(%err, "cannot register connection with the broker");
+                let mut ws = ws;
+                let _ = tokio::time::timeout(
+                    close_timeout,
+                    ws.as_mut().close(Some(close_frame(Disconnect::Internal))),
+                )
+                .await;
+                node.metrics().disconnected(Disconnect::Internal);
+                return;
+            }
+        };
+        let closer = receiver.closer.clone();
+        let config = node.config();
+        session.outbox.offer(protocol::welcome(
+            &session.conn_id,
+            node.node_id(),
+            session.user.as_deref(),
+            config.limits.ping_interval_ms,
+        ));
+
+        let Some(mut session) = drive(&node, ws, session, receiver, shutdown, close_timeout).await
+        else {
+            // Only a bug could lose it; the node keeps the connection in its tables then.
+            error!("a connection ended without its session");
             node.metrics().disconnected(Disconnect::Internal);
             return;
-        }
-    };
-    let closer = receiver.closer.clone();
-    let config = node.config();
-    session.outbox.offer(protocol::welcome(
-        &session.conn_id,
-        node.node_id(),
-        session.user.as_deref(),
-        config.limits.ping_interval_ms,
-    ));
-
-    let Some(mut session) = drive(&node, ws, session, receiver, shutdown, close_timeout).await
-    else {
-        // Only a bug could lose it; the node keeps the connection in its tables then.
-        error!("a connection ended without its session");
-        node.metrics().disconnected(Disconnect::Internal);
-        return;
-    };
-    node.close_session(&mut session).await;
-    let reason = closer.reason().unwrap_or(Disconnect::PeerGone);
-    node.metrics().disconnected(reason);
-    debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
+        };
+        node.close_session(&mut session).await;
+        let reason = closer.reason().unwrap_or(Disconnect::PeerGone);
+        node.metrics().disconnected(reason);
+        debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
+    }
 }
 
 /// A command under way; it owns the session and the rate limiter until it is done.
 type Running<'a> = Pin<Box<dyn Future<Output = (Session, MessageRate)> + Send + 'a>>;
 
 /// Serve the socket until the connection closes; returns the session for the node to forget.
-async fn drive<S>(
-    node: &Node,
-    mut ws: WebSocketStream<S>,
+///
+/// A plain function around an `async move` block rather than an `async fn`: an async fn keeps
+/// its arguments twice in its state (as arguments, and as the locals they are moved into),
+/// which every idle connection would pay for.
+// Not `async fn`, on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn drive<'a, S>(
+    node: &'a Node,
+    mut ws: Box<WebSocketStream<S>>,
     session: Session,
     mut outbox: OutboxReceiver,
     shutdown: CancellationToken,
     close_timeout: Duration,
-) -> Option<Session>
+) -> impl Future<Output = Option<Session>> + Send + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
-    let limits = &node.config().limits;
-    let closer = outbox.closer.clone();
-    let idle = Duration::from_millis(limits.idle_timeout_ms);
-    let ping_every = Duration::from_millis(limits.ping_interval_ms);
-    // A connection lives no longer than its token.
-    let expiry = session
-        .identity
-        .as_ref()
-        .map(|i| token_deadline(i.expires_at));
-    let mut last_read = Instant::now();
-    let mut next_ping = last_read + ping_every;
-    let deadline = |last_read: Instant, next_ping: Instant| {
-        let due = (last_read + idle).min(next_ping);
-        expiry.map_or(due, |expiry| due.min(expiry))
-    };
-    // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
-    // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
-    let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
-    tokio::pin!(timer);
-    // Made once: re-creating the cancellation futures per frame locks the token each time.
-    let closed = closer.closed();
-    tokio::pin!(closed);
-    let shutting_down = shutdown.cancelled();
-    tokio::pin!(shutting_down);
-    // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
-    let mut batch = Vec::new();
-    let mut idle_state = Some((session, MessageRate::new(limits, node.rate_clock())));
-    let mut running: Option<Running<'_>> = None;
+    async move {
+        let limits = &node.config().limits;
+        let closer = outbox.closer.clone();
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        // A connection lives no longer than its token.
+        let expiry = session
+            .identity
+            .as_ref()
+            .map(|i| token_deadline(i.expires_at));
+        let mut last_read = Instant::now();
+        let mut next_ping = last_read + ping_every;
+        let deadline = |last_read: Instant, next_ping: Instant| {
+            let due = (last_read + idle).min(next_ping);
+            expiry.map_or(due, |expiry| due.min(expiry))
+        };
+        // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
+        // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
+        let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
+        tokio::pin!(timer);
+        // Made once: re-creating the cancellation futures per frame locks the token each time.
+        let closed = closer.closed();
+        tokio::pin!(closed);
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
+        // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
+        let mut batch = Vec::new();
+        let mut idle_state = Some((session, MessageRate::new(limits, node.rate_clock())));
+        let mut running: Option<Running<'_>> = None;
 
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            _ = &mut shutting_down => {
-                closer.close(Disconnect::Shutdown);
-                break;
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                if now >= last_read + idle {
-                    closer.close(Disconnect::Idle);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                _ = &mut shutting_down => {
+                    closer.close(Disconnect::Shutdown);
                     break;
                 }
-                if expiry.is_some_and(|expiry| now >= expiry) {
-                    closer.close(Disconnect::TokenExpired);
-                    break;
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= last_read + idle {
+                        closer.close(Disconnect::Idle);
+                        break;
+                    }
+                    if expiry.is_some_and(|expiry| now >= expiry) {
+                        closer.close(Disconnect::TokenExpired);
+                        break;
+                    }
+                    if now >= next_ping {
+                        next_ping = now + ping_every;
+                        let ping = ws.send(Message::Ping(Bytes::new()));
+                        let sent = tokio::select! {
+                            biased;
+                            _ = &mut closed => break,
+                            sent = ping => sent,
+                        };
+                        if sent.is_err() {
+                            closer.close(Disconnect::PeerGone);
+                            break;
+                        }
+                    }
+                    timer.as_mut().reset(deadline(last_read, next_ping));
                 }
-                if now >= next_ping {
-                    next_ping = now + ping_every;
-                    let ping = ws.send(Message::Ping(Bytes::new()));
-                    let sent = tokio::select! {
+                done = async {
+                    match running.as_mut() {
+                        Some(command) => command.await,
+                        None => std::future::pending().await,
+                    }
+                }, if running.is_some() => {
+                    idle_state = Some(done);
+                    running = None;
+                }
+                received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let write = async {
+                        for frame in batch.drain(..) {
+                            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+                        }
+                        ws.flush().await
+                    };
+                    let written = tokio::select! {
                         biased;
                         _ = &mut closed => break,
-                        sent = ping => sent,
+                        written = write => written,
                     };
-                    if sent.is_err() {
+                    if written.is_err() {
                         closer.close(Disconnect::PeerGone);
                         break;
                     }
-                }
-                timer.as_mut().reset(deadline(last_read, next_ping));
-            }
-            done = async {
-                match running.as_mut() {
-                    Some(command) => command.await,
-                    None => std::future::pending().await,
-                }
-            }, if running.is_some() => {
-                idle_state = Some(done);
-                running = None;
-            }
-            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                if received == 0 {
-                    break;
-                }
-                let write = async {
-                    for frame in batch.drain(..) {
-                        ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+                    if batch.capacity() > IDLE_BATCH_CAPACITY {
+                        batch.shrink_to(IDLE_BATCH_CAPACITY);
                     }
-                    ws.flush().await
-                };
-                let written = tokio::select! {
-                    biased;
-                    _ = &mut closed => break,
-                    written = write => written,
-                };
-                if written.is_err() {
-                    closer.close(Disconnect::PeerGone);
-                    break;
                 }
-                if batch.capacity() > IDLE_BATCH_CAPACITY {
-                    batch.shrink_to(IDLE_BATCH_CAPACITY);
-                }
-            }
-            next = ws.next(), if running.is_none() => {
-                last_read = Instant::now();
-                let Some((mut session, mut rate)) = idle_state.take() else {
-                    break;
-                };
-                match next {
-                    None => closer.close(Disconnect::PeerGone),
-                    Some(Err(err)) => closer.close(classify(&err)),
-                    Some(Ok(Message::Text(text))) => {
-                        // Boxed: the command futures (join, publish) are large, and an idle
-                        // connection should not carry their space while it waits.
-                        running = Some(Box::pin(async move {
-                            handle_text(node, &mut session, &mut rate, text.as_str()).await;
-                            (session, rate)
-                        }));
-                        continue;
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        if check_rate(node, &session, &mut rate, None) {
-                            node.metrics().received(CommandKind::Invalid);
-                            let err = CommandError::bad_request("binary frames are not supported");
-                            reply_error(node, &session, &err, None);
+                next = ws.next(), if running.is_none() => {
+                    last_read = Instant::now();
+                    let Some((mut session, mut rate)) = idle_state.take() else {
+                        break;
+                    };
+                    match next {
+                        None => closer.close(Disconnect::PeerGone),
+                        Some(Err(err)) => closer.close(classify(&err)),
+                        Some(Ok(Message::Text(text))) => {
+                            // Boxed: the command futures (join, publish) are large, and an idle
+                            // connection should not carry their space while it waits.
+                            running = Some(Box::pin(async move {
+                                handle_text(node, &mut session, &mut rate, text.as_str()).await;
+                                (session, rate)
+                            }));
+                            continue;
                         }
+                        Some(Ok(Message::Binary(_))) => {
+                            if check_rate(node, &session, &mut rate, None) {
+                                node.metrics().received(CommandKind::Invalid);
+                                let err = CommandError::bad_request("binary frames are not supported");
+                                reply_error(node, &session, &err, None);
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the close reply; the drain below flushes it.
+                            closer.close(Disconnect::PeerGone);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     }
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the close reply; the drain below flushes it.
-                        closer.close(Disconnect::PeerGone);
+                    idle_state = Some((session, rate));
+                    if closer.is_closing() {
+                        break;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                }
-                idle_state = Some((session, rate));
-                if closer.is_closing() {
-                    break;
                 }
             }
         }
-    }
 
-    // A command under way finishes first (each is bounded by its own timeouts): its session
-    // is what the node needs to take the connection out of its rooms.
-    let session = match (running, idle_state) {
-        (Some(command), _) => Some(command.await.0),
-        (None, state) => state.map(|(session, _)| session),
-    };
-    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
-        let _ = tokio::time::timeout(
-            close_timeout,
-            ws.send(Message::Close(Some(close_frame(reason)))),
-        )
+        // A command under way finishes first (each is bounded by its own timeouts): its session
+        // is what the node needs to take the connection out of its rooms.
+        let session = match (running, idle_state) {
+            (Some(command), _) => Some(command.await.0),
+            (None, state) => state.map(|(session, _)| session),
+        };
+        if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
+            let _ = tokio::time::timeout(
+                close_timeout,
+                ws.send(Message::Close(Some(close_frame(reason)))),
+            )
+            .await;
+        }
+        // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
+        let _ = tokio::time::timeout(close_timeout, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
         .await;
+        session
     }
-    // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
-    let _ = tokio::time::timeout(close_timeout, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-    session
 }
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.

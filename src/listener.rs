@@ -156,7 +156,13 @@ impl Listener {
             return;
         };
         node.metrics().connections_accepted.inc();
-        connection::serve(node.clone(), ws, admission.identity, close_clients).await;
+        connection::serve(
+            node.clone(),
+            Box::new(ws),
+            admission.identity,
+            close_clients,
+        )
+        .await;
         drop(admission.slots);
     }
 
