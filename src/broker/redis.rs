@@ -1017,6 +1017,18 @@ impl Demand {
         }
     }
 
+    /// `first` and every command queued behind it, up to [`MAX_BATCH`]: one round trip.
+    pub(super) fn batch(&mut self, first: Command) -> Vec<Command> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
     /// A command while the link is down: subscribes wait for it, unsubscribes apply.
     pub(super) fn queue_while_down(&mut self, command: Command) {
         match command {
@@ -1338,13 +1350,7 @@ impl PubSubTask {
 
     /// A batch of subscribe/unsubscribe requests: everything queued now, one SUBSCRIBE.
     async fn on_commands(&mut self, link: &mut Link, first: Command) -> Result<(), Exit> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match self.demand.commands.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
-            }
-        }
+        let batch = self.demand.batch(first);
         let mut to_subscribe: Vec<String> = Vec::new();
         let mut replies = Vec::new();
         for command in batch {

@@ -705,13 +705,7 @@ impl ClusterPubSubTask {
 
     /// A batch of subscribe/unsubscribe requests: everything queued now.
     async fn on_commands(&mut self, session: &mut Session, first: Command) -> Result<(), Exit> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match self.demand.commands.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
-            }
-        }
+        let batch = self.demand.batch(first);
         for command in batch {
             match command {
                 Command::Subscribe {
