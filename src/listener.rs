@@ -105,9 +105,7 @@ impl Listener {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let this = this.clone();
-                    let close_clients = close_clients.clone();
-                    tracker.spawn(async move { this.handle(tcp, peer, close_clients).await });
+                    tracker.spawn(this.clone().handle(tcp, peer, close_clients.clone()));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -119,51 +117,58 @@ impl Listener {
         sweeper.abort();
     }
 
-    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, close_clients: CancellationToken) {
-        let _ = tcp.set_nodelay(true);
-        let node = &self.node;
-        let mut admitted: Option<Admission> = None;
-        let mut refusal: Option<Refusal> = None;
-        // The Err type is fixed by tungstenite's handshake `Callback` signature.
-        #[allow(clippy::result_large_err)]
-        let check = |request: &Request, response: Response| match self.admit(request, peer) {
-            Ok(admission) => {
-                admitted = Some(admission);
-                Ok(response)
-            }
-            Err((reason, status, message)) => {
-                refusal = Some(reason);
-                Err(error_response(status, message))
-            }
-        };
-        let handshake =
-            tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(self.ws_config));
-        let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-            Err(_) => {
-                node.metrics().refused(Refusal::HandshakeTimeout);
-                debug!(%peer, "handshake timed out");
+    /// Not `async fn`, on purpose: an async fn keeps its arguments twice in its state (see
+    /// `connection::drive`), and this state is held for as long as the connection lives.
+    #[allow(clippy::manual_async_fn)]
+    fn handle(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        close_clients: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let node = &self.node;
+            let mut admitted: Option<Admission> = None;
+            let mut refusal: Option<Refusal> = None;
+            // The Err type is fixed by tungstenite's handshake `Callback` signature.
+            #[allow(clippy::result_large_err)]
+            let check = |request: &Request, response: Response| match self.admit(request, peer) {
+                Ok(admission) => {
+                    admitted = Some(admission);
+                    Ok(response)
+                }
+                Err((reason, status, message)) => {
+                    refusal = Some(reason);
+                    Err(error_response(status, message))
+                }
+            };
+            let handshake =
+                tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(self.ws_config));
+            let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                Err(_) => {
+                    node.metrics().refused(Refusal::HandshakeTimeout);
+                    debug!(%peer, "handshake timed out");
+                    return;
+                }
+                Ok(Err(err)) => {
+                    node.metrics()
+                        .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
+                    debug!(%peer, %err, "handshake refused");
+                    return;
+                }
+                Ok(Ok(ws)) => ws,
+            };
+            // `admitted` keeps the address slots until the connection ends; only the identity
+            // moves on (taken in place, so the state holds one admission, not two).
+            let Some(identity) = admitted.as_mut().map(|admission| admission.identity.take())
+            else {
                 return;
-            }
-            Ok(Err(err)) => {
-                node.metrics()
-                    .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
-                debug!(%peer, %err, "handshake refused");
-                return;
-            }
-            Ok(Ok(ws)) => ws,
-        };
-        let Some(admission) = admitted else {
-            return;
-        };
-        node.metrics().connections_accepted.inc();
-        connection::serve(
-            node.clone(),
-            Box::new(ws),
-            admission.identity,
-            close_clients,
-        )
-        .await;
-        drop(admission.slots);
+            };
+            node.metrics().connections_accepted.inc();
+            connection::serve(node.clone(), Box::new(ws), identity, close_clients).await;
+            drop(admitted);
+        }
     }
 
     fn admit(
@@ -244,7 +249,7 @@ impl Listener {
             "node is at its connection limit",
         ))?;
         Ok(Admission {
-            slots: (node_slot, address_slot),
+            _slots: (node_slot, address_slot),
             identity,
         })
     }
@@ -271,7 +276,8 @@ impl Listener {
 
 /// What a successful handshake holds for the connection's lifetime.
 struct Admission {
-    slots: (SlotGuard, AddressSlot),
+    /// Held, never read: dropping them frees the node-wide and per-address slots.
+    _slots: (SlotGuard, AddressSlot),
     identity: Option<Identity>,
 }
 
