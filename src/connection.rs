@@ -71,16 +71,32 @@ where
             }
         };
         let closer = receiver.closer.clone();
-        let config = node.config();
-        session.outbox.offer(protocol::welcome(
-            &session.conn_id,
-            node.node_id(),
-            session.user.as_deref(),
-            config.limits.ping_interval_ms,
-        ));
-
-        let Some(mut session) = drive(&node, ws, session, receiver, shutdown, close_timeout).await
-        else {
+        // In a block: what moves into the loop must not stay reserved in this state too.
+        let driving = {
+            let config = node.config();
+            session.outbox.offer(protocol::welcome(
+                &session.conn_id,
+                node.node_id(),
+                session.user.as_deref(),
+                config.limits.ping_interval_ms,
+            ));
+            // A connection lives no longer than its token.
+            let expiry = session
+                .identity
+                .as_ref()
+                .map(|i| token_deadline(i.expires_at));
+            let idle_state = Some((session, MessageRate::new(&config.limits, node.rate_clock())));
+            drive(
+                &node,
+                ws,
+                idle_state,
+                expiry,
+                receiver,
+                shutdown,
+                close_timeout,
+            )
+        };
+        let Some(mut session) = driving.await else {
             // Only a bug could lose it; the node keeps the connection in its tables then.
             error!("a connection ended without its session");
             node.metrics().disconnected(Disconnect::Internal);
@@ -106,7 +122,8 @@ type Running<'a> = Pin<Box<dyn Future<Output = (Session, MessageRate)> + Send + 
 fn drive<'a, S>(
     node: &'a Node,
     mut ws: Box<WebSocketStream<S>>,
-    session: Session,
+    mut idle_state: Option<(Session, MessageRate)>,
+    expiry: Option<Instant>,
     mut outbox: OutboxReceiver,
     shutdown: CancellationToken,
     close_timeout: Duration,
@@ -119,11 +136,6 @@ where
         let closer = outbox.closer.clone();
         let idle = Duration::from_millis(limits.idle_timeout_ms);
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
-        // A connection lives no longer than its token.
-        let expiry = session
-            .identity
-            .as_ref()
-            .map(|i| token_deadline(i.expires_at));
         let mut last_read = Instant::now();
         let mut next_ping = last_read + ping_every;
         let deadline = |last_read: Instant, next_ping: Instant| {
@@ -141,7 +153,6 @@ where
         tokio::pin!(shutting_down);
         // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
         let mut batch = Vec::new();
-        let mut idle_state = Some((session, MessageRate::new(limits, node.rate_clock())));
         let mut running: Option<Running<'_>> = None;
 
         loop {
