@@ -64,7 +64,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
             handshake_timeout_ms: 5_000,
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
             shutdown_grace_ms: 10_000,
         }
