@@ -39,13 +39,6 @@ fn node_config(redis: &RedisServer, prefix: &str) -> Config {
     config
 }
 
-async fn http_status(url: &str) -> u16 {
-    reqwest::get(url)
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 async fn redis_conn(url: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).expect("redis url");
     tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())

@@ -32,13 +32,6 @@ fn cluster_config(cluster: &RedisCluster, prefix: &str) -> Config {
     config
 }
 
-async fn http_status(url: &str) -> u16 {
-    reqwest::get(url)
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 async fn start_nodes(cluster: &RedisCluster, prefix: &str, n: usize) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for i in 0..n {

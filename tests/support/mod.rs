@@ -283,6 +283,14 @@ where
 }
 
 /// A free loopback port (bound and released; the caller binds it next).
+/// The HTTP status of a GET (0 when nothing answers).
+pub async fn http_status(url: &str) -> u16 {
+    reqwest::get(url)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
