@@ -1,12 +1,15 @@
 //! The Redis broker: roomcast nodes share rooms through Redis pub/sub (PROTOCOL.md "Redis
-//! channels").
+//! channels"), on one Redis or on a Redis Cluster (`redis.cluster`).
 //!
-//! Owns: the deadpool-redis pool that PUBLISHes (one `PUBLISH` of
-//! [`protocol::encode_envelope`](crate::protocol::encode_envelope) per message), the one
-//! pub/sub connection and the task that drives it, the set of channels the node wants (kept
-//! across reconnects and resubscribed after each), batching of SUBSCRIBE/UNSUBSCRIBE, the
-//! unsubscribe grace, reconnecting with capped exponential backoff and jitter, the liveness
-//! probe, and the broker metrics that only it can see (subscriptions, round trips, pub/sub lag).
+//! Owns: where commands go ([`Commands`]: the deadpool-redis pool of a single Redis, or the
+//! redis crate's cluster connection, which routes by key), one `PUBLISH` (`SPUBLISH` for a
+//! room or user on a cluster) of [`protocol::encode_envelope`](crate::protocol::encode_envelope)
+//! per message; what both pub/sub tasks share ([`Demand`]: the channels the node wants, kept
+//! across reconnects, subscribers waiting for a link, Up/Down; [`run_reconnecting`]: capped
+//! exponential backoff with jitter); the single-Redis pub/sub task itself (one connection,
+//! batched SUBSCRIBE/UNSUBSCRIBE, the unsubscribe grace, the liveness probe); and the broker
+//! metrics that only it can see (subscriptions, round trips, pub/sub lag). The cluster's
+//! pub/sub task is `redis_cluster`'s.
 //!
 //! Leaves to others: which channels are needed and when (the node: first local member
 //! subscribes, last one unsubscribes), delivery to clients and echo suppression (node and hub,
