@@ -40,7 +40,7 @@ const WRITE_BATCH: usize = 256;
 const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
-/// (A plain function around an `async move` block for the reason given at [`drive`]; the
+/// (A plain function around an `async move` block for the reason given at `drive`; the
 /// socket comes boxed so that the futures it passes through hold a pointer, not 312 bytes
 /// each.)
 // Not `async fn`, on purpose: see `drive`.

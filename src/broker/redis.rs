@@ -1,11 +1,11 @@
 //! The Redis broker: roomcast nodes share rooms through Redis pub/sub (PROTOCOL.md "Redis
 //! channels"), on one Redis or on a Redis Cluster (`redis.cluster`).
 //!
-//! Owns: where commands go ([`Commands`]: the deadpool-redis pool of a single Redis, or the
+//! Owns: where commands go (`Commands`: the deadpool-redis pool of a single Redis, or the
 //! redis crate's cluster connection, which routes by key), one `PUBLISH` (`SPUBLISH` for a
 //! room or user on a cluster) of [`protocol::encode_envelope`](crate::protocol::encode_envelope)
-//! per message; what both pub/sub tasks share ([`Demand`]: the channels the node wants, kept
-//! across reconnects, subscribers waiting for a link, Up/Down; [`run_reconnecting`]: capped
+//! per message; what both pub/sub tasks share (`Demand`: the channels the node wants, kept
+//! across reconnects, subscribers waiting for a link, Up/Down; `run_reconnecting`: capped
 //! exponential backoff with jitter); the single-Redis pub/sub task itself (one connection,
 //! batched SUBSCRIBE/UNSUBSCRIBE, the unsubscribe grace, the liveness probe); and the broker
 //! metrics that only it can see (subscriptions, round trips, pub/sub lag). The cluster's
