@@ -22,7 +22,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use crate::auth::Identity;
@@ -39,7 +38,8 @@ const WRITE_BATCH: usize = 256;
 /// What a writer keeps of its batch buffer between bursts.
 const IDLE_BATCH_CAPACITY: usize = 8;
 
-/// Serve one accepted WebSocket until it closes. `shutdown` closes it with 1001.
+/// Serve one accepted WebSocket until it closes. A node shutting down closes it with 1001
+/// through its [`Closer`](crate::outbox::Closer), like any other reason.
 /// (A plain function around an `async move` block for the reason given at `drive`; the
 /// socket comes boxed so that the futures it passes through hold a pointer, not 312 bytes
 /// each.)
@@ -49,7 +49,6 @@ pub fn serve<S>(
     node: Arc<Node>,
     ws: Box<WebSocketStream<S>>,
     identity: Option<Identity>,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -86,15 +85,7 @@ where
                 .as_ref()
                 .map(|i| token_deadline(i.expires_at));
             let idle_state = Some((session, MessageRate::new(&config.limits, node.rate_clock())));
-            drive(
-                &node,
-                ws,
-                idle_state,
-                expiry,
-                receiver,
-                shutdown,
-                close_timeout,
-            )
+            drive(&node, ws, idle_state, expiry, receiver, close_timeout)
         };
         let Some(mut session) = driving.await else {
             // Only a bug could lose it; the node keeps the connection in its tables then.
@@ -125,7 +116,6 @@ fn drive<'a, S>(
     mut idle_state: Option<(Session, MessageRate)>,
     expiry: Option<Instant>,
     mut outbox: OutboxReceiver,
-    shutdown: CancellationToken,
     close_timeout: Duration,
 ) -> impl Future<Output = Option<Session>> + Send + 'a
 where
@@ -146,11 +136,8 @@ where
         // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
         let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
         tokio::pin!(timer);
-        // Made once: re-creating the cancellation futures per frame locks the token each time.
         let closed = closer.closed();
         tokio::pin!(closed);
-        let shutting_down = shutdown.cancelled();
-        tokio::pin!(shutting_down);
         // Allocated on first use and shrunk after a burst: an idle connection holds no batch.
         let mut batch = Vec::new();
         let mut running: Option<Running<'_>> = None;
@@ -159,10 +146,6 @@ where
             tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                _ = &mut shutting_down => {
-                    closer.close(Disconnect::Shutdown);
-                    break;
-                }
                 _ = &mut timer => {
                     let now = Instant::now();
                     if now >= last_read + idle {

@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::outbox::{ConnId, Offer, Outbox};
-use crate::protocol::Frame;
+use crate::protocol::{Disconnect, Frame};
 
 const SHARDS: usize = 64;
 
@@ -342,10 +342,7 @@ impl Hub {
                         } else if state.held.len() < state.capacity {
                             state.held.push((offset, frame.clone()));
                         } else {
-                            member
-                                .outbox
-                                .closer()
-                                .close(crate::protocol::Disconnect::SlowConsumer);
+                            member.outbox.closer().close(Disconnect::SlowConsumer);
                             delivery.overflowed += 1;
                         }
                     }
@@ -379,6 +376,16 @@ impl Hub {
         }
         delivery
     }
+
+    /// Ask every registered connection to close for `reason`.
+    pub fn close_all(&self, reason: Disconnect) {
+        for shard in self.conns.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for outbox in shard.values() {
+                outbox.closer().close(reason);
+            }
+        }
+    }
 }
 
 impl<V> Sharded<Arc<str>, V> {
@@ -400,7 +407,6 @@ impl<V> Sharded<Arc<str>, V> {
 mod tests {
     use super::*;
     use crate::outbox::outbox;
-    use crate::protocol::Disconnect;
 
     #[test]
     fn first_and_last_member_are_reported() {
@@ -447,6 +453,20 @@ mod tests {
             ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
             Some("pong")
         );
+    }
+
+    #[test]
+    fn close_all_closes_every_registered_connection_and_only_those() {
+        let hub = Hub::new();
+        let (a, ra) = outbox(1, 8);
+        let (b, rb) = outbox(2, 8);
+        let (_c, rc) = outbox(3, 8);
+        hub.add_connection(&a, Some("u1"));
+        hub.add_connection(&b, None);
+        hub.close_all(Disconnect::Shutdown);
+        assert_eq!(ra.closer.reason(), Some(Disconnect::Shutdown));
+        assert_eq!(rb.closer.reason(), Some(Disconnect::Shutdown));
+        assert_eq!(rc.closer.reason(), None, "never registered");
     }
 
     #[test]

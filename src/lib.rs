@@ -116,7 +116,6 @@ pub async fn run(
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));
 
     let stop_accepting = CancellationToken::new();
-    let close_clients = CancellationToken::new();
     let stop_admin = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -155,7 +154,6 @@ pub async fn run(
     let accept = tokio::spawn(listener::Listener::new(node.clone(), authenticator).run(
         listeners.ws,
         stop_accepting.clone(),
-        close_clients.clone(),
         tracker.clone(),
     ));
 
@@ -165,7 +163,7 @@ pub async fn run(
     stop_accepting.cancel();
     let _ = accept.await;
     broadcast_interest.abort();
-    close_clients.cancel();
+    node.close_all_clients();
     tracker.close();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

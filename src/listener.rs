@@ -72,15 +72,9 @@ impl Listener {
         }
     }
 
-    /// Accept until `stop` fires. Connection tasks are spawned on `tracker` and closed with
-    /// 1001 when `close_clients` fires.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        stop: CancellationToken,
-        close_clients: CancellationToken,
-        tracker: TaskTracker,
-    ) {
+    /// Accept until `stop` fires. Connection tasks are spawned on `tracker`; the node closes
+    /// them at shutdown.
+    pub async fn run(self, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
         let this = Arc::new(self);
         let sweeper = {
             let limiter = this.per_address.clone();
@@ -105,7 +99,7 @@ impl Listener {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    tracker.spawn(this.clone().handle(tcp, peer, close_clients.clone()));
+                    tracker.spawn(this.clone().handle(tcp, peer));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -124,7 +118,6 @@ impl Listener {
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
-        close_clients: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             let _ = tcp.set_nodelay(true);
@@ -166,7 +159,7 @@ impl Listener {
                 return;
             };
             node.metrics().connections_accepted.inc();
-            connection::serve(node.clone(), Box::new(ws), identity, close_clients).await;
+            connection::serve(node.clone(), Box::new(ws), identity).await;
             drop(admitted);
         }
     }

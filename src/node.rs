@@ -27,7 +27,8 @@ use crate::metrics::{Drop, Metrics};
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
 use crate::presence::{LocalPresence, PresenceRules};
 use crate::protocol::{
-    self, CommandError, ErrorCode, Frame, PresenceList, RESERVED_ROOM_PREFIX, validate_room,
+    self, CommandError, Disconnect, ErrorCode, Frame, PresenceList, RESERVED_ROOM_PREFIX,
+    validate_room,
 };
 
 /// Capacity of the queue from the broker to the dispatcher.
@@ -194,6 +195,13 @@ impl Node {
         self.accepting.store(false, Ordering::Release);
     }
 
+    /// Close every client with 1001; call after [`Node::stop_accepting`]. A session opening
+    /// concurrently either is in the hub here or sees the node no longer accepting and closes
+    /// itself (the hub's shard lock orders the two).
+    pub fn close_all_clients(&self) {
+        self.hub.close_all(Disconnect::Shutdown);
+    }
+
     /// Take a connection slot, or `None` when the node is at `server.max_connections`.
     pub fn reserve_slot(self: &Arc<Self>) -> Option<SlotGuard> {
         let max = self.config.server.max_connections;
@@ -236,6 +244,9 @@ impl Node {
             self.hub.add_connection(&outbox, None);
         }
         self.metrics.connections_open.inc();
+        if !self.is_accepting() {
+            outbox.closer().close(Disconnect::Shutdown);
+        }
         let session = Session {
             conn,
             conn_id: format!("{}.{conn}", self.instance),

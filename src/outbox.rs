@@ -6,11 +6,12 @@
 //! connection's business.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 
 use crate::protocol::{Disconnect, Frame};
 
@@ -18,10 +19,15 @@ use crate::protocol::{Disconnect, Frame};
 pub type ConnId = u64;
 
 /// Why and whether a connection is closing. The first reason wins.
+///
+/// An atomic and one waker rather than a `CancellationToken`: the connection's loop checks it
+/// on every turn, and a token locks its tree node's mutex for each check; a token also costs
+/// an allocation per connection. Only the connection's own task waits on [`Closer::closed`].
 #[derive(Debug, Default)]
 pub struct Closer {
+    /// 0 while open, else `Disconnect::to_u8` of the first reason.
     reason: AtomicU8,
-    token: CancellationToken,
+    waiter: AtomicWaker,
 }
 
 impl Closer {
@@ -30,7 +36,7 @@ impl Closer {
         let _ =
             self.reason
                 .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.waiter.wake();
     }
 
     pub fn reason(&self) -> Option<Disconnect> {
@@ -38,12 +44,24 @@ impl Closer {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.token.is_cancelled()
+        self.reason.load(Ordering::Acquire) != 0
     }
 
-    /// Resolves once [`Closer::close`] has been called.
-    pub async fn closed(&self) {
-        self.token.cancelled().await
+    /// Resolves once [`Closer::close`] has been called. For the connection's own task only: a
+    /// second task waiting at the same time would take the first one's place.
+    pub fn closed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.is_closing() {
+                return Poll::Ready(());
+            }
+            self.waiter.register(cx.waker());
+            // A close between the check and the registration woke nobody: look again.
+            if self.is_closing() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -260,6 +278,28 @@ mod tests {
         let (tx, rx) = outbox(1, 8);
         drop(rx);
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_when_another_task_closes() {
+        let (tx, rx) = outbox(1, 2);
+        let closer = rx.closer.clone();
+        let waiting = tokio::spawn(async move { closer.closed().await });
+        // Closed whether or not the waiter has registered yet: both orders must wake it.
+        tx.closer().close(Disconnect::TooLarge);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("closed() resolved")
+            .expect("waiter task");
+        assert!(rx.closer.is_closing());
+        rx.closer.closed().await;
+    }
+
+    #[test]
+    fn an_open_closer_is_not_closing() {
+        let (tx, _rx) = outbox(1, 2);
+        assert!(!tx.closer().is_closing());
+        assert_eq!(tx.closer().reason(), None);
     }
 
     #[test]
