@@ -17,6 +17,7 @@ use std::pin::Pin;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -40,45 +41,60 @@ const IDLE_BATCH_CAPACITY: usize = 8;
 
 /// Serve one accepted WebSocket until it closes. A node shutting down closes it with 1001
 /// through its [`Closer`](crate::outbox::Closer), like any other reason.
+///
+/// The listener hands the socket over corked (`TCP_CORK`): the handshake's 101 response waits
+/// in the kernel until the welcome is written behind it, then both leave in one segment, one
+/// transmit (and one wake-up of the client) per connect instead of two.
 /// (A plain function around an `async move` block for the reason given at `drive`; the
 /// socket comes boxed so that the futures it passes through hold a pointer, not 312 bytes
 /// each.)
 // Not `async fn`, on purpose: see `drive`.
 #[allow(clippy::manual_async_fn)]
-pub fn serve<S>(
+pub fn serve(
     node: Arc<Node>,
-    ws: Box<WebSocketStream<S>>,
+    mut ws: Box<WebSocketStream<TcpStream>>,
     identity: Option<Identity>,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> impl Future<Output = ()> + Send {
     async move {
         let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
         let (session, receiver) = match node.open_session(identity).await {
             Ok(opened) => opened,
             Err(err) => {
                 error!(%err, "cannot register connection with the broker");
-                let mut ws = ws;
                 let _ = tokio::time::timeout(
                     close_timeout,
                     ws.as_mut().close(Some(close_frame(Disconnect::Internal))),
                 )
                 .await;
+                uncork(&ws);
                 node.metrics().disconnected(Disconnect::Internal);
                 return;
             }
         };
+        // Written here rather than through the outbox, so that it leaves with the 101 response
+        // (see above); nothing reaches the socket from the outbox before it.
+        let welcome = protocol::welcome(
+            &session.conn_id,
+            node.node_id(),
+            session.user.as_deref(),
+            node.config().limits.ping_interval_ms,
+        );
+        let greeted = tokio::time::timeout(
+            close_timeout,
+            ws.send(Message::Text(welcome.into_utf8_bytes())),
+        )
+        .await;
+        uncork(&ws);
+        if !matches!(greeted, Ok(Ok(()))) {
+            let mut session = session;
+            node.close_session(&mut session).await;
+            node.metrics().disconnected(Disconnect::PeerGone);
+            return;
+        }
         let closer = receiver.closer.clone();
         // In a block: what moves into the loop must not stay reserved in this state too.
         let driving = {
             let config = node.config();
-            session.outbox.offer(protocol::welcome(
-                &session.conn_id,
-                node.node_id(),
-                session.user.as_deref(),
-                config.limits.ping_interval_ms,
-            ));
             // A connection lives no longer than its token.
             let expiry = session
                 .identity
@@ -260,6 +276,14 @@ where
         })
         .await;
         session
+    }
+}
+
+/// Let the kernel send what the listener's `TCP_CORK` held back. Failing leaves the data to
+/// the kernel's 200 ms cork ceiling: later, not lost.
+fn uncork(ws: &WebSocketStream<TcpStream>) {
+    if let Err(err) = socket2::SockRef::from(ws.get_ref()).set_tcp_cork(false) {
+        debug!(%err, "cannot uncork the socket");
     }
 }
 

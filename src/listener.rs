@@ -121,6 +121,9 @@ impl Listener {
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             let _ = tcp.set_nodelay(true);
+            // Until the welcome is written (`connection::serve` uncorks): the 101 response and
+            // the welcome then share one segment. A refused handshake's response leaves at close.
+            let _ = socket2::SockRef::from(&tcp).set_tcp_cork(true);
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;

@@ -329,3 +329,78 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The listener corks a new socket until the welcome is written, so the 101 response and the
+/// welcome reach the client as one TCP segment (TCP_INFO's data segment count, Linux).
+#[tokio::test]
+async fn the_upgrade_response_and_the_welcome_arrive_in_one_segment() {
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = node().await;
+    let mut tcp = tokio::net::TcpStream::connect(node.ws_addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        node.ws_addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("request");
+
+    // Read until the response head and one whole (unmasked, short) text frame are in.
+    let mut got = Vec::new();
+    let welcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let frame = &got[head + 4..];
+            if frame.len() < 4 {
+                continue;
+            }
+            assert_eq!(frame[0], 0x81, "a final text frame");
+            let (len, start) = match frame[1] {
+                126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+                n if n < 126 => (usize::from(n), 2),
+                n => panic!("unexpected length byte {n}"),
+            };
+            if frame.len() >= start + len {
+                break serde_json::from_slice::<Value>(&frame[start..start + len])
+                    .expect("welcome json");
+            }
+        }
+    })
+    .await
+    .expect("101 and welcome within 5 s");
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(welcome["type"], "welcome");
+
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct.
+    let info = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    };
+    assert_eq!(
+        info.tcpi_data_segs_in, 1,
+        "the 101 response and the welcome came as {} segments",
+        info.tcpi_data_segs_in
+    );
+}
