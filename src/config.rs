@@ -49,6 +49,11 @@ pub struct ServerConfig {
     /// Frames queued for a socket are written once this many bytes are buffered (and at every
     /// flush).
     pub write_buffer_bytes: usize,
+    /// `TCP_NODELAY` on client sockets: each flush leaves at once. `false` lets the kernel
+    /// hold a small write while an earlier one is unacknowledged (Nagle), which packs several
+    /// frames per segment under load, at up to a round trip (or a client's delayed ACK) of
+    /// latency on a burst.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +71,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
+            tcp_nodelay: true,
             shutdown_grace_ms: 10_000,
         }
     }

@@ -120,10 +120,7 @@ impl Listener {
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            let _ = tcp.set_nodelay(true);
-            // Until the welcome is written (`connection::serve` uncorks): the 101 response and
-            // the welcome then share one segment. A refused handshake's response leaves at close.
-            let _ = socket2::SockRef::from(&tcp).set_tcp_cork(true);
+            prepare_socket(&tcp, self.node.config().server.tcp_nodelay);
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;
@@ -319,4 +316,40 @@ fn error_response(status: StatusCode, message: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(message.to_owned()));
     *response.status_mut() = status;
     response
+}
+/// `server.tcp_nodelay`, and `TCP_CORK` until the welcome is written (`connection::serve`
+/// uncorks), so the 101 response and the welcome share one segment; a refused handshake's
+/// response leaves at close. Failures only cost an extra segment or the kernel's default.
+fn prepare_socket(tcp: &TcpStream, nodelay: bool) {
+    if let Err(err) = tcp.set_nodelay(nodelay) {
+        debug!(%err, "cannot set TCP_NODELAY");
+    }
+    if let Err(err) = socket2::SockRef::from(tcp).set_tcp_cork(true) {
+        debug!(%err, "cannot cork the socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accepted socket of this machine's loopback and what `prepare_socket` leaves on it.
+    async fn prepared(nodelay: bool) -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        prepare_socket(&accepted, nodelay);
+        (accepted, client)
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_follow_tcp_nodelay_and_start_corked() {
+        for nodelay in [true, false] {
+            let (accepted, _client) = prepared(nodelay).await;
+            assert_eq!(accepted.nodelay().expect("nodelay"), nodelay);
+            let sock = socket2::SockRef::from(&accepted);
+            assert!(sock.tcp_cork().expect("cork"), "corked until the welcome");
+        }
+    }
 }

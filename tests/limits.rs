@@ -53,6 +53,26 @@ async fn tiny_socket_buffers_still_carry_large_frames() {
     assert_eq!(b.request(json!({"type":"ping"}), "b").await["type"], "pong");
 }
 
+/// `server.tcp_nodelay = false` (Nagle) changes when segments leave, never what arrives: a
+/// burst published back to back reaches a member whole and in order.
+#[tokio::test]
+async fn without_tcp_nodelay_a_burst_arrives_whole_and_in_order() {
+    let mut config = test_config();
+    config.server.tcp_nodelay = false;
+    let node = TestNode::start(config).await;
+    let mut a = node.connect().await;
+    let mut b = node.connect().await;
+    a.join("burst").await;
+    b.join("burst").await;
+    for n in 0..20 {
+        a.send_json(json!({"type":"publish","room":"burst","data":n,"echo":false}))
+            .await;
+    }
+    for n in 0..20 {
+        assert_eq!(b.recv_type("message").await["data"], n);
+    }
+}
+
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007() {
     let node = TestNode::start(test_config()).await;
