@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// frames per segment under load, at up to a round trip (or a client's delayed ACK) of
     /// latency on a burst.
     pub tcp_nodelay: bool,
+    /// Connections the kernel queues for the accept loop (`listen` backlog; the kernel caps it
+    /// at `net.core.somaxconn`). A reconnect storm overflowing it costs each dropped client a
+    /// 1 s SYN retransmission.
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
             tcp_nodelay: true,
+            listen_backlog: 4096,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -394,6 +399,7 @@ impl Config {
             "server.write_buffer_bytes",
             self.server.write_buffer_bytes as u64,
         )?;
+        positive("server.listen_backlog", self.server.listen_backlog.into())?;
         if self.admin.api_key.as_deref() == Some("") {
             return Err(ConfigError::key("admin.api_key", "must not be empty"));
         }

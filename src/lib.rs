@@ -36,10 +36,11 @@ pub mod presence;
 pub mod protocol;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,13 +59,27 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Bind the addresses of `config`.
+    /// Bind the addresses of `config`; the WebSocket one with `server.listen_backlog`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            ws: TcpListener::bind(config.listen_addr()).await?,
+            ws: bind_with_backlog(config.listen_addr(), config.server.listen_backlog)?,
             admin: TcpListener::bind(config.admin_addr()).await?,
         })
     }
+}
+
+/// A listening socket with an explicit backlog: `TcpListener::bind` uses 128 here, which a
+/// few hundred clients connecting at once overflow (measured: `BENCHMARKS.md` §9).
+pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted node can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -165,6 +165,10 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.write_buffer_bytes",
         ),
         (
+            vec![("ROOMCAST_SERVER__LISTEN_BACKLOG", "0")],
+            "server.listen_backlog",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
