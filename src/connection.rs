@@ -91,7 +91,6 @@ pub fn serve(
             node.metrics().disconnected(Disconnect::PeerGone);
             return;
         }
-        let closer = receiver.closer.clone();
         // In a block: what moves into the loop must not stay reserved in this state too.
         let driving = {
             let config = node.config();
@@ -110,7 +109,11 @@ pub fn serve(
             return;
         };
         node.close_session(&mut session).await;
-        let reason = closer.reason().unwrap_or(Disconnect::PeerGone);
+        let reason = session
+            .outbox
+            .closer()
+            .reason()
+            .unwrap_or(Disconnect::PeerGone);
         node.metrics().disconnected(reason);
         debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
     }
@@ -131,7 +134,7 @@ fn drive<'a, S>(
     mut ws: Box<WebSocketStream<S>>,
     mut idle_state: Option<(Session, MessageRate)>,
     expiry: Option<Instant>,
-    mut outbox: OutboxReceiver,
+    outbox: OutboxReceiver,
     close_timeout: Duration,
 ) -> impl Future<Output = Option<Session>> + Send + 'a
 where
@@ -139,7 +142,7 @@ where
 {
     async move {
         let limits = &node.config().limits;
-        let closer = outbox.closer.clone();
+        let closer = outbox.closer();
         let idle = Duration::from_millis(limits.idle_timeout_ms);
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
         let mut last_read = Instant::now();

@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn delivery_skips_the_sender_when_asked_and_counts_overflow() {
         let hub = Hub::new();
-        let (a, mut ra) = outbox(1, 8);
+        let (a, ra) = outbox(1, 8);
         let (b, rb) = outbox(2, 1);
         hub.join("r", &a);
         hub.join("r", &b);
@@ -448,7 +448,7 @@ mod tests {
                 overflowed: 1
             }
         );
-        assert_eq!(rb.closer.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(rb.closer().reason(), Some(Disconnect::SlowConsumer));
         assert_eq!(
             ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
             Some("pong")
@@ -464,17 +464,17 @@ mod tests {
         hub.add_connection(&a, Some("u1"));
         hub.add_connection(&b, None);
         hub.close_all(Disconnect::Shutdown);
-        assert_eq!(ra.closer.reason(), Some(Disconnect::Shutdown));
-        assert_eq!(rb.closer.reason(), Some(Disconnect::Shutdown));
-        assert_eq!(rc.closer.reason(), None, "never registered");
+        assert_eq!(ra.closer().reason(), Some(Disconnect::Shutdown));
+        assert_eq!(rb.closer().reason(), Some(Disconnect::Shutdown));
+        assert_eq!(rc.closer().reason(), None, "never registered");
     }
 
     #[test]
     fn users_and_broadcast() {
         let hub = Hub::new();
-        let (a, mut ra) = outbox(1, 8);
-        let (b, mut rb) = outbox(2, 8);
-        let (c, mut rc) = outbox(3, 8);
+        let (a, ra) = outbox(1, 8);
+        let (b, rb) = outbox(2, 8);
+        let (c, rc) = outbox(3, 8);
         assert!(hub.add_connection(&a, Some("u1")));
         assert!(!hub.add_connection(&b, Some("u1")));
         assert!(!hub.add_connection(&c, None));
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn a_gate_holds_traffic_and_releases_only_what_the_replay_did_not_cover() {
         let hub = Hub::new();
-        let (a, mut ra) = outbox(1, 16);
+        let (a, ra) = outbox(1, 16);
         let (joined, gate) = hub.join_gated("h", &a, 8);
         assert!(joined.first);
         let gate = gate.expect("gate");
@@ -521,7 +521,7 @@ mod tests {
         for i in 0..3 {
             hub.deliver_room("h", &Frame::plain_pong(), None, Some(i));
         }
-        assert_eq!(ra.closer.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(ra.closer().reason(), Some(Disconnect::SlowConsumer));
         drop(gate);
     }
 
@@ -530,7 +530,7 @@ mod tests {
     #[test]
     fn a_live_copy_of_a_replayed_message_is_dropped_after_the_gate_opens() {
         let hub = Hub::new();
-        let (a, mut ra) = outbox(1, 16);
+        let (a, ra) = outbox(1, 16);
         let (_, gate) = hub.join_gated("h", &a, 8);
         let gate = gate.expect("gate");
         // The replay covered offsets up to 5; nothing was held.

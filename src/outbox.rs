@@ -73,7 +73,9 @@ impl Closer {
 struct Queue {
     state: Mutex<QueueState>,
     capacity: usize,
-    closer: Arc<Closer>,
+    /// Here rather than in an `Arc` of its own: one allocation per connection, and the writer
+    /// checks it on the cache lines it touches anyway.
+    closer: Closer,
     /// Live `Outbox` handles; the receiver sees the end of the stream when it reaches 0.
     senders: AtomicUsize,
 }
@@ -139,7 +141,7 @@ impl Outbox {
         self.conn
     }
 
-    pub fn closer(&self) -> &Arc<Closer> {
+    pub fn closer(&self) -> &Closer {
         &self.queue.closer
     }
 
@@ -176,12 +178,15 @@ pub struct Empty;
 #[derive(Debug)]
 pub struct OutboxReceiver {
     queue: Arc<Queue>,
-    pub closer: Arc<Closer>,
 }
 
 impl OutboxReceiver {
+    pub fn closer(&self) -> &Closer {
+        &self.queue.closer
+    }
+
     /// Wait for frames and move up to `max` of them into `batch`. 0: every sender is gone.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Frame>, max: usize) -> usize {
+    pub async fn recv_many(&self, batch: &mut Vec<Frame>, max: usize) -> usize {
         std::future::poll_fn(|cx| {
             let mut state = self.queue.state();
             if state.frames.is_empty() {
@@ -205,7 +210,7 @@ impl OutboxReceiver {
     }
 
     /// The next frame, if one is queued.
-    pub fn try_recv(&mut self) -> Result<Frame, Empty> {
+    pub fn try_recv(&self) -> Result<Frame, Empty> {
         self.queue.state().frames.pop_front().ok_or(Empty)
     }
 }
@@ -220,11 +225,10 @@ impl std::ops::Drop for OutboxReceiver {
 
 /// A new outbox holding at most `capacity` frames.
 pub fn outbox(conn: ConnId, capacity: usize) -> (Outbox, OutboxReceiver) {
-    let closer = Arc::new(Closer::default());
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState::default()),
         capacity: capacity.max(1),
-        closer: closer.clone(),
+        closer: Closer::default(),
         senders: AtomicUsize::new(1),
     });
     (
@@ -232,7 +236,7 @@ pub fn outbox(conn: ConnId, capacity: usize) -> (Outbox, OutboxReceiver) {
             conn,
             queue: queue.clone(),
         },
-        OutboxReceiver { queue, closer },
+        OutboxReceiver { queue },
     )
 }
 
@@ -246,13 +250,13 @@ mod tests {
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Queued);
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Queued);
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Overflowed);
-        assert_eq!(rx.closer.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(rx.closer().reason(), Some(Disconnect::SlowConsumer));
         assert_eq!(tx.offer(Frame::plain_pong()), Offer::Closed);
     }
 
     #[tokio::test]
     async fn frames_come_out_in_order_and_the_end_is_seen_when_senders_go() {
-        let (tx, mut rx) = outbox(1, 8);
+        let (tx, rx) = outbox(1, 8);
         let other = tx.clone();
         let waiting = tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -261,7 +265,7 @@ mod tests {
         });
         tx.offer(Frame::plain_pong());
         other.offer(Frame::plain_pong());
-        let (n, batch, mut rx) = waiting.await.expect("receiver");
+        let (n, batch, rx) = waiting.await.expect("receiver");
         assert!(n >= 1 && batch.len() == n, "woken with what was queued");
         let mut rest = Vec::new();
         if n < 2 {
@@ -283,16 +287,18 @@ mod tests {
     #[tokio::test]
     async fn closed_resolves_when_another_task_closes() {
         let (tx, rx) = outbox(1, 2);
-        let closer = rx.closer.clone();
-        let waiting = tokio::spawn(async move { closer.closed().await });
+        let waiting = tokio::spawn(async move {
+            rx.closer().closed().await;
+            rx
+        });
         // Closed whether or not the waiter has registered yet: both orders must wake it.
         tx.closer().close(Disconnect::TooLarge);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        let rx = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .expect("closed() resolved")
             .expect("waiter task");
-        assert!(rx.closer.is_closing());
-        rx.closer.closed().await;
+        assert!(rx.closer().is_closing());
+        rx.closer().closed().await;
     }
 
     #[test]
