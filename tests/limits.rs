@@ -484,7 +484,6 @@ async fn a_flood_of_malformed_frames_leaves_other_clients_delivery_intact() {
 /// TCP_INFO's `tcpi_sacked` (Linux), capped by `net.core.somaxconn`.
 #[tokio::test]
 async fn the_websocket_listener_gets_the_configured_backlog() {
-    use std::os::fd::AsRawFd;
     let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -495,20 +494,7 @@ async fn the_websocket_listener_gets_the_configured_backlog() {
         config.admin.listen = "127.0.0.1:0".into();
         config.server.listen_backlog = backlog;
         let listeners = roomcast::Listeners::bind(&config).await.expect("bind");
-        // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct.
-        let info = unsafe {
-            let mut info: libc::tcp_info = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-            let rc = libc::getsockopt(
-                listeners.ws.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            );
-            assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-            info
-        };
+        let info = tcp_info(&listeners.ws);
         assert_eq!(
             info.tcpi_sacked,
             backlog.min(somaxconn),

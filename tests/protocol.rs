@@ -334,7 +334,6 @@ fn now_ms() -> u64 {
 /// welcome reach the client as one TCP segment (TCP_INFO's data segment count, Linux).
 #[tokio::test]
 async fn the_upgrade_response_and_the_welcome_arrive_in_one_segment() {
-    use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let node = node().await;
@@ -384,20 +383,7 @@ async fn the_upgrade_response_and_the_welcome_arrive_in_one_segment() {
     );
     assert_eq!(welcome["type"], "welcome");
 
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct.
-    let info = unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-        info
-    };
+    let info = tcp_info(&tcp);
     assert_eq!(
         info.tcpi_data_segs_in, 1,
         "the 101 response and the welcome came as {} segments",

@@ -21,6 +21,25 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod cluster;
 
+/// The kernel's `TCP_INFO` for a socket (Linux): segment counts of a connection, or the
+/// backlog of a listener (`tcpi_sacked`).
+pub fn tcp_info(socket: &impl std::os::fd::AsRawFd) -> libc::tcp_info {
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C struct.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    }
+}
+
 /// The longest any test waits for one event.
 pub const WAIT: Duration = Duration::from_secs(10);
 
