@@ -70,7 +70,7 @@ impl Listeners {
 
 /// A listening socket with an explicit backlog: `TcpListener::bind` uses 128 here, which a
 /// few hundred clients connecting at once overflow (measured: `BENCHMARKS.md` §9).
-pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

@@ -317,6 +317,7 @@ fn error_response(status: StatusCode, message: &str) -> ErrorResponse {
     *response.status_mut() = status;
     response
 }
+
 /// `server.tcp_nodelay`, and `TCP_CORK` until the welcome is written (`connection::serve`
 /// uncorks), so the 101 response and the welcome share one segment; a refused handshake's
 /// response leaves at close. Failures only cost an extra segment or the kernel's default.
