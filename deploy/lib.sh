@@ -51,6 +51,34 @@ stage_report() {
     printf '%-60s %8s\n' "total" "$total"
 }
 
+# stop_pids SECONDS PID... : SIGTERM each PID (the last first), wait up to SECONDS for them,
+# SIGKILL what is left, and reap them. Only processes this script started, by pid.
+stop_pids() {
+    local secs=$1 pid deadline i
+    shift
+    local pids=("$@")
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+    deadline=$(($(date +%s) + secs))
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid did not stop in ${secs}s; SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# finish_run_dir STATUS OWN DIR : a run folder the script made itself (OWN non-empty) goes
+# when the run succeeded or was interrupted (STATUS 0, 130, 143); otherwise its logs stay.
+finish_run_dir() {
+    [ -n "$2" ] || return 0
+    case $1 in
+        0 | 130 | 143) rm -rf "$3" ;;
+        *) log "logs kept in $3" ;;
+    esac
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND... : run COMMAND every half second until it succeeds;
 # fail after SECONDS.
 wait_for() {

@@ -87,29 +87,14 @@ start() { # start NAME COMMAND... : run in the background, output to RUN/NAME.lo
 # The script's own stdout and stderr, for the exit handler.
 exec 7>&1 8>&2
 cleanup() {
-    local status=$? i deadline
+    local status=$?
     trap - EXIT INT TERM
     exec 1>&7 2>&8   # a signal may land while output is redirected (wait_for)
     if [ ${#PIDS[@]} -gt 0 ]; then
-        log "stopping the cluster"
-        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-        deadline=$(($(date +%s) + 15))
-        for i in "${!PIDS[@]}"; do
-            while kill -0 "${PIDS[$i]}" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
-            if kill -0 "${PIDS[$i]}" 2>/dev/null; then
-                log "${NAMES[$i]} (pid ${PIDS[$i]}) did not stop in time; SIGKILL"
-                kill -KILL "${PIDS[$i]}" 2>/dev/null || true
-            fi
-            wait "${PIDS[$i]}" 2>/dev/null || true
-        done
+        log "stopping the cluster (${NAMES[*]}: pids ${PIDS[*]})"
+        stop_pids 15 "${PIDS[@]}"
     fi
-    if [ -n "$own_run_dir" ]; then
-        if [ "$status" = 0 ] || [ "$status" = 130 ] || [ "$status" = 143 ]; then
-            rm -rf "$run_dir"
-        else
-            log "logs kept in $run_dir"
-        fi
-    fi
+    finish_run_dir "$status" "$own_run_dir" "$run_dir"
     log "stopped"
     exit "$status"
 }

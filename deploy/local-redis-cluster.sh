@@ -64,25 +64,13 @@ run_dir=$(cd "$run_dir" && pwd)
 
 PIDS=()
 cleanup() {
-    local status=$? pid deadline
+    local status=$?
     trap - EXIT INT TERM
     if [ ${#PIDS[@]} -gt 0 ]; then
         log "stopping ${#PIDS[@]} redis-server processes (pids ${PIDS[*]})"
-        for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-        deadline=$(($(date +%s) + 10))
-        for pid in "${PIDS[@]}"; do
-            while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
-            kill -0 "$pid" 2>/dev/null && { log "pid $pid did not stop; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
-            wait "$pid" 2>/dev/null || true
-        done
+        stop_pids 10 "${PIDS[@]}"
     fi
-    if [ -n "$own_run_dir" ]; then
-        if [ "$status" = 0 ] || [ "$status" = 130 ] || [ "$status" = 143 ]; then
-            rm -rf "$run_dir"
-        else
-            log "logs kept in $run_dir"
-        fi
-    fi
+    finish_run_dir "$status" "$own_run_dir" "$run_dir"
     exit "$status"
 }
 trap cleanup EXIT
