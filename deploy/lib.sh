@@ -56,10 +56,9 @@ stage_report() {
 stop_pids() {
     local secs=$1 pid deadline i
     shift
-    local pids=("$@")
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+    for ((i = $#; i >= 1; i--)); do kill -TERM "${!i}" 2>/dev/null || true; done
     deadline=$(($(date +%s) + secs))
-    for pid in "${pids[@]}"; do
+    for pid in "$@"; do
         while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
         if kill -0 "$pid" 2>/dev/null; then
             log "pid $pid did not stop in ${secs}s; SIGKILL"
