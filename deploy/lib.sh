@@ -68,6 +68,18 @@ stop_pids() {
     done
 }
 
+# make_run_dir PREFIX : $run_dir (created when missing), or a new temporary folder PREFIX.XXXXXX
+# that is then the script's own (own_run_dir=1, see finish_run_dir); run_dir ends absolute.
+make_run_dir() {
+    own_run_dir=
+    if [ -z "$run_dir" ]; then
+        run_dir=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+        own_run_dir=1
+    fi
+    mkdir -p "$run_dir"
+    run_dir=$(cd "$run_dir" && pwd)
+}
+
 # finish_run_dir STATUS OWN DIR : a run folder the script made itself (OWN non-empty) goes
 # when the run succeeded or was interrupted (STATUS 0, 130, 143); otherwise its logs stay.
 finish_run_dir() {

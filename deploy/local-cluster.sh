@@ -67,13 +67,7 @@ PROM_PORT=$((base_port + 8))
 ws_port() { echo $((base_port + $1)); }
 admin_port() { echo $((base_port + 3 + $1)); }
 
-own_run_dir=
-if [ -z "$run_dir" ]; then
-    run_dir=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-cluster.XXXXXX")
-    own_run_dir=1
-fi
-mkdir -p "$run_dir"
-run_dir=$(cd "$run_dir" && pwd)
+make_run_dir roomcast-cluster
 
 # -- process bookkeeping: everything started here is stopped at exit, by pid -----------------
 PIDS=() NAMES=() REPORTED=()

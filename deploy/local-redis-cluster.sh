@@ -54,13 +54,7 @@ else
     block_free "$base_port" || die "a port of $base_port..$((base_port + masters - 1)) or its bus port (+10000) is in use"
 fi
 
-own_run_dir=
-if [ -z "$run_dir" ]; then
-    run_dir=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-redis-cluster.XXXXXX")
-    own_run_dir=1
-fi
-mkdir -p "$run_dir"
-run_dir=$(cd "$run_dir" && pwd)
+make_run_dir roomcast-redis-cluster
 
 PIDS=()
 cleanup() {
