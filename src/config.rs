@@ -310,6 +310,18 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
+        let config = Config::load_unvalidated(file, env, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without [`Config::validate`]: `roomcast check-config` validates on its
+    /// own to name every bad key, not only the first.
+    pub fn load_unvalidated(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.exists() {
@@ -371,7 +383,6 @@ impl Config {
         let config: Config = raw
             .try_deserialize()
             .map_err(|e| ConfigError(describe_deserialize_error(e)))?;
-        config.validate()?;
         Ok(config)
     }
 

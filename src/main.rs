@@ -3,50 +3,30 @@
 //! `roomcast [--config PATH] [--listen ADDR] [--admin-listen ADDR] [--redis URL]
 //! [--redis-cluster URL,URL,…] [--node-id ID]`
 //! A bad configuration exits with status 2 and a message naming the key.
+//!
+//! With a subcommand (`token`, `check-config`, `publish`, `notify`, `broadcast`) it does that
+//! chore instead of serving: see `cli`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use roomcast::config::{Config, LogFormat, Overrides};
+use roomcast::config::LogFormat;
 use roomcast::{Listeners, run};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-#[derive(Parser, Debug)]
-#[command(name = "roomcast", version, about = "WebSocket broadcast gateway")]
-struct Args {
-    /// TOML configuration file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// WebSocket address (server.listen), e.g. 0.0.0.0:8080 or :0.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Admin HTTP address (admin.listen).
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// Use the Redis broker at this URL (broker.kind = "redis", redis.url).
-    #[arg(long)]
-    redis: Option<String>,
-    /// Use a Redis Cluster through these seed nodes, comma-separated (broker.kind = "redis",
-    /// redis.cluster = true, redis.urls).
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
-    redis_cluster: Option<Vec<String>>,
-    /// Node id sent in `welcome` (server.node_id).
-    #[arg(long)]
-    node_id: Option<String>,
-}
+mod cli;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let overrides = Overrides {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        redis_url: args.redis,
-        redis_cluster: args.redis_cluster,
-        node_id: args.node_id,
-    };
-    let config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides) {
+    let args = cli::Args::parse();
+    match args.command {
+        Some(command) => cli::run(command),
+        None => serve(&args.node),
+    }
+}
+
+fn serve(flags: &cli::NodeFlags) -> ExitCode {
+    let config = match flags.load() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("roomcast: {err}");
