@@ -2,8 +2,6 @@
 //! loopback port. Everything started here is stopped on drop, also when a test fails.
 //! Every wait is bounded by [`WAIT`].
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;

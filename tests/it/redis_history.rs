@@ -2,12 +2,10 @@
 //! keeping history with one `FCALL`, a node whose pub/sub link drops catching up, and clients
 //! of a killed node resuming on another without loss.
 
-mod support;
-
+use crate::support::*;
 use redis::aio::MultiplexedConnection;
 use roomcast::config::{BrokerKind, Config, HistoryRule};
 use serde_json::{Value, json};
-use support::*;
 
 fn prefix(test: &str) -> String {
     format!("rc-hist:{test}:{:08x}:", rand::random::<u32>())

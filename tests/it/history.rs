@@ -2,11 +2,9 @@
 //! `recovered`, and no gap and no duplicate while messages keep coming (embedded broker; the
 //! Redis broker runs the same checks in tests/redis_history.rs).
 
-mod support;
-
+use crate::support::*;
 use roomcast::config::{Config, HistoryRule};
 use serde_json::{Value, json};
-use support::*;
 
 fn history_config() -> Config {
     let mut config = test_config();

@@ -7,15 +7,13 @@
 //! Every cluster and node is stopped on drop, also when a test fails; every wait is bounded
 //! by `support::WAIT` (the cluster's own start and failover by the harness's bounds).
 
-mod support;
-
 use std::collections::HashMap;
 
+use crate::support::cluster::RedisCluster;
+use crate::support::*;
 use redis::aio::MultiplexedConnection;
 use roomcast::config::{BrokerKind, Config};
 use serde_json::{Value, json};
-use support::cluster::RedisCluster;
-use support::*;
 
 fn unique_prefix(test: &str) -> String {
     format!("rc-cluster:{test}:{:08x}:", rand::random::<u32>())

@@ -3,15 +3,13 @@
 //! no ghosts; with the Redis broker (real `redis-server`, real nodes, the real binary where a
 //! node must be SIGKILLed) and with the memory broker.
 
-mod support;
-
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use roomcast::config::{AuthMode, BrokerKind, Config, PresenceRule};
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "presence-test-secret-of-some-length";
 
@@ -833,7 +831,7 @@ async fn member_events_in(client: &mut Peer, rooms: &[String], expected: (String
 /// pub/sub, a user's notifications on its shard channel.
 #[tokio::test(flavor = "multi_thread")]
 async fn presence_and_notifications_work_on_a_redis_cluster() {
-    let cluster = support::cluster::RedisCluster::start(3, 0);
+    let cluster = crate::support::cluster::RedisCluster::start(3, 0);
     let p = prefix("cluster");
     let config = |node_id: &str| {
         let mut config = memory_config(true);

@@ -5,12 +5,11 @@
 //! Every test starts its own `redis-server` and uses its own channel prefix; every wait is
 //! bounded by `support::WAIT`.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use roomcast::broker::redis::{RedisBroker, Timings};
@@ -19,7 +18,6 @@ use roomcast::config::{BrokerKind, Config, RedisConfig};
 use roomcast::metrics::Metrics;
 use roomcast::protocol::data_from_payload;
 use serde_json::{Value, json};
-use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
