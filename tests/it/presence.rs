@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use roomcast::config::{AuthMode, BrokerKind, Config, PresenceRule};
+use roomcast::config::{AuthMode, Config, PresenceRule};
 use serde_json::{Value, json};
 
 const SECRET: &str = "presence-test-secret-of-some-length";
@@ -63,15 +63,12 @@ fn memory_config(jwt: bool) -> Config {
 fn redis_config(redis: &RedisServer, prefix: &str, node_id: &str, ttl_s: u64) -> Config {
     let mut config = memory_config(true);
     config.server.node_id = node_id.into();
-    config.broker.kind = BrokerKind::Redis;
-    config.redis.url = redis.url();
-    config.redis.prefix = prefix.into();
     config.presence.ttl_s = ttl_s;
-    config
+    config.on_redis(redis, prefix)
 }
 
 fn prefix(test: &str) -> String {
-    format!("rc-pres:{test}:{:08x}:", rand::random::<u32>())
+    unique_prefix("rc-pres", test)
 }
 
 /// A client that keeps the frames it skips while waiting for a reply, so that no member event
@@ -462,35 +459,14 @@ async fn spawn_node(
     node_id: &str,
     ttl_s: u64,
 ) -> (Child, String) {
-    let file = std::env::temp_dir().join(format!(
-        "roomcast-{}{node_id}.toml",
-        prefix.replace(':', "-")
-    ));
-    std::fs::write(
-        &file,
-        format!(
-            "[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\n[presence]\nttl_s = {ttl_s}\n\
-             rooms = [{{ pattern = \"chat:*\", events = true }}]\n"
-        ),
-    )
-    .expect("write config");
-    let redis_url = redis.url();
-    spawn_binary(
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--admin-listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--redis".as_ref(),
-            redis_url.as_ref(),
-            "--node-id".as_ref(),
-            node_id.as_ref(),
-            "--config".as_ref(),
-            file.as_os_str(),
-        ],
-        &[("ROOMCAST_REDIS__PREFIX", prefix)],
-    )
-    .await
+    let config_toml = format!(
+        "[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\n[presence]\nttl_s = {ttl_s}\n\
+         rooms = [{{ pattern = \"chat:*\", events = true }}]\n"
+    );
+    BinaryOnRedis::new(redis, prefix, &config_toml)
+        .flag("--node-id", node_id)
+        .spawn()
+        .await
 }
 
 #[tokio::test]
@@ -724,14 +700,6 @@ async fn a_burst_of_joins_without_events_is_batched_and_publishes_nothing() {
     other.begin_shutdown();
 }
 
-async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-        .await
-        .expect("redis in time")
-        .expect("redis")
-}
-
 /// Many tabs of many users join and leave on two nodes at once: afterwards presence is exact,
 /// and each user's events alternate joined/left, ending where the user ended.
 #[tokio::test]
@@ -836,11 +804,7 @@ async fn presence_and_notifications_work_on_a_redis_cluster() {
     let config = |node_id: &str| {
         let mut config = memory_config(true);
         config.server.node_id = node_id.into();
-        config.broker.kind = BrokerKind::Redis;
-        config.redis.cluster = true;
-        config.redis.urls = cluster.seed_urls();
-        config.redis.prefix = p.clone();
-        config
+        config.on_redis_cluster(&cluster, &p)
     };
     let a = TestNode::start(config("node-a")).await;
     let b = TestNode::start(config("node-b")).await;

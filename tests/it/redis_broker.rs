@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use roomcast::broker::redis::{RedisBroker, Timings};
 use roomcast::broker::{Broker, BrokerError, BrokerEvent, Envelope, Origin, Target};
-use roomcast::config::{BrokerKind, Config, RedisConfig};
+use roomcast::config::{Config, RedisConfig};
 use roomcast::metrics::Metrics;
 use roomcast::protocol::data_from_payload;
 use serde_json::{Value, json};
@@ -23,26 +23,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn unique_prefix(test: &str) -> String {
-    format!("rc-test:{test}:{:08x}:", rand::random::<u32>())
+    crate::support::unique_prefix("rc-test", test)
 }
 
 /// A node configuration on `redis` with `prefix`, generous rate limits.
 fn node_config(redis: &RedisServer, prefix: &str) -> Config {
-    let mut config = test_config();
-    config.broker.kind = BrokerKind::Redis;
-    config.redis.url = redis.url();
-    config.redis.prefix = prefix.to_owned();
-    config.limits.rate_per_sec = 10_000;
-    config.limits.rate_burst = 10_000;
-    config
-}
-
-async fn redis_conn(url: &str) -> MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-        .await
-        .expect("redis connects in time")
-        .expect("redis connection")
+    test_config().on_redis(redis, prefix).with_rate(10_000)
 }
 
 async fn numsub(conn: &mut MultiplexedConnection, channel: &str) -> i64 {
@@ -99,10 +85,7 @@ async fn start_cluster(redis: &RedisServer, prefix: &str, n: usize) -> Vec<TestN
     for _ in 0..n {
         nodes.push(TestNode::start(node_config(redis, prefix)).await);
     }
-    for node in &nodes {
-        let url = node.admin_url("/readyz");
-        eventually("node ready", || async { http_status(&url).await == 200 }).await;
-    }
+    wait_ready(&nodes, "node ready").await;
     let conn = redis_conn(&redis.url()).await;
     let broadcast = format!("{prefix}broadcast");
     wait_numsub(
@@ -317,10 +300,7 @@ async fn a_plain_redis_publish_to_a_user_reaches_its_connections_on_every_node()
         config.auth.jwt_secret = Some(SECRET.into());
         nodes.push(TestNode::start(config).await);
     }
-    for node in &nodes {
-        let url = node.admin_url("/readyz");
-        eventually("node ready", || async { http_status(&url).await == 200 }).await;
-    }
+    wait_ready(&nodes, "node ready").await;
     let token = user_token(SECRET, "42");
     let other = user_token(SECRET, "7");
     // The user's channel is subscribed before `welcome`.
@@ -565,6 +545,45 @@ fn quick_timings() -> Timings {
     }
 }
 
+/// A broker on its own, no node around it, with a fresh metrics registry: the broker, its
+/// event queue and its metrics.
+fn start_lone_broker(
+    config: &RedisConfig,
+    timings: Timings,
+) -> (RedisBroker, mpsc::Receiver<BrokerEvent>, Arc<Metrics>) {
+    let (tx, rx) = mpsc::channel(64);
+    let metrics = Arc::new(Metrics::new());
+    let broker = RedisBroker::start_with(config, tx, metrics.clone(), timings).expect("start");
+    (broker, rx, metrics)
+}
+
+/// A lone broker on `redis` with a unique prefix and quick timings, once it reports `Up`.
+/// Returns it and its prefix.
+async fn lone_broker_up(
+    redis: &RedisServer,
+    test: &str,
+) -> (
+    RedisBroker,
+    mpsc::Receiver<BrokerEvent>,
+    Arc<Metrics>,
+    String,
+) {
+    let prefix = unique_prefix(test);
+    let (broker, mut rx, metrics) =
+        start_lone_broker(&broker_config(redis.url(), &prefix), quick_timings());
+    expect_up(&mut rx, false).await;
+    (broker, rx, metrics, prefix)
+}
+
+/// The next event must be `Up`, `resumed` as given.
+async fn expect_up(rx: &mut mpsc::Receiver<BrokerEvent>, resumed: bool) {
+    let event = next_event(rx).await;
+    assert!(
+        matches!(event, BrokerEvent::Up { resumed: r } if r == resumed),
+        "expected Up {{ resumed: {resumed} }}, got {event:?}"
+    );
+}
+
 /// The next event, skipping nothing.
 async fn next_event(rx: &mut mpsc::Receiver<BrokerEvent>) -> BrokerEvent {
     tokio::time::timeout(WAIT, rx.recv())
@@ -600,20 +619,7 @@ fn envelope(target: Target, id: &str, data: &str) -> Envelope {
 #[tokio::test]
 async fn the_broker_alone_delivers_user_channels_and_its_own_publishes() {
     let redis = RedisServer::start();
-    let prefix = unique_prefix("user");
-    let (tx, mut rx) = mpsc::channel(64);
-    let metrics = Arc::new(Metrics::new());
-    let broker = RedisBroker::start_with(
-        &broker_config(redis.url(), &prefix),
-        tx,
-        metrics.clone(),
-        quick_timings(),
-    )
-    .expect("start");
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: false }
-    ));
+    let (broker, mut rx, metrics, prefix) = lone_broker_up(&redis, "user").await;
     assert!(broker.is_up());
 
     let user = Target::User("42".into());
@@ -658,20 +664,7 @@ async fn the_broker_alone_delivers_user_channels_and_its_own_publishes() {
 #[tokio::test]
 async fn a_resubscribe_within_the_grace_keeps_the_subscription() {
     let redis = RedisServer::start();
-    let prefix = unique_prefix("grace");
-    let (tx, mut rx) = mpsc::channel(64);
-    let metrics = Arc::new(Metrics::new());
-    let broker = RedisBroker::start_with(
-        &broker_config(redis.url(), &prefix),
-        tx,
-        metrics.clone(),
-        quick_timings(),
-    )
-    .expect("start");
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: false }
-    ));
+    let (broker, mut rx, metrics, prefix) = lone_broker_up(&redis, "grace").await;
     let mut conn = redis_conn(&redis.url()).await;
     let x = Target::Room("x".into());
     let y = Target::Room("y".into());
@@ -702,15 +695,11 @@ async fn a_resubscribe_within_the_grace_keeps_the_subscription() {
 async fn start_does_not_need_redis_and_connects_when_it_comes() {
     let port = free_port();
     let prefix = unique_prefix("late");
-    let (tx, mut rx) = mpsc::channel(64);
     let started = Instant::now();
-    let broker = RedisBroker::start_with(
+    let (broker, mut rx, _) = start_lone_broker(
         &broker_config(format!("redis://127.0.0.1:{port}"), &prefix),
-        tx,
-        Arc::new(Metrics::new()),
         quick_timings(),
-    )
-    .expect("starts without redis");
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(!broker.is_up());
     let started = Instant::now();
@@ -722,10 +711,7 @@ async fn start_does_not_need_redis_and_connects_when_it_comes() {
     assert!(started.elapsed() < Duration::from_millis(100), "fails fast");
 
     let _redis = RedisServer::start_on(port);
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: false }
-    ));
+    expect_up(&mut rx, false).await;
     assert!(broker.is_up());
     broker
         .subscribe(Target::Broadcast)
@@ -807,26 +793,18 @@ async fn the_probe_catches_a_subscription_that_went_silent() {
     let redis = RedisServer::start();
     let proxy = FreezingProxy::start(redis.port).await;
     let prefix = unique_prefix("probe");
-    let (tx, mut rx) = mpsc::channel(64);
     let mut config = broker_config(format!("redis://127.0.0.1:{}", proxy.port), &prefix);
     config.command_timeout_ms = 300;
-    let metrics = Arc::new(Metrics::new());
-    let broker = RedisBroker::start_with(
+    let (broker, mut rx, metrics) = start_lone_broker(
         &config,
-        tx,
-        metrics.clone(),
         Timings {
             probe_idle: Duration::from_millis(200),
             probe_every: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             ..quick_timings()
         },
-    )
-    .expect("start");
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: false }
-    ));
+    );
+    expect_up(&mut rx, false).await;
     let room = Target::Room("x".into());
     broker.subscribe(room.clone()).await.expect("subscribe");
     let mut direct = redis_conn(&redis.url()).await;
@@ -843,10 +821,7 @@ async fn the_probe_catches_a_subscription_that_went_silent() {
     raw_publish(&mut direct, &channel, "2").await;
     assert!(matches!(next_event(&mut rx).await, BrokerEvent::Down));
     assert!(!broker.is_up());
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: true }
-    ));
+    expect_up(&mut rx, true).await;
     assert!(broker.is_up());
     raw_publish(&mut direct, &channel, "3").await;
     assert_eq!(next_publication(&mut rx).await.data.get(), "3");
@@ -906,19 +881,9 @@ async fn tls_and_a_password_in_the_url_work() {
         ],
     );
     let prefix = unique_prefix("tls");
-    let (tx, mut rx) = mpsc::channel(64);
     let url = format!("rediss://:s3cret@127.0.0.1:{port}/#insecure");
-    let broker = RedisBroker::start_with(
-        &broker_config(url, &prefix),
-        tx,
-        Arc::new(Metrics::new()),
-        quick_timings(),
-    )
-    .expect("start");
-    assert!(matches!(
-        next_event(&mut rx).await,
-        BrokerEvent::Up { resumed: false }
-    ));
+    let (broker, mut rx, _) = start_lone_broker(&broker_config(url, &prefix), quick_timings());
+    expect_up(&mut rx, false).await;
     let room = Target::Room("secure".into());
     broker.subscribe(room.clone()).await.expect("subscribe");
     broker

@@ -17,7 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod builders;
 pub mod cluster;
+
+pub use builders::*;
 
 /// The kernel's `TCP_INFO` for a socket (Linux): segment counts of a connection, or the
 /// backlog of a listener (`tcpi_sacked`).
