@@ -1,6 +1,6 @@
 //! PROTOCOL.md "Ordering and delivery" with history: `join` with `history` and `since`,
 //! `recovered`, and no gap and no duplicate while messages keep coming (embedded broker; the
-//! Redis broker runs the same checks in tests/redis_history.rs).
+//! Redis broker runs the same checks in tests/it/redis_history.rs).
 
 use crate::support::*;
 use roomcast::config::Config;
