@@ -19,8 +19,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod builders;
 pub mod cluster;
+mod pubsub;
 
 pub use builders::*;
+pub use pubsub::*;
 
 /// The kernel's `TCP_INFO` for a socket (Linux): segment counts of a connection, or the
 /// backlog of a listener (`tcpi_sacked`).
