@@ -1,14 +1,12 @@
 //! PROTOCOL.md "Limits and what breaking them costs" and the handshake checks of "Connecting":
 //! each limit, set small in configuration, and its close code or HTTP status.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;

@@ -1,23 +1,13 @@
 //! PROTOCOL.md "Ordering and delivery" with history: `join` with `history` and `since`,
 //! `recovered`, and no gap and no duplicate while messages keep coming (embedded broker; the
-//! Redis broker runs the same checks in tests/redis_history.rs).
+//! Redis broker runs the same checks in tests/it/redis_history.rs).
 
-mod support;
-
-use roomcast::config::{Config, HistoryRule};
+use crate::support::*;
+use roomcast::config::Config;
 use serde_json::{Value, json};
-use support::*;
 
 fn history_config() -> Config {
-    let mut config = test_config();
-    config.limits.rate_per_sec = 100_000;
-    config.limits.rate_burst = 100_000;
-    config.history.rooms = vec![HistoryRule {
-        pattern: "chat:*".into(),
-        size: 50,
-        ttl_s: 600,
-    }];
-    config
+    test_config().with_rate(100_000).with_chat_history(50)
 }
 
 async fn publish(client: &mut Client, room: &str, data: Value) -> String {

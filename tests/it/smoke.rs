@@ -1,6 +1,7 @@
-mod support;
+//! The smallest end-to-end check: two clients on one node share a room.
+
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn two_clients_share_a_room() {

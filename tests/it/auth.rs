@@ -1,14 +1,12 @@
 //! PROTOCOL.md "Tokens" and the 401 of "Connecting": JWT verification at the handshake, room
 //! permissions, user notifications, and a connection that outlives its token.
 
-mod support;
-
 use std::path::PathBuf;
 
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use roomcast::config::{AuthMode, Config};
 use serde_json::{Value, json};
-use support::*;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -2,8 +2,6 @@
 //! loopback port. Everything started here is stopped on drop, also when a test fails.
 //! Every wait is bounded by [`WAIT`].
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,7 +17,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod builders;
 pub mod cluster;
+mod pubsub;
+
+pub use builders::*;
+pub use pubsub::*;
 
 /// The kernel's `TCP_INFO` for a socket (Linux): segment counts of a connection, or the
 /// backlog of a listener (`tcpi_sacked`).

@@ -1,12 +1,10 @@
 //! PROTOCOL.md "Frames", "Client → server", "Server → client" and "Ordering and delivery",
 //! checked against a real node over real WebSockets.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn node() -> TestNode {

@@ -1,8 +1,6 @@
 //! Configuration: the example file matches the defaults, precedence file < env < flags, and a
 //! bad key or value is refused naming the key — in the library and in the real binary.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -255,7 +253,7 @@ fn binary_exits_2_naming_the_key() {
 
 #[tokio::test]
 async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
-    let (child, url) = support::spawn_binary(
+    let (child, url) = crate::support::spawn_binary(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -269,7 +267,7 @@ async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
     )
     .await;
     let mut child = child;
-    let mut client = support::Client::connect(&url).await;
+    let mut client = crate::support::Client::connect(&url).await;
     assert_eq!(client.welcome["node"], "bin-node");
 
     let status = Command::new("kill")
@@ -278,7 +276,7 @@ async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
         .expect("kill");
     assert!(status.success());
     client.expect_close(1001).await;
-    let deadline = std::time::Instant::now() + support::WAIT;
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
     let code = loop {
         if let Some(status) = child.0.try_wait().expect("wait") {
             break status.code();

@@ -4,7 +4,7 @@
 //! `fuzz/regressions/<target>/` (minimised crashes) goes through `fuzz/checks.rs`, the very
 //! checks the fuzz targets run, so neither the corpus nor a fixed crash can rot.
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,8 @@
 //! PROTOCOL.md "Admin HTTP API": health, readiness, metrics, the publish routes, the API key
 //! and JSON errors, against a real node over real HTTP.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 async fn post(node: &TestNode, path: &str, body: &str, key: Option<&str>) -> (u16, Value) {
     let mut request = reqwest::Client::new()

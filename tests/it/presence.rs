@@ -1,19 +1,17 @@
 //! Presence (issue 11): who is in a room across every node, `member_joined` / `member_left`
-//! once per user, a killed node dropping out within `presence.ttl_s`, a restarted node leaving
-//! no ghosts; with the Redis broker (real `redis-server`, real nodes, the real binary where a
-//! node must be SIGKILLed) and with the memory broker.
-
-mod support;
+//! once per user, batching and churn; with the Redis broker (real `redis-server`, real nodes,
+//! a Redis Cluster) and with the memory broker. Nodes going away and Redis forgetting are in
+//! `presence_node_loss`, which shares this module's clients and configurations.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use roomcast::config::{AuthMode, BrokerKind, Config, PresenceRule};
+use roomcast::config::{AuthMode, Config, PresenceRule};
 use serde_json::{Value, json};
-use support::*;
 
-const SECRET: &str = "presence-test-secret-of-some-length";
+pub(super) const SECRET: &str = "presence-test-secret-of-some-length";
 
 fn token(user: &str, rooms: Option<&[&str]>) -> String {
     let exp = std::time::SystemTime::now()
@@ -62,25 +60,22 @@ fn memory_config(jwt: bool) -> Config {
     config
 }
 
-fn redis_config(redis: &RedisServer, prefix: &str, node_id: &str, ttl_s: u64) -> Config {
+pub(super) fn redis_config(redis: &RedisServer, prefix: &str, node_id: &str, ttl_s: u64) -> Config {
     let mut config = memory_config(true);
     config.server.node_id = node_id.into();
-    config.broker.kind = BrokerKind::Redis;
-    config.redis.url = redis.url();
-    config.redis.prefix = prefix.into();
     config.presence.ttl_s = ttl_s;
-    config
+    config.on_redis(redis, prefix)
 }
 
-fn prefix(test: &str) -> String {
-    format!("rc-pres:{test}:{:08x}:", rand::random::<u32>())
+pub(super) fn prefix(test: &str) -> String {
+    unique_prefix("rc-pres", test)
 }
 
 /// A client that keeps the frames it skips while waiting for a reply, so that no member event
 /// goes unseen.
-struct Peer {
-    client: Client,
-    backlog: VecDeque<Value>,
+pub(super) struct Peer {
+    pub(super) client: Client,
+    pub(super) backlog: VecDeque<Value>,
 }
 
 impl Peer {
@@ -91,7 +86,7 @@ impl Peer {
         }
     }
 
-    async fn request(&mut self, mut command: Value, id: &str) -> Value {
+    pub(super) async fn request(&mut self, mut command: Value, id: &str) -> Value {
         command["id"] = json!(id);
         self.client.send_json(command).await;
         loop {
@@ -103,7 +98,7 @@ impl Peer {
         }
     }
 
-    async fn join(&mut self, room: &str) {
+    pub(super) async fn join(&mut self, room: &str) {
         let reply = self
             .request(json!({"type": "join", "room": room}), "join")
             .await;
@@ -125,7 +120,7 @@ impl Peer {
     }
 }
 
-async fn connect_as(url: &str, user: &str) -> Peer {
+pub(super) async fn connect_as(url: &str, user: &str) -> Peer {
     Peer::connect(&format!("{url}?token={}", token(user, None))).await
 }
 
@@ -157,7 +152,7 @@ fn users(list: &[(&str, u64)]) -> Vec<(String, u64)> {
 }
 
 /// Ask `client` for `room`'s presence until it is `expected` (bounded).
-async fn presence_becomes(client: &mut Peer, room: &str, expected: &[(&str, u64)]) {
+pub(super) async fn presence_becomes(client: &mut Peer, room: &str, expected: &[(&str, u64)]) {
     let expected = users(expected);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -178,7 +173,7 @@ async fn presence_becomes(client: &mut Peer, room: &str, expected: &[(&str, u64)
 }
 
 /// The next `member_joined` / `member_left` for `room`: `(event, user)`.
-async fn next_member_event(client: &mut Peer, room: &str) -> (String, String) {
+pub(super) async fn next_member_event(client: &mut Peer, room: &str) -> (String, String) {
     loop {
         let v = client.next().await;
         let kind = v["type"].as_str().unwrap_or("").to_owned();
@@ -191,7 +186,7 @@ async fn next_member_event(client: &mut Peer, room: &str) -> (String, String) {
     }
 }
 
-fn ev(kind: &str, user: &str) -> (String, String) {
+pub(super) fn ev(kind: &str, user: &str) -> (String, String) {
     (kind.to_owned(), user.to_owned())
 }
 
@@ -457,207 +452,6 @@ async fn two_nodes_share_presence_and_announce_each_user_once() {
     }
 }
 
-/// The real binary as a node of the cluster, with `presence.rooms` from a file.
-async fn spawn_node(
-    redis: &RedisServer,
-    prefix: &str,
-    node_id: &str,
-    ttl_s: u64,
-) -> (Child, String) {
-    let file = std::env::temp_dir().join(format!(
-        "roomcast-{}{node_id}.toml",
-        prefix.replace(':', "-")
-    ));
-    std::fs::write(
-        &file,
-        format!(
-            "[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\n[presence]\nttl_s = {ttl_s}\n\
-             rooms = [{{ pattern = \"chat:*\", events = true }}]\n"
-        ),
-    )
-    .expect("write config");
-    let redis_url = redis.url();
-    spawn_binary(
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--admin-listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--redis".as_ref(),
-            redis_url.as_ref(),
-            "--node-id".as_ref(),
-            node_id.as_ref(),
-            "--config".as_ref(),
-            file.as_os_str(),
-        ],
-        &[("ROOMCAST_REDIS__PREFIX", prefix)],
-    )
-    .await
-}
-
-#[tokio::test]
-async fn a_killed_node_drops_out_within_the_ttl_and_its_users_are_announced() {
-    const TTL: Duration = Duration::from_secs(2);
-    let redis = RedisServer::start();
-    let p = prefix("kill");
-    let (mut doomed, doomed_url) = spawn_node(&redis, &p, "doomed", TTL.as_secs()).await;
-    let survivor = TestNode::start(redis_config(&redis, &p, "survivor", TTL.as_secs())).await;
-    let mut watcher = connect_as(&survivor.ws_url(), "watcher").await;
-    watcher.join("chat:k").await;
-    let mut both_here = connect_as(&survivor.ws_url(), "both").await;
-    both_here.join("chat:k").await;
-    let mut doomed_clients = Vec::new();
-    for user in ["both", "x", "y"] {
-        let mut c = connect_as(&doomed_url, user).await;
-        c.join("chat:k").await;
-        doomed_clients.push(c);
-    }
-    presence_becomes(
-        &mut watcher,
-        "chat:k",
-        &[("both", 2), ("watcher", 1), ("x", 1), ("y", 1)],
-    )
-    .await;
-    let mut joined = Vec::new();
-    while joined.len() < 4 {
-        joined.push(next_member_event(&mut watcher, "chat:k").await);
-    }
-    joined.sort();
-    assert_eq!(
-        joined,
-        [
-            ev("member_joined", "both"),
-            ev("member_joined", "watcher"),
-            ev("member_joined", "x"),
-            ev("member_joined", "y"),
-        ]
-    );
-
-    doomed.0.kill().expect("SIGKILL the node");
-    let _ = doomed.0.wait();
-    let killed = Instant::now();
-    let mut left = vec![
-        next_member_event(&mut watcher, "chat:k").await,
-        next_member_event(&mut watcher, "chat:k").await,
-    ];
-    let elapsed = killed.elapsed();
-    left.sort();
-    assert_eq!(
-        left,
-        [ev("member_left", "x"), ev("member_left", "y")],
-        "`both` is still on the survivor"
-    );
-    // By construction within 3/4 of the ttl plus one write (docs/protocol-additions.md).
-    eprintln!("member_left {elapsed:?} after the SIGKILL (ttl {TTL:?})");
-    assert!(elapsed <= TTL, "member_left within the ttl: {elapsed:?}");
-    presence_becomes(&mut watcher, "chat:k", &[("both", 1), ("watcher", 1)]).await;
-    // Nothing more: the next frame is the reply to this ping.
-    assert_eq!(
-        watcher.request(json!({"type": "ping"}), "end").await["type"],
-        "pong"
-    );
-    assert!(watcher.backlog.is_empty(), "{:?}", watcher.backlog);
-}
-
-#[tokio::test]
-async fn a_node_restarted_with_the_same_id_leaves_no_ghosts() {
-    // A long ttl: what removes the ghost is the restart, not the ttl.
-    const TTL_S: u64 = 60;
-    let redis = RedisServer::start();
-    let p = prefix("restart");
-    let survivor = TestNode::start(redis_config(&redis, &p, "survivor", TTL_S)).await;
-    let mut watcher = connect_as(&survivor.ws_url(), "watcher").await;
-    watcher.join("chat:g").await;
-    let (mut first, url) = spawn_node(&redis, &p, "phoenix", TTL_S).await;
-    let mut ghost = connect_as(&url, "ghost").await;
-    ghost.join("chat:g").await;
-    presence_becomes(&mut watcher, "chat:g", &[("ghost", 1), ("watcher", 1)]).await;
-    first.0.kill().expect("SIGKILL the node");
-    let _ = first.0.wait();
-
-    let started = Instant::now();
-    let (_second, url) = spawn_node(&redis, &p, "phoenix", TTL_S).await;
-    let mut fresh = connect_as(&url, "fresh").await;
-    fresh.join("chat:g").await;
-    presence_becomes(&mut watcher, "chat:g", &[("fresh", 1), ("watcher", 1)]).await;
-    assert!(started.elapsed() < Duration::from_secs(TTL_S / 3));
-    let mut events = Vec::new();
-    while !events.contains(&ev("member_left", "ghost")) {
-        events.push(next_member_event(&mut watcher, "chat:g").await);
-    }
-    assert!(events.contains(&ev("member_joined", "fresh")), "{events:?}");
-}
-
-#[tokio::test]
-async fn a_node_that_shuts_down_announces_its_users_at_once() {
-    // A long ttl: member_left comes from the shutdown, not from the ttl.
-    const TTL_S: u64 = 60;
-    let redis = RedisServer::start();
-    let p = prefix("stop");
-    let a = TestNode::start(redis_config(&redis, &p, "a", TTL_S)).await;
-    let b = TestNode::start(redis_config(&redis, &p, "b", TTL_S)).await;
-    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
-    watcher.join("chat:s").await;
-    let mut leaving = connect_as(&b.ws_url(), "leaving").await;
-    leaving.join("chat:s").await;
-    presence_becomes(&mut watcher, "chat:s", &[("leaving", 1), ("watcher", 1)]).await;
-    let stopping = tokio::spawn(b.stop());
-    leaving.client.expect_close(1001).await;
-    let started = Instant::now();
-    let mut events = Vec::new();
-    while !events.contains(&ev("member_left", "leaving")) {
-        events.push(next_member_event(&mut watcher, "chat:s").await);
-    }
-    assert!(started.elapsed() < Duration::from_secs(TTL_S / 3));
-    presence_becomes(&mut watcher, "chat:s", &[("watcher", 1)]).await;
-    stopping.await.expect("join").expect("stops cleanly");
-}
-
-#[tokio::test]
-async fn nodes_write_their_members_again_after_redis_loses_its_data() {
-    const TTL_S: u64 = 2;
-    let mut redis = RedisServer::start();
-    let port = redis.port;
-    let p = prefix("lost");
-    let a = TestNode::start(redis_config(&redis, &p, "a", TTL_S)).await;
-    let b = TestNode::start(redis_config(&redis, &p, "b", TTL_S)).await;
-    let mut watcher = connect_as(&a.ws_url(), "watcher").await;
-    watcher.join("quiet:l").await;
-    let mut member = connect_as(&b.ws_url(), "member").await;
-    member.join("quiet:l").await;
-    presence_becomes(&mut watcher, "quiet:l", &[("member", 1), ("watcher", 1)]).await;
-
-    // A restart without persistence: every presence key is gone.
-    redis.stop();
-    redis = RedisServer::start_on(port);
-    presence_becomes(&mut watcher, "quiet:l", &[("member", 1), ("watcher", 1)]).await;
-    let mut conn = redis::Client::open(redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let key = format!("{{{p}room:quiet:l}}:presence");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut nodes: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .expect("ZRANGE");
-        nodes.sort();
-        if nodes == ["a", "b"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both nodes write their members again: {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// What joins cost: a burst of joins in a room without events is written in a few batches,
 /// not one round trip per join, and publishes nothing at all.
 #[tokio::test]
@@ -724,14 +518,6 @@ async fn a_burst_of_joins_without_events_is_batched_and_publishes_nothing() {
     assert_eq!(first.get_channel_name(), format!("{p}presence:marker"));
     drop(messages);
     other.begin_shutdown();
-}
-
-async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-        .await
-        .expect("redis in time")
-        .expect("redis")
 }
 
 /// Many tabs of many users join and leave on two nodes at once: afterwards presence is exact,
@@ -833,16 +619,12 @@ async fn member_events_in(client: &mut Peer, rooms: &[String], expected: (String
 /// pub/sub, a user's notifications on its shard channel.
 #[tokio::test(flavor = "multi_thread")]
 async fn presence_and_notifications_work_on_a_redis_cluster() {
-    let cluster = support::cluster::RedisCluster::start(3, 0);
+    let cluster = crate::support::cluster::RedisCluster::start(3, 0);
     let p = prefix("cluster");
     let config = |node_id: &str| {
         let mut config = memory_config(true);
         config.server.node_id = node_id.into();
-        config.broker.kind = BrokerKind::Redis;
-        config.redis.cluster = true;
-        config.redis.urls = cluster.seed_urls();
-        config.redis.prefix = p.clone();
-        config
+        config.on_redis_cluster(&cluster, &p)
     };
     let a = TestNode::start(config("node-a")).await;
     let b = TestNode::start(config("node-b")).await;

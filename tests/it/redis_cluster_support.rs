@@ -1,14 +1,12 @@
 //! The Redis Cluster test support itself: a real cluster forms, routes keys by slot, and fails
 //! over when a master dies.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Instant;
 
-use support::WAIT;
-use support::cluster::RedisCluster;
+use crate::support::WAIT;
+use crate::support::cluster::RedisCluster;
 
 fn connect(port: u16) -> redis::Connection {
     let con = redis::Client::open(format!("redis://127.0.0.1:{port}"))

@@ -102,11 +102,6 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self, port: u16) -> String {
-        url(port)
-    }
-
     /// The ports of the nodes still running (not [`RedisCluster::kill`]ed).
     pub fn live_ports(&self) -> Vec<u16> {
         self.nodes

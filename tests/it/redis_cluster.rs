@@ -7,29 +7,22 @@
 //! Every cluster and node is stopped on drop, also when a test fails; every wait is bounded
 //! by `support::WAIT` (the cluster's own start and failover by the harness's bounds).
 
-mod support;
-
 use std::collections::HashMap;
 
+use crate::support::cluster::RedisCluster;
+use crate::support::*;
 use redis::aio::MultiplexedConnection;
-use roomcast::config::{BrokerKind, Config};
+use roomcast::config::Config;
 use serde_json::{Value, json};
-use support::cluster::RedisCluster;
-use support::*;
 
 fn unique_prefix(test: &str) -> String {
-    format!("rc-cluster:{test}:{:08x}:", rand::random::<u32>())
+    crate::support::unique_prefix("rc-cluster", test)
 }
 
 fn cluster_config(cluster: &RedisCluster, prefix: &str) -> Config {
-    let mut config = test_config();
-    config.broker.kind = BrokerKind::Redis;
-    config.redis.cluster = true;
-    config.redis.urls = cluster.seed_urls();
-    config.redis.prefix = prefix.to_owned();
-    config.limits.rate_per_sec = 10_000;
-    config.limits.rate_burst = 10_000;
-    config
+    test_config()
+        .on_redis_cluster(cluster, prefix)
+        .with_rate(10_000)
 }
 
 async fn start_nodes(cluster: &RedisCluster, prefix: &str, n: usize) -> Vec<TestNode> {
@@ -39,22 +32,12 @@ async fn start_nodes(cluster: &RedisCluster, prefix: &str, n: usize) -> Vec<Test
         config.server.node_id = format!("node-{i}");
         nodes.push(TestNode::start(config).await);
     }
-    for node in &nodes {
-        let url = node.admin_url("/readyz");
-        eventually("node ready on the cluster", || async {
-            http_status(&url).await == 200
-        })
-        .await;
-    }
+    wait_ready(&nodes, "node ready on the cluster").await;
     nodes
 }
 
 async fn conn_to(port: u16) -> MultiplexedConnection {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("redis url");
-    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-        .await
-        .expect("redis connects in time")
-        .expect("redis connection")
+    redis_conn(&format!("redis://127.0.0.1:{port}")).await
 }
 
 /// One room name per master: rooms whose channel `{prefix}room:NAME` hashes to a slot of it.
@@ -122,7 +105,8 @@ async fn publish_until_acked(client: &mut Client, room: &str) -> u64 {
 
 /// Read messages until the one carrying `attempt` arrives (earlier attempts may have been
 /// published before the node heard of the outage and arrive too, or not).
-async fn wait_for_attempt(client: &mut Client, room: &str, attempt: u64) {
+async fn wait_for_attempt(client: &mut Client, room: &str, attempt: impl Into<Value>) {
+    let attempt = attempt.into();
     loop {
         let m = next_message(client).await;
         if m["room"] == room && m["data"]["attempt"] == attempt {
@@ -281,7 +265,7 @@ async fn a_killed_master_fails_over_and_traffic_resumes_without_reconnecting() {
     let (ack, _) =
         publish_and_echo(&mut on_a, json!({"room":room,"data":{"attempt":"before"}})).await;
     assert_eq!(ack["type"], "ack");
-    wait_for_attempt_str(&mut on_b, &room, "before").await;
+    wait_for_attempt(&mut on_b, &room, "before").await;
 
     cluster.kill(victim);
     let promoted = cluster.wait_for_failover(victim);
@@ -321,15 +305,6 @@ async fn a_killed_master_fails_over_and_traffic_resumes_without_reconnecting() {
     for client in [&mut on_a, &mut on_b] {
         let pong = client.request(json!({"type":"ping"}), "still-here").await;
         assert_eq!(pong["type"], "pong");
-    }
-}
-
-async fn wait_for_attempt_str(client: &mut Client, room: &str, marker: &str) {
-    loop {
-        let m = next_message(client).await;
-        if m["room"] == room && m["data"]["attempt"] == marker {
-            return;
-        }
     }
 }
 

@@ -2,38 +2,19 @@
 //! keeping history with one `FCALL`, a node whose pub/sub link drops catching up, and clients
 //! of a killed node resuming on another without loss.
 
-mod support;
-
-use redis::aio::MultiplexedConnection;
-use roomcast::config::{BrokerKind, Config, HistoryRule};
+use crate::support::*;
+use roomcast::config::Config;
 use serde_json::{Value, json};
-use support::*;
 
 fn prefix(test: &str) -> String {
-    format!("rc-hist:{test}:{:08x}:", rand::random::<u32>())
+    unique_prefix("rc-hist", test)
 }
 
 fn config(redis: &RedisServer, prefix: &str) -> Config {
-    let mut config = test_config();
-    config.broker.kind = BrokerKind::Redis;
-    config.redis.url = redis.url();
-    config.redis.prefix = prefix.to_owned();
-    config.limits.rate_per_sec = 100_000;
-    config.limits.rate_burst = 100_000;
-    config.history.rooms = vec![HistoryRule {
-        pattern: "chat:*".into(),
-        size: 1_000,
-        ttl_s: 600,
-    }];
-    config
-}
-
-async fn redis_conn(url: &str) -> MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
-        .await
-        .expect("redis in time")
-        .expect("redis")
+    test_config()
+        .on_redis(redis, prefix)
+        .with_rate(100_000)
+        .with_chat_history(1_000)
 }
 
 /// Publish, retrying (bounded) while the broker answers `unavailable`, as a client would.
@@ -202,31 +183,12 @@ async fn a_node_cut_off_from_redis_catches_its_rooms_up_from_history() {
 }
 
 async fn spawn_node(redis: &RedisServer, prefix: &str) -> (Child, String) {
-    let file = std::env::temp_dir().join(format!("roomcast-{}.toml", prefix.replace(':', "-")));
-    std::fs::write(
-        &file,
-        "[history]\nrooms = [{ pattern = \"chat:*\", size = 1000, ttl_s = 600 }]\n",
-    )
-    .expect("write config");
-    let redis_url = redis.url();
-    spawn_binary(
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--admin-listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--redis".as_ref(),
-            redis_url.as_ref(),
-            "--config".as_ref(),
-            file.as_os_str(),
-        ],
-        &[
-            ("ROOMCAST_REDIS__PREFIX", prefix),
-            ("ROOMCAST_LIMITS__RATE_PER_SEC", "100000"),
-            ("ROOMCAST_LIMITS__RATE_BURST", "100000"),
-        ],
-    )
-    .await
+    let config_toml = "[history]\nrooms = [{ pattern = \"chat:*\", size = 1000, ttl_s = 600 }]\n";
+    BinaryOnRedis::new(redis, prefix, config_toml)
+        .env("ROOMCAST_LIMITS__RATE_PER_SEC", "100000")
+        .env("ROOMCAST_LIMITS__RATE_BURST", "100000")
+        .spawn()
+        .await
 }
 
 /// A gateway node is SIGKILLed mid-stream; its client resumes on another node with `since`

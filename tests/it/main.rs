@@ -1,0 +1,22 @@
+//! The one integration test binary: real nodes, real WebSocket clients, real `redis-server`
+//! processes, one module per area. One binary links the crate once instead of once per area;
+//! the shared builders live in `support`. Unit tests stay next to the code in `src/`.
+
+mod support;
+
+mod admin;
+mod architecture;
+mod auth;
+mod config;
+mod fuzz_regressions;
+mod history;
+mod limits;
+mod presence;
+mod presence_node_loss;
+mod protocol;
+mod redis_broker;
+mod redis_broker_alone;
+mod redis_cluster;
+mod redis_cluster_support;
+mod redis_history;
+mod smoke;
