@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod architecture;
 mod auth;
+mod cli;
 mod config;
 mod fuzz_regressions;
 mod history;

@@ -1,14 +1,12 @@
 //! The `roomcast` subcommands (`token`, `check-config`, `publish`, `notify`, `broadcast`),
 //! run as the built binary against real nodes and real WebSocket clients.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
+use crate::support::*;
 use roomcast::config::{AuthMode, Config};
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "cli-test-secret-of-reasonable-length";
 const API_KEY: &str = "cli-admin-key";
