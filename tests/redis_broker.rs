@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use roomcast::broker::redis::{RedisBroker, Timings};
-use roomcast::broker::{Broker, BrokerError, BrokerEvent, Envelope, Origin, Target};
+use roomcast::broker::{BrokerError, BrokerEvent, Envelope, Origin, PubSub, Target};
 use roomcast::config::{BrokerKind, Config, RedisConfig};
 use roomcast::metrics::Metrics;
 use roomcast::protocol::data_from_payload;
