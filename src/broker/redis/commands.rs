@@ -170,9 +170,9 @@ impl FunctionCall for redis::Pipeline {
 }
 
 /// Run a function call (or a pipeline of them); when Redis answers a generic `ERR` (which is
-/// how it says "Function not found" after a restart without persistence), load the library
-/// and try once more. The library's functions fail before they publish, so a retry cannot
-/// publish twice.
+/// how it says "Function not found" after a restart without persistence: the reply has no
+/// code of its own), load the library and try once more. A retry is safe:
+/// `roomcast_publish` publishes as its last step, and presence writes are absolute.
 pub(crate) async fn with_functions<T: redis::FromRedisValue, C: FunctionCall>(
     commands: &Commands,
     call: impl Fn() -> C,

@@ -4,7 +4,7 @@
 //! Owns: the client-facing [`RedisBroker`] (starting it, publish/subscribe, and handing
 //! subscription changes to its pub/sub task) and the channel names. Its jobs live apart:
 //! `commands` (the pool or cluster connection, PUBLISH/SPUBLISH, the function library
-//! `functions.lua`), `history` and `presence` (what they keep in Redis), `link` (what both
+//! `functions.lua`), `history` and `presence` (what they keep in Redis), `reconnect` (what both
 //! pub/sub tasks share: wanted channels, Up/Down, reconnect with capped backoff),
 //! `subscriptions` (wanted / live / releasing, no I/O), `pubsub` (the single-Redis task) and
 //! `cluster` (slot map, RESP reader and the cluster task).
@@ -67,11 +67,7 @@ impl RedisBroker {
     async fn subscribe_channel(&self, channel: String, target: Channel) -> Result<(), BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.subscriptions
-            .send(SubscriptionChange::Subscribe {
-                channel,
-                target,
-                reply,
-            })
+            .send(SubscriptionChange::Subscribe((channel, target, reply)))
             .await
             .map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))

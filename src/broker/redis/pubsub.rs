@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::commands::{bounded, publish, redis_error};
 use super::reconnect::{
-    Demand, Exit, MAX_BATCH, Reconnecting, Stopped, SubscriptionChange, Waiter, link_broken,
+    Asked, Demand, Exit, MAX_BATCH, Reconnecting, Stopped, SubscriptionChange, Waiter, link_broken,
 };
 use super::subscriptions::Subscriptions;
 use crate::broker::{BrokerError, Unavailable};
@@ -221,17 +221,9 @@ impl PubSubTask {
     ) -> Result<(), Exit<PubSubError>> {
         let mut to_subscribe: Vec<String> = Vec::new();
         let mut replies = Vec::new();
-        for change in self.demand.batch(first) {
-            match change {
-                SubscriptionChange::Subscribe {
-                    channel,
-                    target,
-                    reply,
-                } => {
-                    if reply.is_closed() {
-                        continue;
-                    }
-                    self.demand.wanted.insert(channel.clone(), target.clone());
+        for asked in self.demand.take_batch(first) {
+            match asked {
+                Asked::Subscribe((channel, target, reply)) => {
                     if link.subscriptions.is_live(&channel) {
                         // Still subscribed (maybe in its grace): live now, nothing to send.
                         link.subscriptions.keep(&channel);
@@ -245,10 +237,8 @@ impl PubSubTask {
                         replies.push((channel, target, reply));
                     }
                 }
-                SubscriptionChange::Unsubscribe { channel } => {
-                    if self.demand.wanted.remove(&channel).is_some()
-                        && link.subscriptions.is_live(&channel)
-                    {
+                Asked::Release(channel) => {
+                    if link.subscriptions.is_live(&channel) {
                         self.release(link, channel);
                     }
                 }

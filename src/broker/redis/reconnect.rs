@@ -87,14 +87,19 @@ pub(crate) type Reply = oneshot::Sender<Result<(), BrokerError>>;
 
 /// What the broker asks of its pub/sub task (not to be confused with the clients' commands).
 pub(crate) enum SubscriptionChange {
-    Subscribe {
-        channel: String,
-        target: Channel,
-        reply: Reply,
-    },
+    /// Subscribe a channel; the caller hears once it is live.
+    Subscribe(Waiter),
     Unsubscribe {
         channel: String,
     },
+}
+
+/// What a batch of changes asks of a live link, the wanted channels already updated.
+pub(crate) enum Asked {
+    /// A channel now wanted, by a caller that still waits.
+    Subscribe(Waiter),
+    /// A channel that was wanted and no longer is.
+    Release(String),
 }
 
 /// A subscribe waiting for its answer: the channel, its kind, the caller.
@@ -155,29 +160,42 @@ impl Demand {
         }
     }
 
-    /// `first` and every command queued behind it, up to [`MAX_BATCH`]: one round trip.
-    pub(crate) fn batch(&mut self, first: SubscriptionChange) -> Vec<SubscriptionChange> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match self.changes.try_recv() {
-                Ok(change) => batch.push(change),
-                Err(_) => break,
+    /// `first` and every change queued behind it, up to [`MAX_BATCH`] (one round trip),
+    /// applied to the wanted channels: what the link must do about them.
+    pub(crate) fn take_batch(&mut self, first: SubscriptionChange) -> Vec<Asked> {
+        let mut asked = Vec::new();
+        let mut taken = 1;
+        let mut next = Some(first);
+        while let Some(change) = next {
+            match change {
+                SubscriptionChange::Subscribe((_, _, reply)) if reply.is_closed() => {}
+                SubscriptionChange::Subscribe(waiter) => {
+                    self.wanted.insert(waiter.0.clone(), waiter.1.clone());
+                    asked.push(Asked::Subscribe(waiter));
+                }
+                SubscriptionChange::Unsubscribe { channel } => {
+                    if self.wanted.remove(&channel).is_some() {
+                        asked.push(Asked::Release(channel));
+                    }
+                }
             }
+            next = if taken < MAX_BATCH {
+                self.changes.try_recv().ok()
+            } else {
+                None
+            };
+            taken += 1;
         }
-        batch
+        asked
     }
 
     /// A change while the link is down: subscribes wait for it, unsubscribes apply.
     fn queue_while_down(&mut self, change: SubscriptionChange) {
         match change {
-            SubscriptionChange::Subscribe {
-                channel,
-                target,
-                reply,
-            } => {
+            SubscriptionChange::Subscribe(waiter) => {
                 // Callers give up after their timeout; forget them as they go.
                 self.waiting.retain(|(_, _, reply)| !reply.is_closed());
-                self.waiting.push((channel, target, reply));
+                self.waiting.push(waiter);
             }
             SubscriptionChange::Unsubscribe { channel } => {
                 self.wanted.remove(&channel);

@@ -3,7 +3,7 @@
 //! the cluster: the link they are on), and channels released but kept through their
 //! unsubscribe grace. Both pub/sub tasks drive it and do the talking to Redis themselves.
 //!
-//! Leaves to others: which channels the node wants across reconnects (`link::Demand`), the
+//! Leaves to others: which channels the node wants across reconnects (`reconnect::Demand`), the
 //! grace's length and the clock (callers pass deadlines and `now`).
 
 use std::collections::{HashMap, VecDeque};

@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{Instrument, info_span};
 
 use super::resp::{Resp, read_reply};
 use super::slots::{SlotMap, SlotMapError, key_slot};
@@ -145,12 +146,8 @@ impl LinkSet {
         stop: &CancellationToken,
     ) {
         let reader_stop = stop.child_token();
-        tokio::spawn(read_link(
-            id,
-            reader,
-            self.incoming_tx.clone(),
-            reader_stop.clone(),
-        ));
+        let reading = read_link(id, reader, self.incoming_tx.clone(), reader_stop.clone());
+        tokio::spawn(reading.instrument(info_span!("pubsub", link = %addr)));
         self.link_addr.insert(id, addr.to_owned());
         self.links.insert(
             addr.to_owned(),

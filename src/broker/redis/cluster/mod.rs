@@ -37,8 +37,8 @@ use self::links::{ClusterError, Incoming, LinkSet, Sent, is_shard_channel};
 use self::resp::{ErrorReply, Resp};
 use self::slots::{SlotMap, SlotMapError, query_slots, split_addr};
 use super::reconnect::{
-    Channel, Demand, Exit, MAX_BATCH, Reconnecting, Reply, Shared, Stopped, SubscriptionChange,
-    Timings,
+    Asked, Channel, Demand, Exit, MAX_BATCH, Reconnecting, Reply, Shared, Stopped,
+    SubscriptionChange, Timings,
 };
 use crate::broker::{BrokerError, BrokerEvent, Unavailable};
 use crate::metrics::Resubscribe;
@@ -362,17 +362,9 @@ impl ClusterPubSubTask {
 
     /// A batch of subscription changes: everything queued now.
     async fn on_changes(&mut self, links: &mut LinkSet, first: SubscriptionChange) -> Step {
-        for change in self.demand.batch(first) {
-            match change {
-                SubscriptionChange::Subscribe {
-                    channel,
-                    target,
-                    reply,
-                } => {
-                    if reply.is_closed() {
-                        continue;
-                    }
-                    self.demand.wanted.insert(channel.clone(), target.clone());
+        for asked in self.demand.take_batch(first) {
+            match asked {
+                Asked::Subscribe((channel, target, reply)) => {
                     if links.subscriptions.is_live(&channel) {
                         links.subscriptions.keep(&channel);
                         if reply.send(Ok(())).is_err() {
@@ -388,10 +380,8 @@ impl ClusterPubSubTask {
                         .map_err(Exit::Lost)?;
                     let _ = links.subscriptions.wait_for(&channel, reply);
                 }
-                SubscriptionChange::Unsubscribe { channel } => {
-                    if self.demand.wanted.remove(&channel).is_some()
-                        && links.subscriptions.is_live(&channel)
-                    {
+                Asked::Release(channel) => {
+                    if links.subscriptions.is_live(&channel) {
                         self.release(links, channel);
                     }
                 }
