@@ -52,6 +52,8 @@ pub enum Unavailable {
         key: String,
         requirement: &'static str,
     },
+    #[error("cannot read redis.tls_ca_file")]
+    TlsCaFile(#[source] Arc<std::io::Error>),
     #[error("cannot build the redis pool")]
     PoolSetup(#[source] Arc<deadpool_redis::BuildError>),
     #[error("redis connection pool")]

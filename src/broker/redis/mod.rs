@@ -29,6 +29,7 @@ mod presence;
 mod pubsub;
 mod reconnect;
 mod subscriptions;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::cluster::ClusterClientBuilder;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span};
@@ -96,14 +97,15 @@ impl RedisBroker {
             return Self::start_cluster(config, events, metrics, timings, runtime);
         }
         // The URL may hold a password: errors name the key, never the value.
-        let client =
-            Client::open(config.url.as_str()).map_err(|err| bad_setting("redis.url", &err))?;
+        let client = tls::client(&config.url, &config.tls_ca_file)?;
         let command_timeout = Duration::from_millis(config.command_timeout_ms);
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(command_timeout))
             .set_response_timeout(Some(command_timeout));
-        let manager = Manager::new_with_config(config.url.as_str(), connection_config)
-            .map_err(|err| bad_setting("redis.url", &err))?;
+        // The client's connection info carries its TLS trust to the pool's connections.
+        let manager =
+            Manager::new_with_config(client.get_connection_info().clone(), connection_config)
+                .map_err(|err| bad_setting("redis.url", &err))?;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(command_timeout))
