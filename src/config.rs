@@ -156,6 +156,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Seed nodes of the cluster (`redis.cluster`); empty means `redis.url` alone.
     pub urls: Vec<String>,
+    /// A PEM file of CA certificates trusted for `rediss://`, besides the platform's roots;
+    /// empty: the platform's roots alone.
+    pub tls_ca_file: String,
 }
 
 impl RedisConfig {
@@ -178,6 +181,7 @@ impl Default for RedisConfig {
             command_timeout_ms: 1_000,
             cluster: false,
             urls: Vec::new(),
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -300,6 +304,23 @@ impl ConfigError {
     fn key(key: &str, problem: impl std::fmt::Display) -> Self {
         ConfigError(format!("invalid configuration key `{key}`: {problem}"))
     }
+}
+
+/// The CA file exists and holds at least one PEM certificate, every one readable.
+fn check_ca_file(path: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let pem = std::fs::read(path).map_err(|err| format!("cannot read `{path}`: {err}"))?;
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|err| format!("`{path}` is not a PEM certificate file: {err}"))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(format!("`{path}` holds no PEM certificate"));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -487,6 +508,10 @@ impl Config {
                 "redis.urls",
                 "lists cluster seed nodes: set redis.cluster = true, or use redis.url",
             ));
+        }
+        if !self.redis.tls_ca_file.is_empty() {
+            check_ca_file(&self.redis.tls_ca_file)
+                .map_err(|problem| ConfigError::key("redis.tls_ca_file", problem))?;
         }
         positive("redis.pool_size", self.redis.pool_size as u64)?;
         positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;

@@ -388,14 +388,11 @@ impl Node {
     async fn fetch_history(
         &self,
         room: &Arc<str>,
-        retention: Retention,
+        _retention: Retention,
     ) -> Result<HistoryPage, BrokerError> {
-        tokio::time::timeout(
-            self.command_timeout,
-            self.broker.history(room.clone(), retention),
-        )
-        .await
-        .unwrap_or(Err(BrokerError::Timeout))
+        tokio::time::timeout(self.command_timeout, self.broker.history(room.clone()))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout))
     }
 
     fn seed_cursor(&self, room: &Arc<str>, page: &HistoryPage) {

@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use crate::protocol::PresenceMember;
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Position, PresenceEvent,
-    PresenceList, PresenceUpdate, Retention, Target, presence_live_for,
+    BoxFuture, BrokerError, BrokerEvent, Envelope, HistoryPage, HistoryStore, Position,
+    PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub, Retention, Target,
+    Unavailable, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -65,11 +66,9 @@ impl MemoryBroker {
                 tokio::time::timeout(self.publish_timeout, self.events.send(event))
                     .await
                     .map_err(|_| BrokerError::Timeout)?
-                    .map_err(|_| BrokerError::Unavailable("node is shutting down".into()))
+                    .map_err(|_| Unavailable::NodeStopping.into())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(BrokerError::Unavailable("node is shutting down".into()))
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Unavailable::NodeStopping.into()),
         }
     }
 }
@@ -244,11 +243,30 @@ fn live_history(
     histories.get(room).map(|_| ())
 }
 
-impl Broker for MemoryBroker {
+impl PubSub for MemoryBroker {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(self.send(envelope))
     }
 
+    /// Every publication comes back to this node: interest is the hub's business.
+    fn subscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unsubscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn is_up(&self) -> bool {
+        !self.events.is_closed()
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl HistoryStore for MemoryBroker {
     fn publish_retained(
         &self,
         mut envelope: Envelope,
@@ -256,24 +274,20 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'_, Result<String, BrokerError>> {
         Box::pin(async move {
             let Target::Room(room) = envelope.target.clone() else {
-                return Err(BrokerError::Unavailable("only rooms keep history".into()));
+                return Err(Unavailable::NotARoom.into());
             };
             let mut histories = self.histories.lock().await;
             let now = Instant::now();
-            if live_history(&mut histories, &room, now).is_none() {
-                histories.insert(
-                    room.clone(),
-                    RoomHistory {
-                        epoch: Position::new_epoch(),
-                        top: 0,
-                        entries: VecDeque::new(),
-                        expires: now,
-                    },
-                );
-            }
-            let Some(history) = histories.get_mut(&room) else {
-                return Err(BrokerError::Unavailable("history vanished".into()));
-            };
+            // An expired history is forgotten: the room starts a new life (a new epoch).
+            live_history(&mut histories, &room, now);
+            let history = histories
+                .entry(room.clone())
+                .or_insert_with(|| RoomHistory {
+                    epoch: Position::new_epoch(),
+                    top: 0,
+                    entries: VecDeque::new(),
+                    expires: now,
+                });
             let position = Position {
                 epoch: history.epoch.clone(),
                 offset: history.top + 1,
@@ -291,11 +305,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn history(
-        &self,
-        room: Arc<str>,
-        _retention: Retention,
-    ) -> BoxFuture<'_, Result<HistoryPage, BrokerError>> {
+    fn history(&self, room: Arc<str>) -> BoxFuture<'_, Result<HistoryPage, BrokerError>> {
         Box::pin(async move {
             let mut histories = self.histories.lock().await;
             if live_history(&mut histories, &room, Instant::now()).is_none() {
@@ -311,7 +321,9 @@ impl Broker for MemoryBroker {
                 .unwrap_or_default())
         })
     }
+}
 
+impl PresenceStore for MemoryBroker {
     fn presence_update(
         &self,
         node: &str,
@@ -369,20 +381,13 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn subscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+    /// Presence events reach this node whatever it subscribes (the hub filters by room).
+    fn subscribe_presence(&self, _room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn unsubscribe(&self, _target: Target) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn unsubscribe_presence(&self, _room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
-    }
-
-    fn is_up(&self) -> bool {
-        !self.events.is_closed()
-    }
-
-    fn kind(&self) -> &'static str {
-        "memory"
     }
 }
 
@@ -553,10 +558,8 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let broker = MemoryBroker::new(tx, Duration::from_millis(20));
         broker.publish(envelope("a")).await.expect("first fits");
-        assert_eq!(
-            broker.publish(envelope("b")).await,
-            Err(BrokerError::Timeout)
-        );
+        let second = broker.publish(envelope("b")).await;
+        assert!(matches!(second, Err(BrokerError::Timeout)), "{second:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -588,10 +591,7 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        let page = broker
-            .history("r".into(), retention)
-            .await
-            .expect("history");
+        let page = broker.history("r".into()).await.expect("history");
         assert_eq!(page.top, 5);
         assert_eq!(
             page.entries
@@ -602,10 +602,7 @@ mod tests {
         );
 
         tokio::time::advance(Duration::from_secs(11)).await;
-        let page = broker
-            .history("r".into(), retention)
-            .await
-            .expect("history");
+        let page = broker.history("r".into()).await.expect("history");
         assert!(
             page.entries.is_empty() && page.top == 0,
             "expired after ttl"

@@ -7,7 +7,6 @@
 
 pub mod memory;
 pub mod redis;
-mod redis_cluster;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,14 +17,37 @@ pub use crate::protocol::{Envelope, Origin, Position, Target};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// Why a broker call failed. The node matches on the variant; the cause is kept for logs.
+#[derive(Debug, thiserror::Error, Clone)]
 pub enum BrokerError {
     /// The broker cannot be reached; nothing was published.
     #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Unavailable),
     /// The broker did not answer within `redis.command_timeout_ms`.
     #[error("broker timed out")]
     Timeout,
+}
+
+/// What made the broker unavailable.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum Unavailable {
+    #[error("the node is shutting down")]
+    NodeStopping,
+    #[error("the broker has stopped")]
+    BrokerStopped,
+    #[error("redis is not reachable")]
+    NotConnected,
+    #[error("only rooms keep history")]
+    NotARoom,
+    /// The backend's own failure (the Redis broker's `RedisFailure`), its cause kept.
+    #[error("broker backend")]
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<Unavailable> for BrokerError {
+    fn from(cause: Unavailable) -> Self {
+        BrokerError::Unavailable(cause)
+    }
 }
 
 /// What a broker hands back to its node.
@@ -94,42 +116,35 @@ pub struct HistoryPage {
     pub entries: Vec<Envelope>,
 }
 
-pub trait Broker: Send + Sync + 'static {
+/// Publish/subscribe: how publications travel between nodes.
+pub trait PubSub: Send + Sync + 'static {
     /// Publish an envelope to its target's channel.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Start receiving a channel. Returns once the subscription is live.
     fn subscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Stop receiving a channel.
     fn unsubscribe(&self, target: Target) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Whether the broker is reachable now (for `/readyz`).
+    fn is_up(&self) -> bool;
+    /// Metric label.
+    fn kind(&self) -> &'static str;
+}
+
+/// Room history (`history.rooms`).
+pub trait HistoryStore: Send + Sync + 'static {
     /// Keep `envelope` in its room's history and publish it, atomically: its id becomes its
     /// position (`h<epoch>-<offset>`), returned, so id order and delivery order agree.
     fn publish_retained(
         &self,
         envelope: Envelope,
         retention: Retention,
-    ) -> BoxFuture<'_, Result<String, BrokerError>> {
-        let _ = (envelope, retention);
-        Box::pin(async {
-            Err(BrokerError::Unavailable(
-                "this broker keeps no history".into(),
-            ))
-        })
-    }
-
+    ) -> BoxFuture<'_, Result<String, BrokerError>>;
     /// The kept messages of `room`.
-    fn history(
-        &self,
-        room: Arc<str>,
-        retention: Retention,
-    ) -> BoxFuture<'_, Result<HistoryPage, BrokerError>> {
-        let _ = (room, retention);
-        Box::pin(async {
-            Err(BrokerError::Unavailable(
-                "this broker keeps no history".into(),
-            ))
-        })
-    }
+    fn history(&self, room: Arc<str>) -> BoxFuture<'_, Result<HistoryPage, BrokerError>>;
+}
 
+/// Presence (`presence.rooms`): who is in a room across nodes, and its events.
+pub trait PresenceStore: Send + Sync + 'static {
     /// Write a node's presence changes (and refresh every room listed, an empty `users`
     /// included) so that they stay live for `ttl`; nodes silent for longer drop out. Returns
     /// the rooms whose state for this node the broker had lost: send them again, `full`.
@@ -138,11 +153,7 @@ pub trait Broker: Send + Sync + 'static {
         node: &str,
         ttl: Duration,
         updates: Vec<PresenceUpdate>,
-    ) -> BoxFuture<'_, Result<Vec<Arc<str>>, BrokerError>> {
-        let _ = (node, ttl, updates);
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
+    ) -> BoxFuture<'_, Result<Vec<Arc<str>>, BrokerError>>;
     /// Who is in `room` on every live node: the exact count, and the first `max` users in
     /// name order with their connections summed over nodes. Drops nodes whose time is up
     /// first (announcing their users when `events`).
@@ -151,25 +162,14 @@ pub trait Broker: Send + Sync + 'static {
         room: Arc<str>,
         events: bool,
         max: usize,
-    ) -> BoxFuture<'_, Result<PresenceList, BrokerError>> {
-        let _ = (room, events, max);
-        Box::pin(async { Ok(PresenceList::default()) })
-    }
-
+    ) -> BoxFuture<'_, Result<PresenceList, BrokerError>>;
     /// Start receiving `room`'s `member_joined` / `member_left`. Returns once live.
-    fn subscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let _ = room;
-        Box::pin(async { Ok(()) })
-    }
-
+    fn subscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Stop receiving `room`'s presence events.
-    fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let _ = room;
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Whether the broker is reachable now (for `/readyz`).
-    fn is_up(&self) -> bool;
-    /// Metric label.
-    fn kind(&self) -> &'static str;
+    fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
+
+/// Everything a node needs from its broker.
+pub trait Broker: PubSub + HistoryStore + PresenceStore {}
+
+impl<T: PubSub + HistoryStore + PresenceStore> Broker for T {}

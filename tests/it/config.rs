@@ -130,6 +130,14 @@ fn bad_values_and_unknown_keys_name_the_key() {
         (vec![("ROOMCAST_BROKER__KIND", "kafka")], "broker.kind"),
         (vec![("ROOMCAST_REDIS__URL", "http://x")], "redis.url"),
         (
+            vec![("ROOMCAST_REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")],
+            "redis.tls_ca_file",
+        ),
+        (
+            vec![("ROOMCAST_REDIS__TLS_CA_FILE", "Cargo.toml")],
+            "redis.tls_ca_file",
+        ),
+        (
             vec![("ROOMCAST_LIMITS__OUTBOX_MESSAGES", "0")],
             "limits.outbox_messages",
         ),

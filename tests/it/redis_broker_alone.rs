@@ -6,12 +6,13 @@
 //! Every test starts its own `redis-server` and uses its own channel prefix; every wait is
 //! bounded by `support::WAIT`.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 use roomcast::broker::redis::{RedisBroker, Timings};
-use roomcast::broker::{Broker, BrokerError, BrokerEvent, Envelope, Origin, Target};
+use roomcast::broker::{BrokerError, BrokerEvent, Envelope, Origin, PubSub, Target};
 use roomcast::config::RedisConfig;
 use roomcast::metrics::Metrics;
 use roomcast::protocol::data_from_payload;
@@ -323,35 +324,20 @@ async fn the_probe_catches_a_subscription_that_went_silent() {
 }
 
 /// `rediss://` and a password in the URL, through the redis crate's URL parsing. The server's
-/// certificate is self-signed, so the URL says `#insecure` (no verification).
+/// certificate is signed by a CA made for the test, trusted through `redis.tls_ca_file`.
 #[tokio::test]
 async fn tls_and_a_password_in_the_url_work() {
     let dir = std::env::temp_dir().join(format!("roomcast-tls-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl on PATH");
-    assert!(status.success(), "openssl made a certificate");
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    make_server_certificate(&dir, &ca, &cert, &key);
     let port = free_port();
-    let (cert_s, key_s) = (
+    let (ca_s, cert_s, key_s) = (
+        ca.to_string_lossy().into_owned(),
         cert.to_string_lossy().into_owned(),
         key.to_string_lossy().into_owned(),
     );
@@ -368,7 +354,7 @@ async fn tls_and_a_password_in_the_url_work() {
             "--tls-key-file",
             &key_s,
             "--tls-ca-cert-file",
-            &cert_s,
+            &ca_s,
             "--tls-auth-clients",
             "no",
             "--requirepass",
@@ -376,9 +362,18 @@ async fn tls_and_a_password_in_the_url_work() {
         ],
     );
     let prefix = unique_prefix("tls");
-    let url = format!("rediss://:s3cret@127.0.0.1:{port}/#insecure");
-    let (broker, mut rx, _) = start_lone_broker(&broker_config(url, &prefix), quick_timings());
-    expect_up(&mut rx, false).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}/");
+    let config = RedisConfig {
+        tls_ca_file: ca.to_string_lossy().into_owned(),
+        ..broker_config(url, &prefix)
+    };
+    let broker = RedisBroker::start_with(&config, tx, Arc::new(Metrics::new()), quick_timings())
+        .expect("start");
+    assert!(matches!(
+        next_event(&mut rx).await,
+        BrokerEvent::Up { resumed: false }
+    ));
     let room = Target::Room("secure".into());
     broker.subscribe(room.clone()).await.expect("subscribe");
     broker
@@ -390,4 +385,66 @@ async fn tls_and_a_password_in_the_url_work() {
     drop(broker);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA, and a certificate for 127.0.0.1 it signed (with openssl, as redis-server needs files).
+fn make_server_certificate(dir: &Path, ca: &Path, cert: &Path, key: &Path) {
+    let ca_key = dir.join("ca-key.pem");
+    let request = dir.join("server.csr");
+    let extensions = dir.join("server.ext");
+    std::fs::write(&extensions, "subjectAltName = IP:127.0.0.1\n").expect("write extensions");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl on PATH");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    run(&[
+        os("req"),
+        os("-x509"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        os("/CN=roomcast test CA"),
+        os("-keyout"),
+        ca_key.as_os_str(),
+        os("-out"),
+        ca.as_os_str(),
+    ]);
+    run(&[
+        os("req"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-subj"),
+        os("/CN=127.0.0.1"),
+        os("-keyout"),
+        key.as_os_str(),
+        os("-out"),
+        request.as_os_str(),
+    ]);
+    run(&[
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        request.as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-days"),
+        os("1"),
+        os("-extfile"),
+        extensions.as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ]);
 }
