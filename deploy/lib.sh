@@ -24,13 +24,21 @@ apt_install() {
 }
 
 # need_all COMMAND:PACKAGE... : install, with one apt-get run, each PACKAGE whose COMMAND is
-# missing (a COMMAND with a slash is a path that must be executable).
-have() { if [[ $1 == */* ]]; then [ -x "$1" ]; else command -v "$1" >/dev/null 2>&1; fi; }
+# missing (a COMMAND with a slash is a path that must be executable; an empty one, as in
+# `:python3-venv`, installs the package unchecked: the caller has decided it is needed).
+have() {
+    if [ -z "$1" ]; then return 1; fi
+    if [[ $1 == */* ]]; then [ -x "$1" ]; else command -v "$1" >/dev/null 2>&1; fi
+}
 need_all() {
     local pair missing=()
-    for pair in "$@"; do have "${pair%%:*}" || missing+=("${pair#*:}"); done
+    for pair in "$@"; do
+        have "${pair%%:*}" || [[ " ${missing[*]} " == *" ${pair#*:} "* ]] || missing+=("${pair#*:}")
+    done
     [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
-    for pair in "$@"; do have "${pair%%:*}" || die "${pair%%:*} not found after installing ${pair#*:}"; done
+    for pair in "$@"; do
+        [ -z "${pair%%:*}" ] || have "${pair%%:*}" || die "${pair%%:*} not found after installing ${pair#*:}"
+    done
 }
 # need COMMAND PACKAGE : install PACKAGE when COMMAND is missing.
 need() { need_all "$1:$2"; }

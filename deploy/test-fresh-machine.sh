@@ -12,9 +12,10 @@
 #      docker-compose (installed only: docker-in-docker is not needed).
 # Prints the time of each stage; removes its container also on failure or Ctrl-C.
 #
-# Usage: deploy/test-fresh-machine.sh [--rev REV | --worktree] [--keep]
+# Usage: deploy/test-fresh-machine.sh [--rev REV | --worktree] [--no-build] [--keep]
 #   --rev REV    the commit to test (default HEAD)
 #   --worktree   HEAD plus the uncommitted changes of tracked files (git stash create)
+#   --no-build   skip stages 1 and 2 (a quick check of the installs alone)
 #   --keep       leave the container for a look (then: docker rm -f roomcast-fresh-PID)
 # Starts dockerd when it is not running (and stops it at exit); installs debootstrap, docker.io,
 # python3-venv with apt-get when missing. Environment: DEBIAN_MIRROR, DEBIAN_SUITE (lib.sh).
@@ -22,11 +23,12 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-rev=HEAD keep=
+rev=HEAD keep='' build=1
 while [ $# -gt 0 ]; do
     case $1 in
         --rev) rev=$2; shift 2 ;;
         --worktree) rev=$(git -C "$REPO_DIR" stash create); rev=${rev:-HEAD}; shift ;;
+        --no-build) build=; shift ;;
         --keep) keep=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -66,6 +68,40 @@ trap 'exit 143' TERM
 # in_box SCRIPT : run a bash script in the container, from the repository's copy, as root.
 in_box() { docker exec -i -w /src "$box" bash -euo pipefail -c "$1"; }
 
+# build_and_run_node : stages 1 and 2, in the container.
+build_and_run_node() {
+    stage "cargo build --release --locked (in the container)"
+    in_box 'cargo --version && cargo build --release --locked'
+
+    stage "the node: /healthz, WebSocket welcome, SIGTERM"
+    local ports ws_port admin_port node_status=0
+    ports=$(free_port_block 2) || die "no free ports"
+    ws_port=$ports admin_port=$((ports + 1))
+    docker exec "$box" bash -c 'echo $$ >/tmp/node.pid; exec /src/target/release/roomcast "$@"' roomcast \
+        --listen "127.0.0.1:$ws_port" --admin-listen "127.0.0.1:$admin_port" >"$work/node.log" 2>&1 &
+    node_exec_pid=$!
+    wait_for 60 "the node's /healthz" in_box "curl -fsS http://127.0.0.1:$admin_port/healthz" || die "no /healthz answer"
+    "$PYTHON" - "ws://127.0.0.1:$ws_port/ws" <<'EOF'
+# The first frame a WebSocket client gets is `welcome`.
+import asyncio, json, sys
+import websockets
+
+async def main(url):
+    async with websockets.connect(url, open_timeout=10) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert first.get("type") == "welcome", f"first frame is not welcome: {first}"
+        print(f"welcome from node {first.get('node')}")
+
+asyncio.run(main(sys.argv[1]))
+EOF
+    # shellcheck disable=SC2016  # expanded by the container's bash
+    in_box 'kill -TERM "$(cat /tmp/node.pid)"'
+    wait_for 30 "the node to stop on SIGTERM" eval "! kill -0 $node_exec_pid" || die "the node did not stop"
+    wait "$node_exec_pid" || node_status=$?
+    node_exec_pid=
+    [ "$node_status" = 0 ] || die "the node exited with status $node_status after SIGTERM"
+}
+
 stage "prerequisites (dockerd, apt-get, venv when missing)"
 ensure_docker
 ensure_python
@@ -102,36 +138,9 @@ for part in index cache; do
 done
 [ ! -e target ] || { echo "a target/ folder came with the sources" >&2; exit 1; }'
 
-stage "cargo build --release --locked (in the container)"
-in_box 'cargo --version && cargo build --release --locked'
-
-stage "the node: /healthz, WebSocket welcome, SIGTERM"
-ports=$(free_port_block 2) || die "no free ports"
-ws_port=$ports admin_port=$((ports + 1))
-docker exec "$box" bash -c 'echo $$ >/tmp/node.pid; exec /src/target/release/roomcast "$@"' roomcast \
-    --listen "127.0.0.1:$ws_port" --admin-listen "127.0.0.1:$admin_port" >"$work/node.log" 2>&1 &
-node_exec_pid=$!
-wait_for 60 "the node's /healthz" in_box "curl -fsS http://127.0.0.1:$admin_port/healthz" || die "no /healthz answer"
-"$PYTHON" - "ws://127.0.0.1:$ws_port/ws" <<'EOF'
-# The first frame a WebSocket client gets is `welcome`.
-import asyncio, json, sys
-import websockets
-
-async def main(url):
-    async with websockets.connect(url, open_timeout=10) as ws:
-        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert first.get("type") == "welcome", f"first frame is not welcome: {first}"
-        print(f"welcome from node {first.get('node')}")
-
-asyncio.run(main(sys.argv[1]))
-EOF
-# shellcheck disable=SC2016  # expanded by the container's bash
-in_box 'kill -TERM "$(cat /tmp/node.pid)"'
-wait_for 30 "the node to stop on SIGTERM" eval "! kill -0 $node_exec_pid" || die "the node did not stop"
-node_status=0
-wait "$node_exec_pid" || node_status=$?
-node_exec_pid=
-[ "$node_status" = 0 ] || die "the node exited with status $node_status after SIGTERM"
+if [ -n "$build" ]; then
+    build_and_run_node
+fi
 
 stage "scripts/test --install-only (in the container)"
 in_box 'scripts/test --install-only'
