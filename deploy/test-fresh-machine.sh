@@ -50,6 +50,7 @@ finish() {
         if [ -n "$keep" ]; then
             log "--keep: container $box left running (docker rm -f $box)"
         else
+            stage "docker rm -f (the container)"
             docker rm -f "$box" >/dev/null 2>&1 || log "docker rm -f $box failed"
         fi
     fi
@@ -114,7 +115,8 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 stage "base image (debootstrap minbase, cached)"
 ensure_base_image
 
-stage "container, gcc + libc6-dev, sources ($commit), crates"
+stage "container, gcc + libc6-dev, sources, crates"
+log "sources: git archive $commit"
 # The host's local CA certificates (a TLS-inspecting egress proxy, for one) are the network's,
 # not a tool: a fresh machine on the same network trusts them too.
 host_cas=()
