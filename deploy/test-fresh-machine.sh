@@ -17,6 +17,11 @@
 #   --worktree   HEAD plus the uncommitted changes of tracked files (git stash create)
 #   --no-build   skip stages 1 and 2 (a quick check of the installs alone)
 #   --keep       leave the container for a look (then: docker rm -f roomcast-fresh-PID)
+# The release build from scratch takes ~10 minutes on 2 cores, and what it proves (no system
+# library needed) changes only with the dependency set: stages 1 and 2 are skipped when a build
+# of the same set (Cargo.toml files, Cargo.lock, build scripts, toolchain) already passed on this
+# machine, recorded under $FRESH_STAMP_DIR (default /var/cache/roomcast-fresh-machine).
+# FRESH_BUILD=always runs them regardless.
 # Starts dockerd when it is not running (and stops it at exit); installs debootstrap, docker.io,
 # python3-venv with apt-get when missing. Environment: DEBIAN_MIRROR, DEBIAN_SUITE (lib.sh).
 set -euo pipefail
@@ -35,6 +40,20 @@ while [ $# -gt 0 ]; do
     esac
 done
 commit=$(git -C "$REPO_DIR" rev-parse --verify "$rev^{commit}") || die "no commit $rev"
+
+# dependency_key : what decides whether the crate builds on a fresh machine.
+dependency_key() {
+    {
+        rustc --version
+        git -C "$REPO_DIR" ls-tree -r "$commit" | grep -E '(Cargo\.(toml|lock)|build\.rs)$' | grep -v '[[:space:]]fuzz/'
+    } | sha256sum | cut -c1-16
+}
+stamp_dir=${FRESH_STAMP_DIR:-/var/cache/roomcast-fresh-machine}
+stamp=$stamp_dir/build-$(dependency_key).ok
+if [ -n "$build" ] && [ "${FRESH_BUILD:-}" != always ] && [ -f "$stamp" ]; then
+    log "release build skipped: this dependency set built on a fresh base before ($(cat "$stamp")); FRESH_BUILD=always rebuilds"
+    build=
+fi
 
 box=roomcast-fresh-$$
 box_started='' node_exec_pid=''
@@ -142,6 +161,7 @@ done
 
 if [ -n "$build" ]; then
     build_and_run_node
+    mkdir -p "$stamp_dir" && echo "commit $commit, $(date -u +%FT%TZ)" >"$stamp"
 fi
 
 stage "scripts/test --install-only (in the container)"
