@@ -27,7 +27,7 @@ use tracing::{debug, error};
 
 use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
-use crate::metrics::Drop;
+use crate::metrics::DropReason;
 use crate::node::{Node, Session};
 use crate::outbox::OutboxReceiver;
 use crate::protocol::{
@@ -292,10 +292,7 @@ fn uncork(ws: &WebSocketStream<TcpStream>) {
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.
 fn token_deadline(exp: u64) -> Instant {
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let left = (exp as f64 - now_s).max(0.0);
+    let left = (exp as f64 - crate::clock::now_secs_f64()).max(0.0);
     Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
 }
 
@@ -316,14 +313,14 @@ fn check_rate(
         RateDecision::Allowed => true,
         RateDecision::Limited => {
             node.metrics().rate_limited.inc();
-            node.metrics().dropped(Drop::RateLimited, 1);
+            node.metrics().dropped(DropReason::RateLimited, 1);
             let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
             session.outbox.offer(protocol::error(&err, id));
             false
         }
         RateDecision::Exceeded => {
             node.metrics().rate_limited.inc();
-            node.metrics().dropped(Drop::RateLimited, 1);
+            node.metrics().dropped(DropReason::RateLimited, 1);
             session.outbox.closer().close(Disconnect::RateLimited);
             false
         }
@@ -396,7 +393,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
 fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&RequestId>) {
     node.metrics().invalid(err.code);
     if err.code == ErrorCode::BadRequest {
-        node.metrics().dropped(Drop::Invalid, 1);
+        node.metrics().dropped(DropReason::Invalid, 1);
     }
     session.outbox.offer(protocol::error(err, id));
 }

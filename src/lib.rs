@@ -4,6 +4,7 @@
 //!
 //! Leaves first; imports flow one way:
 //!
+//! - `clock`: wall-clock milliseconds and time-bounded calls.
 //! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
 //! - `config`: the keys of PROTOCOL.md "Running a node", loading and validation.
 //! - `metrics`: every Prometheus metric.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod hub;

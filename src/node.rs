@@ -7,23 +7,28 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, warn};
 
 use crate::auth::{Identity, glob_match};
+// `broker::memory` imports the clock from here.
+pub use crate::clock::now_ms;
+
 use crate::broker::{
     Broker, BrokerError, BrokerEvent, Envelope, HistoryPage, Origin, Position, PresenceEvent,
     Retention, Target,
 };
+use crate::clock::within;
 use crate::config::Config;
 use crate::hub::{Gate, Hub};
-use crate::metrics::{Drop, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
 use crate::presence::{LocalPresence, PresenceRules};
 use crate::protocol::{
@@ -390,12 +395,8 @@ impl Node {
         room: &Arc<str>,
         retention: Retention,
     ) -> Result<HistoryPage, BrokerError> {
-        tokio::time::timeout(
-            self.command_timeout,
-            self.broker.history(room.clone(), retention),
-        )
-        .await
-        .unwrap_or(Err(BrokerError::Timeout))
+        self.bounded(self.broker.history(room.clone(), retention))
+            .await
     }
 
     fn seed_cursor(&self, room: &Arc<str>, page: &HistoryPage) {
@@ -435,13 +436,8 @@ impl Node {
                 .rule(room)
                 .is_some_and(|rule| rule.events)
             {
-                let result = tokio::time::timeout(
-                    self.command_timeout,
-                    self.broker.unsubscribe_presence(Arc::from(room)),
-                )
-                .await
-                .unwrap_or(Err(BrokerError::Timeout));
-                if let Err(err) = result {
+                let unsubscribing = self.broker.unsubscribe_presence(Arc::from(room));
+                if let Err(err) = self.bounded(unsubscribing).await {
                     debug!(%err, "presence unsubscribe failed");
                 }
             }
@@ -456,23 +452,14 @@ impl Node {
         if !events {
             return self.subscribe(Target::Room(room.clone())).await;
         }
-        let presence = async {
-            tokio::time::timeout(
-                self.command_timeout,
-                self.broker.subscribe_presence(room.clone()),
-            )
-            .await
-            .unwrap_or(Err(BrokerError::Timeout))
-        };
+        let presence = self.bounded(self.broker.subscribe_presence(room.clone()));
         let (messages, events) = tokio::join!(self.subscribe(Target::Room(room.clone())), presence);
         if let Err(err) = messages.and(events) {
             // The hub drops what arrives for rooms without members: a half-made subscription
             // costs traffic, not correctness; give it back anyway.
-            let _ = tokio::time::timeout(
-                self.command_timeout,
-                self.broker.unsubscribe_presence(room.clone()),
-            )
-            .await;
+            let _ = self
+                .bounded(self.broker.unsubscribe_presence(room.clone()))
+                .await;
             self.unsubscribe(Target::Room(room.clone())).await;
             return Err(err);
         }
@@ -520,13 +507,11 @@ impl Node {
         };
         // Read our own writes: this node's changes so far reach the broker first.
         self.presence.written(self.command_timeout).await;
-        tokio::time::timeout(
-            self.command_timeout,
+        self.bounded(
             self.broker
                 .presence(room.into(), rule.events, rule.max_members),
         )
         .await
-        .unwrap_or(Err(BrokerError::Timeout))
         .map_err(|err| {
             CommandError::new(
                 ErrorCode::Unavailable,
@@ -585,7 +570,7 @@ impl Node {
         let delivery = self.hub.deliver_room(&event.room, &frame, None, None);
         self.metrics.messages_delivered.inc_by(delivery.delivered);
         self.metrics
-            .dropped(Drop::SlowConsumer, delivery.overflowed);
+            .dropped(DropReason::SlowConsumer, delivery.overflowed);
     }
 
     /// Publish a client's message to a room it has joined; returns the message id.
@@ -658,9 +643,7 @@ impl Node {
                 None => self.broker.publish(envelope).await.map(|()| id),
             }
         };
-        let result = tokio::time::timeout(self.command_timeout, publishing)
-            .await
-            .unwrap_or(Err(BrokerError::Timeout));
+        let result = self.bounded(publishing).await;
         self.metrics
             .broker_publish_latency
             .observe(started.elapsed().as_secs_f64());
@@ -670,17 +653,20 @@ impl Node {
         result
     }
 
+    /// A broker call bounded by `redis.command_timeout_ms`.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        within(self.command_timeout, BrokerError::Timeout, call).await
+    }
+
     async fn subscribe(&self, target: Target) -> Result<(), BrokerError> {
-        tokio::time::timeout(self.command_timeout, self.broker.subscribe(target))
-            .await
-            .unwrap_or(Err(BrokerError::Timeout))
+        self.bounded(self.broker.subscribe(target)).await
     }
 
     async fn unsubscribe(&self, target: Target) {
-        let result = tokio::time::timeout(self.command_timeout, self.broker.unsubscribe(target))
-            .await
-            .unwrap_or(Err(BrokerError::Timeout));
-        if let Err(err) = result {
+        if let Err(err) = self.bounded(self.broker.unsubscribe(target)).await {
             // The hub drops publications for rooms without members, so a lingering
             // subscription costs traffic, not correctness.
             debug!(%err, "unsubscribe failed");
@@ -819,7 +805,7 @@ impl Node {
         };
         self.metrics.messages_delivered.inc_by(delivery.delivered);
         self.metrics
-            .dropped(Drop::SlowConsumer, delivery.overflowed);
+            .dropped(DropReason::SlowConsumer, delivery.overflowed);
     }
 
     /// Feed broker events to the hub until the broker's queue closes.
@@ -887,14 +873,8 @@ pub struct SlotGuard {
     node: Arc<Node>,
 }
 
-impl std::ops::Drop for SlotGuard {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.node.slots.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::auth::glob_match;
 use crate::broker::{Broker, BrokerError, PresenceUpdate};
+use crate::clock::within;
 use crate::config::{PresenceConfig, PresenceRule};
 use crate::metrics::Metrics;
 
@@ -261,12 +262,8 @@ impl LocalPresence {
         }
         metrics.presence_writes.inc();
         metrics.presence_room_writes.inc_by(batch.len() as u64);
-        let result = tokio::time::timeout(
-            timeout,
-            broker.presence_update(node, self.ttl, batch.clone()),
-        )
-        .await
-        .unwrap_or(Err(BrokerError::Timeout));
+        let writing = broker.presence_update(node, self.ttl, batch.clone());
+        let result = within(timeout, BrokerError::Timeout, writing).await;
         match result {
             Ok(lost) => {
                 self.mark_written(changes);
