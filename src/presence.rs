@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::glob_match;
+use crate::auth::Glob;
 use crate::broker::{Broker, BrokerError, PresenceUpdate};
 use crate::clock::within;
 use crate::config::{PresenceConfig, PresenceRule};
@@ -34,15 +34,24 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// The first `presence.rooms` rule whose pattern matches a room.
 #[derive(Clone, Debug, Default)]
-pub struct PresenceRules(Vec<PresenceRule>);
+pub struct PresenceRules(Vec<(Glob, PresenceRule)>);
 
 impl PresenceRules {
     pub fn new(config: &PresenceConfig) -> Self {
-        PresenceRules(config.rooms.clone())
+        PresenceRules(
+            config
+                .rooms
+                .iter()
+                .map(|rule| (Glob::new(&rule.pattern), rule.clone()))
+                .collect(),
+        )
     }
 
     pub fn rule(&self, room: &str) -> Option<&PresenceRule> {
-        self.0.iter().find(|r| glob_match(&r.pattern, room))
+        self.0
+            .iter()
+            .find(|(glob, _)| glob.matches(room))
+            .map(|(_, rule)| rule)
     }
 
     pub fn is_empty(&self) -> bool {
