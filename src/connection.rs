@@ -71,6 +71,11 @@ pub fn serve(
                 return;
             }
         };
+        let span = tracing::Span::current();
+        span.record("conn", session.conn_id.as_str());
+        if let Some(user) = session.user.as_deref() {
+            span.record("user", user);
+        }
         // Written here rather than through the outbox, so that it leaves with the 101 response
         // (see above); nothing reaches the socket from the outbox before it.
         let welcome = protocol::welcome(
@@ -115,7 +120,7 @@ pub fn serve(
             .reason()
             .unwrap_or(Disconnect::PeerGone);
         node.metrics().disconnected(reason);
-        debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
+        debug!(reason = reason.label(), "connection closed");
     }
 }
 
