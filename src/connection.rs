@@ -29,7 +29,7 @@ use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::DropReason;
 use crate::node::{Node, Session};
-use crate::outbox::OutboxReceiver;
+use crate::outbox::{Closer, OutboxReceiver};
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
@@ -148,17 +148,10 @@ where
     async move {
         let limits = &node.config().limits;
         let closer = outbox.closer();
-        let idle = Duration::from_millis(limits.idle_timeout_ms);
-        let ping_every = Duration::from_millis(limits.ping_interval_ms);
-        let mut last_read = Instant::now();
-        let mut next_ping = last_read + ping_every;
-        let deadline = |last_read: Instant, next_ping: Instant| {
-            let due = (last_read + idle).min(next_ping);
-            expiry.map_or(due, |expiry| due.min(expiry))
-        };
+        let mut beat = Heartbeat::new(limits, expiry);
         // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
         // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
-        let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
+        let timer = tokio::time::sleep_until(beat.deadline());
         tokio::pin!(timer);
         let closed = closer.closed();
         tokio::pin!(closed);
@@ -167,33 +160,13 @@ where
         let mut running: Option<Running<'_>> = None;
 
         loop {
-            tokio::select! {
+            let flow = tokio::select! {
                 biased;
-                _ = &mut closed => break,
+                _ = &mut closed => Flow::Stop,
                 _ = &mut timer => {
-                    let now = Instant::now();
-                    if now >= last_read + idle {
-                        closer.close(Disconnect::Idle);
-                        break;
-                    }
-                    if expiry.is_some_and(|expiry| now >= expiry) {
-                        closer.close(Disconnect::TokenExpired);
-                        break;
-                    }
-                    if now >= next_ping {
-                        next_ping = now + ping_every;
-                        let ping = ws.send(Message::Ping(Bytes::new()));
-                        let sent = tokio::select! {
-                            biased;
-                            _ = &mut closed => break,
-                            sent = ping => sent,
-                        };
-                        if sent.is_err() {
-                            closer.close(Disconnect::PeerGone);
-                            break;
-                        }
-                    }
-                    timer.as_mut().reset(deadline(last_read, next_ping));
+                    let flow = on_timer(&mut ws, &mut beat, closer, closed.as_mut()).await;
+                    timer.as_mut().reset(beat.deadline());
+                    flow
                 }
                 done = async {
                     match running.as_mut() {
@@ -203,65 +176,18 @@ where
                 }, if running.is_some() => {
                     idle_state = Some(done);
                     running = None;
+                    Flow::Go
                 }
                 received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                    let write = async {
-                        for frame in batch.drain(..) {
-                            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
-                        }
-                        ws.flush().await
-                    };
-                    let written = tokio::select! {
-                        biased;
-                        _ = &mut closed => break,
-                        written = write => written,
-                    };
-                    if written.is_err() {
-                        closer.close(Disconnect::PeerGone);
-                        break;
-                    }
-                    if batch.capacity() > IDLE_BATCH_CAPACITY {
-                        batch.shrink_to(IDLE_BATCH_CAPACITY);
-                    }
+                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
                 }
                 next = ws.next(), if running.is_none() => {
-                    last_read = Instant::now();
-                    let Some((mut session, mut rate)) = idle_state.take() else {
-                        break;
-                    };
-                    match next {
-                        None => closer.close(Disconnect::PeerGone),
-                        Some(Err(err)) => closer.close(classify(&err)),
-                        Some(Ok(Message::Text(text))) => {
-                            // Boxed: the command futures (join, publish) are large, and an idle
-                            // connection should not carry their space while it waits.
-                            running = Some(Box::pin(async move {
-                                handle_text(node, &mut session, &mut rate, text.as_str()).await;
-                                (session, rate)
-                            }));
-                            continue;
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            if check_rate(node, &session, &mut rate, None) {
-                                node.metrics().received(CommandKind::Invalid);
-                                let err = CommandError::bad_request("binary frames are not supported");
-                                reply_error(node, &session, &err, None);
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite queued the close reply; the drain below flushes it.
-                            closer.close(Disconnect::PeerGone);
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    }
-                    idle_state = Some((session, rate));
-                    if closer.is_closing() {
-                        break;
-                    }
+                    beat.last_read = Instant::now();
+                    on_frame(node, next, &mut idle_state, &mut running, closer)
                 }
+            };
+            if matches!(flow, Flow::Stop) {
+                break;
             }
         }
 
@@ -271,20 +197,180 @@ where
             (Some(command), _) => Some(command.await.0),
             (None, state) => state.map(|(session, _)| session),
         };
-        if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
-            let _ = tokio::time::timeout(
-                close_timeout,
-                ws.send(Message::Close(Some(close_frame(reason)))),
-            )
-            .await;
-        }
-        // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
-        let _ = tokio::time::timeout(close_timeout, async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        close_handshake(&mut ws, closer, close_timeout).await;
         session
     }
+}
+
+/// Whether the connection loop goes on.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// The three deadlines of a connection: idle, server ping and token expiry.
+struct Heartbeat {
+    idle: Duration,
+    ping_every: Duration,
+    expiry: Option<Instant>,
+    last_read: Instant,
+    next_ping: Instant,
+}
+
+impl Heartbeat {
+    fn new(limits: &crate::config::LimitsConfig, expiry: Option<Instant>) -> Self {
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        let last_read = Instant::now();
+        Heartbeat {
+            idle: Duration::from_millis(limits.idle_timeout_ms),
+            ping_every,
+            expiry,
+            last_read,
+            next_ping: last_read + ping_every,
+        }
+    }
+
+    /// The earliest of the three.
+    fn deadline(&self) -> Instant {
+        let due = (self.last_read + self.idle).min(self.next_ping);
+        self.expiry.map_or(due, |expiry| due.min(expiry))
+    }
+}
+
+/// The timer fired: close an idle or expired connection, or send the server ping.
+async fn on_timer<S, F>(
+    ws: &mut WebSocketStream<S>,
+    beat: &mut Heartbeat,
+    closer: &Closer,
+    closed: Pin<&mut F>,
+) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    let now = Instant::now();
+    if now >= beat.last_read + beat.idle {
+        closer.close(Disconnect::Idle);
+        return Flow::Stop;
+    }
+    if beat.expiry.is_some_and(|expiry| now >= expiry) {
+        closer.close(Disconnect::TokenExpired);
+        return Flow::Stop;
+    }
+    if now >= beat.next_ping {
+        beat.next_ping = now + beat.ping_every;
+        let ping = ws.send(Message::Ping(Bytes::new()));
+        let sent = tokio::select! {
+            biased;
+            _ = closed => return Flow::Stop,
+            sent = ping => sent,
+        };
+        if sent.is_err() {
+            closer.close(Disconnect::PeerGone);
+            return Flow::Stop;
+        }
+    }
+    Flow::Go
+}
+
+/// Frames came out of the outbox: write them in one flush (0 received: the outbox is gone).
+async fn on_outbox<S, F>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Frame>,
+    received: usize,
+    closer: &Closer,
+    closed: Pin<&mut F>,
+) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    if received == 0 {
+        return Flow::Stop;
+    }
+    let write = async {
+        for frame in batch.drain(..) {
+            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+        }
+        ws.flush().await
+    };
+    let written = tokio::select! {
+        biased;
+        _ = closed => return Flow::Stop,
+        written = write => written,
+    };
+    if written.is_err() {
+        closer.close(Disconnect::PeerGone);
+        return Flow::Stop;
+    }
+    if batch.capacity() > IDLE_BATCH_CAPACITY {
+        batch.shrink_to(IDLE_BATCH_CAPACITY);
+    }
+    Flow::Go
+}
+
+/// The client sent something (or the socket ended). A text frame starts a command, which
+/// takes the session until it is done; anything else is handled here and now.
+fn on_frame<'a>(
+    node: &'a Node,
+    next: Option<Result<Message, WsError>>,
+    idle_state: &mut Option<(Session, MessageRate)>,
+    running: &mut Option<Running<'a>>,
+    closer: &Closer,
+) -> Flow {
+    let Some((mut session, mut rate)) = idle_state.take() else {
+        return Flow::Stop;
+    };
+    match next {
+        None => closer.close(Disconnect::PeerGone),
+        Some(Err(err)) => closer.close(classify(&err)),
+        Some(Ok(Message::Text(text))) => {
+            // Boxed: the command futures (join, publish) are large, and an idle connection
+            // should not carry their space while it waits.
+            *running = Some(Box::pin(async move {
+                handle_text(node, &mut session, &mut rate, text.as_str()).await;
+                (session, rate)
+            }));
+            return Flow::Go;
+        }
+        Some(Ok(Message::Binary(_))) => {
+            if check_rate(node, &session, &mut rate, None) {
+                node.metrics().received(CommandKind::Invalid);
+                let err = CommandError::bad_request("binary frames are not supported");
+                reply_error(node, &session, &err, None);
+            }
+        }
+        Some(Ok(Message::Close(_))) => {
+            // tungstenite queued the close reply; the drain in `close_handshake` flushes it.
+            closer.close(Disconnect::PeerGone);
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+    }
+    *idle_state = Some((session, rate));
+    if closer.is_closing() {
+        Flow::Stop
+    } else {
+        Flow::Go
+    }
+}
+
+/// Send our close frame when the reason has a code, then wait briefly for the peer's side of
+/// the close handshake (or flush our reply to theirs).
+async fn close_handshake<S>(ws: &mut WebSocketStream<S>, closer: &Closer, close_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
+        let _ = tokio::time::timeout(
+            close_timeout,
+            ws.send(Message::Close(Some(close_frame(reason)))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(close_timeout, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 /// Let the kernel send what the listener's `TCP_CORK` held back. Failing leaves the data to
