@@ -164,7 +164,13 @@ where
                 biased;
                 _ = &mut closed => Flow::Stop,
                 _ = &mut timer => {
-                    let flow = on_timer(&mut ws, &mut beat, closer, closed.as_mut()).await;
+                    let flow = match on_timer(&mut beat, closer) {
+                        Some(flow) => flow,
+                        None => {
+                            let ping = ws.send(Message::Ping(Bytes::new()));
+                            write_unless_closed(ping, closer, closed.as_mut()).await
+                        }
+                    };
                     timer.as_mut().reset(beat.deadline());
                     flow
                 }
@@ -237,38 +243,42 @@ impl Heartbeat {
     }
 }
 
-/// The timer fired: close an idle or expired connection, or send the server ping.
-async fn on_timer<S, F>(
-    ws: &mut WebSocketStream<S>,
-    beat: &mut Heartbeat,
+/// The timer fired. `None` when a server ping is due; otherwise whether the loop goes on (an
+/// idle or expired connection is closed).
+fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Option<Flow> {
+    let now = Instant::now();
+    if now >= beat.last_read + beat.idle {
+        closer.close(Disconnect::Idle);
+        return Some(Flow::Stop);
+    }
+    if beat.expiry.is_some_and(|expiry| now >= expiry) {
+        closer.close(Disconnect::TokenExpired);
+        return Some(Flow::Stop);
+    }
+    if now >= beat.next_ping {
+        beat.next_ping = now + beat.ping_every;
+        return None;
+    }
+    Some(Flow::Go)
+}
+
+/// Wait for a write unless the connection closes first; a failed write means the peer is gone.
+async fn write_unless_closed<F>(
+    write: impl Future<Output = Result<(), WsError>>,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    let now = Instant::now();
-    if now >= beat.last_read + beat.idle {
-        closer.close(Disconnect::Idle);
+    let written = tokio::select! {
+        biased;
+        _ = closed => return Flow::Stop,
+        written = write => written,
+    };
+    if written.is_err() {
+        closer.close(Disconnect::PeerGone);
         return Flow::Stop;
-    }
-    if beat.expiry.is_some_and(|expiry| now >= expiry) {
-        closer.close(Disconnect::TokenExpired);
-        return Flow::Stop;
-    }
-    if now >= beat.next_ping {
-        beat.next_ping = now + beat.ping_every;
-        let ping = ws.send(Message::Ping(Bytes::new()));
-        let sent = tokio::select! {
-            biased;
-            _ = closed => return Flow::Stop,
-            sent = ping => sent,
-        };
-        if sent.is_err() {
-            closer.close(Disconnect::PeerGone);
-            return Flow::Stop;
-        }
     }
     Flow::Go
 }
@@ -294,13 +304,7 @@ where
         }
         ws.flush().await
     };
-    let written = tokio::select! {
-        biased;
-        _ = closed => return Flow::Stop,
-        written = write => written,
-    };
-    if written.is_err() {
-        closer.close(Disconnect::PeerGone);
+    if let Flow::Stop = write_unless_closed(write, closer, closed).await {
         return Flow::Stop;
     }
     if batch.capacity() > IDLE_BATCH_CAPACITY {
