@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
+use wildmatch::WildMatch;
 
 use crate::config::{AuthConfig, AuthMode};
 
@@ -178,7 +180,7 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&str>) -> O
             if let Some(value) = pair.strip_prefix("token=")
                 && !value.is_empty()
             {
-                return Some(percent_decode(value));
+                return Some(form_value_decode(value));
             }
         }
     }
@@ -188,57 +190,32 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&str>) -> O
         .filter(|t| !t.is_empty())
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    // Exactly two ASCII hex digits: `u8::from_str_radix` would also take a sign (`%+3`).
-    let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
-    while i < bytes.len() {
-        match (bytes[i], hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.extend(u8::try_from(hi * 16 + lo).ok());
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `application/x-www-form-urlencoded` value decoding: `+` is a space, `%` and two hex digits
+/// a byte (anything else stays as it is), invalid UTF-8 replaced.
+fn form_value_decode(value: &str) -> String {
+    let spaced = value.replace('+', " ");
+    percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
-/// Glob match: `*` is any run of characters (including none), `?` exactly one.
+/// Glob match: `*` is any run of characters (including none), `?` exactly one; no escapes,
+/// every other character is itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        // `*` first: it is a wildcard even where the text has a `*` too.
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
+    Glob::new(pattern).matches(text)
+}
+
+/// A glob pattern parsed once, for patterns matched on every join (`history.rooms`,
+/// `presence.rooms`); the same rules as [`glob_match`].
+#[derive(Clone, Debug)]
+pub struct Glob(WildMatch);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        Glob(WildMatch::new(pattern))
     }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
+
+    pub fn matches(&self, text: &str) -> bool {
+        self.0.matches(text)
     }
-    pi == p.len()
 }
 
 #[cfg(test)]

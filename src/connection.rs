@@ -27,9 +27,9 @@ use tracing::{debug, error};
 
 use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
-use crate::metrics::Drop;
+use crate::metrics::DropReason;
 use crate::node::{Node, Session};
-use crate::outbox::OutboxReceiver;
+use crate::outbox::{Closer, OutboxReceiver};
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
@@ -71,6 +71,11 @@ pub fn serve(
                 return;
             }
         };
+        let span = tracing::Span::current();
+        span.record("conn", session.conn_id.as_str());
+        if let Some(user) = session.user.as_deref() {
+            span.record("user", user);
+        }
         // Written here rather than through the outbox, so that it leaves with the 101 response
         // (see above); nothing reaches the socket from the outbox before it.
         let welcome = protocol::welcome(
@@ -115,7 +120,7 @@ pub fn serve(
             .reason()
             .unwrap_or(Disconnect::PeerGone);
         node.metrics().disconnected(reason);
-        debug!(conn = %session.conn_id, reason = reason.label(), "connection closed");
+        debug!(reason = reason.label(), "connection closed");
     }
 }
 
@@ -143,17 +148,10 @@ where
     async move {
         let limits = &node.config().limits;
         let closer = outbox.closer();
-        let idle = Duration::from_millis(limits.idle_timeout_ms);
-        let ping_every = Duration::from_millis(limits.ping_interval_ms);
-        let mut last_read = Instant::now();
-        let mut next_ping = last_read + ping_every;
-        let deadline = |last_read: Instant, next_ping: Instant| {
-            let due = (last_read + idle).min(next_ping);
-            expiry.map_or(due, |expiry| due.min(expiry))
-        };
+        let mut beat = Heartbeat::new(limits, expiry);
         // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
         // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
-        let timer = tokio::time::sleep_until(deadline(last_read, next_ping));
+        let timer = tokio::time::sleep_until(beat.deadline());
         tokio::pin!(timer);
         let closed = closer.closed();
         tokio::pin!(closed);
@@ -162,33 +160,19 @@ where
         let mut running: Option<Running<'_>> = None;
 
         loop {
-            tokio::select! {
+            let flow = tokio::select! {
                 biased;
-                _ = &mut closed => break,
+                _ = &mut closed => Flow::Stop,
                 _ = &mut timer => {
-                    let now = Instant::now();
-                    if now >= last_read + idle {
-                        closer.close(Disconnect::Idle);
-                        break;
-                    }
-                    if expiry.is_some_and(|expiry| now >= expiry) {
-                        closer.close(Disconnect::TokenExpired);
-                        break;
-                    }
-                    if now >= next_ping {
-                        next_ping = now + ping_every;
-                        let ping = ws.send(Message::Ping(Bytes::new()));
-                        let sent = tokio::select! {
-                            biased;
-                            _ = &mut closed => break,
-                            sent = ping => sent,
-                        };
-                        if sent.is_err() {
-                            closer.close(Disconnect::PeerGone);
-                            break;
+                    let flow = match on_timer(&mut beat, closer) {
+                        Some(flow) => flow,
+                        None => {
+                            let ping = ws.send(Message::Ping(Bytes::new()));
+                            write_unless_closed(ping, closer, closed.as_mut()).await
                         }
-                    }
-                    timer.as_mut().reset(deadline(last_read, next_ping));
+                    };
+                    timer.as_mut().reset(beat.deadline());
+                    flow
                 }
                 done = async {
                     match running.as_mut() {
@@ -198,65 +182,18 @@ where
                 }, if running.is_some() => {
                     idle_state = Some(done);
                     running = None;
+                    Flow::Go
                 }
                 received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                    let write = async {
-                        for frame in batch.drain(..) {
-                            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
-                        }
-                        ws.flush().await
-                    };
-                    let written = tokio::select! {
-                        biased;
-                        _ = &mut closed => break,
-                        written = write => written,
-                    };
-                    if written.is_err() {
-                        closer.close(Disconnect::PeerGone);
-                        break;
-                    }
-                    if batch.capacity() > IDLE_BATCH_CAPACITY {
-                        batch.shrink_to(IDLE_BATCH_CAPACITY);
-                    }
+                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
                 }
                 next = ws.next(), if running.is_none() => {
-                    last_read = Instant::now();
-                    let Some((mut session, mut rate)) = idle_state.take() else {
-                        break;
-                    };
-                    match next {
-                        None => closer.close(Disconnect::PeerGone),
-                        Some(Err(err)) => closer.close(classify(&err)),
-                        Some(Ok(Message::Text(text))) => {
-                            // Boxed: the command futures (join, publish) are large, and an idle
-                            // connection should not carry their space while it waits.
-                            running = Some(Box::pin(async move {
-                                handle_text(node, &mut session, &mut rate, text.as_str()).await;
-                                (session, rate)
-                            }));
-                            continue;
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            if check_rate(node, &session, &mut rate, None) {
-                                node.metrics().received(CommandKind::Invalid);
-                                let err = CommandError::bad_request("binary frames are not supported");
-                                reply_error(node, &session, &err, None);
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite queued the close reply; the drain below flushes it.
-                            closer.close(Disconnect::PeerGone);
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    }
-                    idle_state = Some((session, rate));
-                    if closer.is_closing() {
-                        break;
-                    }
+                    beat.last_read = Instant::now();
+                    on_frame(node, next, &mut idle_state, &mut running, closer)
                 }
+            };
+            if matches!(flow, Flow::Stop) {
+                break;
             }
         }
 
@@ -266,20 +203,178 @@ where
             (Some(command), _) => Some(command.await.0),
             (None, state) => state.map(|(session, _)| session),
         };
-        if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
-            let _ = tokio::time::timeout(
-                close_timeout,
-                ws.send(Message::Close(Some(close_frame(reason)))),
-            )
-            .await;
-        }
-        // Wait briefly for the peer's side of the close handshake (or flush our reply to theirs).
-        let _ = tokio::time::timeout(close_timeout, async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        close_handshake(&mut ws, closer, close_timeout).await;
         session
     }
+}
+
+/// Whether the connection loop goes on.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// The three deadlines of a connection: idle, server ping and token expiry.
+struct Heartbeat {
+    idle: Duration,
+    ping_every: Duration,
+    expiry: Option<Instant>,
+    last_read: Instant,
+    next_ping: Instant,
+}
+
+impl Heartbeat {
+    fn new(limits: &crate::config::LimitsConfig, expiry: Option<Instant>) -> Self {
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        let last_read = Instant::now();
+        Heartbeat {
+            idle: Duration::from_millis(limits.idle_timeout_ms),
+            ping_every,
+            expiry,
+            last_read,
+            next_ping: last_read + ping_every,
+        }
+    }
+
+    /// The earliest of the three.
+    fn deadline(&self) -> Instant {
+        let due = (self.last_read + self.idle).min(self.next_ping);
+        self.expiry.map_or(due, |expiry| due.min(expiry))
+    }
+}
+
+/// The timer fired. `None` when a server ping is due; otherwise whether the loop goes on (an
+/// idle or expired connection is closed).
+fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Option<Flow> {
+    let now = Instant::now();
+    if now >= beat.last_read + beat.idle {
+        closer.close(Disconnect::Idle);
+        return Some(Flow::Stop);
+    }
+    if beat.expiry.is_some_and(|expiry| now >= expiry) {
+        closer.close(Disconnect::TokenExpired);
+        return Some(Flow::Stop);
+    }
+    if now >= beat.next_ping {
+        beat.next_ping = now + beat.ping_every;
+        return None;
+    }
+    Some(Flow::Go)
+}
+
+/// Wait for a write unless the connection closes first; a failed write means the peer is gone.
+async fn write_unless_closed<F>(
+    write: impl Future<Output = Result<(), WsError>>,
+    closer: &Closer,
+    closed: Pin<&mut F>,
+) -> Flow
+where
+    F: Future<Output = ()>,
+{
+    let written = tokio::select! {
+        biased;
+        _ = closed => return Flow::Stop,
+        written = write => written,
+    };
+    if written.is_err() {
+        closer.close(Disconnect::PeerGone);
+        return Flow::Stop;
+    }
+    Flow::Go
+}
+
+/// Frames came out of the outbox: write them in one flush (0 received: the outbox is gone).
+async fn on_outbox<S, F>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Frame>,
+    received: usize,
+    closer: &Closer,
+    closed: Pin<&mut F>,
+) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    if received == 0 {
+        return Flow::Stop;
+    }
+    let write = async {
+        for frame in batch.drain(..) {
+            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+        }
+        ws.flush().await
+    };
+    if let Flow::Stop = write_unless_closed(write, closer, closed).await {
+        return Flow::Stop;
+    }
+    if batch.capacity() > IDLE_BATCH_CAPACITY {
+        batch.shrink_to(IDLE_BATCH_CAPACITY);
+    }
+    Flow::Go
+}
+
+/// The client sent something (or the socket ended). A text frame starts a command, which
+/// takes the session until it is done; anything else is handled here and now.
+fn on_frame<'a>(
+    node: &'a Node,
+    next: Option<Result<Message, WsError>>,
+    idle_state: &mut Option<(Session, MessageRate)>,
+    running: &mut Option<Running<'a>>,
+    closer: &Closer,
+) -> Flow {
+    let Some((mut session, mut rate)) = idle_state.take() else {
+        return Flow::Stop;
+    };
+    match next {
+        None => closer.close(Disconnect::PeerGone),
+        Some(Err(err)) => closer.close(classify(&err)),
+        Some(Ok(Message::Text(text))) => {
+            // Boxed: the command futures (join, publish) are large, and an idle connection
+            // should not carry their space while it waits.
+            *running = Some(Box::pin(async move {
+                handle_text(node, &mut session, &mut rate, text.as_str()).await;
+                (session, rate)
+            }));
+            return Flow::Go;
+        }
+        Some(Ok(Message::Binary(_))) => {
+            if check_rate(node, &session, &mut rate, None) {
+                node.metrics().received(CommandKind::Invalid);
+                let err = CommandError::bad_request("binary frames are not supported");
+                reply_error(node, &session, &err, None);
+            }
+        }
+        Some(Ok(Message::Close(_))) => {
+            // tungstenite queued the close reply; the drain in `close_handshake` flushes it.
+            closer.close(Disconnect::PeerGone);
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+    }
+    *idle_state = Some((session, rate));
+    if closer.is_closing() {
+        Flow::Stop
+    } else {
+        Flow::Go
+    }
+}
+
+/// Send our close frame when the reason has a code, then wait briefly for the peer's side of
+/// the close handshake (or flush our reply to theirs).
+async fn close_handshake<S>(ws: &mut WebSocketStream<S>, closer: &Closer, close_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
+        let _ = tokio::time::timeout(
+            close_timeout,
+            ws.send(Message::Close(Some(close_frame(reason)))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(close_timeout, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 /// Let the kernel send what the listener's `TCP_CORK` held back. Failing leaves the data to
@@ -292,10 +387,7 @@ fn uncork(ws: &WebSocketStream<TcpStream>) {
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.
 fn token_deadline(exp: u64) -> Instant {
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let left = (exp as f64 - now_s).max(0.0);
+    let left = (exp as f64 - crate::clock::now_secs_f64()).max(0.0);
     Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
 }
 
@@ -316,14 +408,14 @@ fn check_rate(
         RateDecision::Allowed => true,
         RateDecision::Limited => {
             node.metrics().rate_limited.inc();
-            node.metrics().dropped(Drop::RateLimited, 1);
+            node.metrics().dropped(DropReason::RateLimited, 1);
             let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
             session.outbox.offer(protocol::error(&err, id));
             false
         }
         RateDecision::Exceeded => {
             node.metrics().rate_limited.inc();
-            node.metrics().dropped(Drop::RateLimited, 1);
+            node.metrics().dropped(DropReason::RateLimited, 1);
             session.outbox.closer().close(Disconnect::RateLimited);
             false
         }
@@ -396,7 +488,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
 fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&RequestId>) {
     node.metrics().invalid(err.code);
     if err.code == ErrorCode::BadRequest {
-        node.metrics().dropped(Drop::Invalid, 1);
+        node.metrics().dropped(DropReason::Invalid, 1);
     }
     session.outbox.offer(protocol::error(err, id));
 }

@@ -4,6 +4,7 @@
 //!
 //! Leaves first; imports flow one way:
 //!
+//! - `clock`: wall-clock milliseconds and time-bounded calls.
 //! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
 //! - `config`: the keys of PROTOCOL.md "Running a node", loading and validation.
 //! - `metrics`: every Prometheus metric.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod hub;
@@ -111,6 +113,45 @@ fn start_broker(
     }
 }
 
+/// Subscribe the broadcast channel: without it no broadcast arrives. Keeps trying while the
+/// broker is down, until it succeeds or `stop` fires.
+async fn keep_broadcast_interest(node: Arc<Node>, stop: CancellationToken) {
+    loop {
+        match node.subscribe_broadcast().await {
+            Ok(()) => break,
+            Err(err) => warn!(%err, "cannot subscribe to broadcasts yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The admin API until `stop` fires.
+async fn serve_admin(
+    node: Arc<Node>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, admin::router(node))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Close every client with 1001 and give the connections `server.shutdown_grace_ms` to end.
+async fn close_clients(node: &Node, tracker: &TaskTracker, config: &Config) {
+    node.close_all_clients();
+    tracker.close();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = tracker.len(),
+            "shutdown grace elapsed with connections still open"
+        );
+    }
+}
+
 /// Serve until `shutdown` resolves, then drain: `/readyz` turns 503, accepting stops, every
 /// client is closed with 1001, and connections get `server.shutdown_grace_ms` to finish.
 pub async fn run(
@@ -134,34 +175,15 @@ pub async fn run(
     let stop_admin = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let broadcast_interest = {
-        let node = node.clone();
-        let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            // Without this subscription no broadcast arrives; keep trying while the broker is down.
-            loop {
-                match node.subscribe_broadcast().await {
-                    Ok(()) => break,
-                    Err(err) => warn!(%err, "cannot subscribe to broadcasts yet"),
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        })
-    };
-
-    let admin = {
-        let app = admin::router(node.clone());
-        let stop = stop_admin.clone();
-        let listener = listeners.admin;
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
+    let broadcast_interest = tokio::spawn(keep_broadcast_interest(
+        node.clone(),
+        stop_accepting.clone(),
+    ));
+    let admin = tokio::spawn(serve_admin(
+        node.clone(),
+        listeners.admin,
+        stop_admin.clone(),
+    ));
 
     if let Ok(addr) = listeners.ws.local_addr() {
         info!(%addr, path = %config.server.path, node = node.node_id(), "websocket listening");
@@ -178,15 +200,7 @@ pub async fn run(
     stop_accepting.cancel();
     let _ = accept.await;
     broadcast_interest.abort();
-    node.close_all_clients();
-    tracker.close();
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(
-            remaining = tracker.len(),
-            "shutdown grace elapsed with connections still open"
-        );
-    }
+    close_clients(&node, &tracker, &config).await;
     // The clients are gone: write their departure now rather than let the others wait for
     // this node's presence to time out.
     stop_presence.cancel();

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{AuthFailure, Authenticator, Identity, token_from_request};
 use crate::config::trusted_proxy_addrs;
@@ -99,7 +100,10 @@ impl Listener {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    tracker.spawn(this.clone().handle(tcp, peer));
+                    // Every log line of the connection names it; `connection::serve` fills in
+                    // the ids once the node has registered it.
+                    let span = info_span!("conn", %peer, conn = Empty, user = Empty);
+                    tracker.spawn(this.clone().handle(tcp, peer).instrument(span));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -164,32 +168,15 @@ impl Listener {
         }
     }
 
-    fn admit(
-        &self,
-        request: &Request,
-        peer: SocketAddr,
-    ) -> Result<Admission, (Refusal, StatusCode, &'static str)> {
+    /// Every check of a handshake, in the order PROTOCOL.md gives; the admission holds the
+    /// slots it took.
+    fn admit(&self, request: &Request, peer: SocketAddr) -> Result<Admission, Refused> {
         let config = self.node.config();
         let client = self.client_ip(request, peer.ip());
         if request.uri().path() != config.server.path {
             return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
         }
-        if !config.server.allowed_origins.is_empty() {
-            let origin = request
-                .headers()
-                .get("origin")
-                .and_then(|v| v.to_str().ok());
-            let allowed = origin.is_some_and(|o| {
-                config
-                    .server
-                    .allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            });
-            if !allowed {
-                return Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin not allowed"));
-            }
-        }
+        self.check_origin(request)?;
         if self.per_address.check_key(&client).is_err() {
             return Err((
                 Refusal::RateLimited,
@@ -197,33 +184,7 @@ impl Listener {
                 "too many connections from this address",
             ));
         }
-        let identity = match &self.authenticator {
-            None => None,
-            Some(authenticator) => {
-                let token = token_from_request(
-                    request.uri().query(),
-                    request
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok()),
-                );
-                let verified = match token {
-                    None => Err(AuthFailure::Missing),
-                    Some(token) => authenticator.verify(&token),
-                };
-                match verified {
-                    Ok(identity) => Some(identity),
-                    Err(failure) => {
-                        self.node.metrics().auth_failed(failure);
-                        return Err((
-                            Refusal::Unauthorized,
-                            StatusCode::UNAUTHORIZED,
-                            "missing, expired or invalid token",
-                        ));
-                    }
-                }
-            }
-        };
+        let identity = self.authenticate(request)?;
         if !self.node.is_accepting() {
             return Err((
                 Refusal::ShuttingDown,
@@ -248,7 +209,53 @@ impl Listener {
     }
 }
 
+/// Why a handshake is refused: the metric label, the HTTP status and the body.
+type Refused = (Refusal, StatusCode, &'static str);
+
 impl Listener {
+    /// `server.allowed_origins`, when set, must name the request's `Origin`.
+    fn check_origin(&self, request: &Request) -> Result<(), Refused> {
+        let allowed_origins = &self.node.config().server.allowed_origins;
+        if allowed_origins.is_empty() {
+            return Ok(());
+        }
+        let origin = request
+            .headers()
+            .get("origin")
+            .and_then(|v| v.to_str().ok());
+        if origin.is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
+            Ok(())
+        } else {
+            Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin not allowed"))
+        }
+    }
+
+    /// The identity of the request's token; `None` without authentication.
+    fn authenticate(&self, request: &Request) -> Result<Option<Identity>, Refused> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(None);
+        };
+        let token = token_from_request(
+            request.uri().query(),
+            request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let verified = match token {
+            None => Err(AuthFailure::Missing),
+            Some(token) => authenticator.verify(&token),
+        };
+        verified.map(Some).map_err(|failure| {
+            self.node.metrics().auth_failed(failure);
+            (
+                Refusal::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "missing, expired or invalid token",
+            )
+        })
+    }
+
     fn client_ip(&self, request: &Request, peer: IpAddr) -> IpAddr {
         if !self.trusted_proxies.contains(&peer) {
             return peer;

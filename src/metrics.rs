@@ -53,20 +53,24 @@ impl Refusal {
 
 /// Why a message was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     RateLimited,
     Invalid,
     SlowConsumer,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 3] = [Drop::RateLimited, Drop::Invalid, Drop::SlowConsumer];
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::RateLimited,
+        DropReason::Invalid,
+        DropReason::SlowConsumer,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Drop::RateLimited => "rate_limited",
-            Drop::Invalid => "invalid",
-            Drop::SlowConsumer => "slow_consumer",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Invalid => "invalid",
+            DropReason::SlowConsumer => "slow_consumer",
         }
     }
 }
@@ -217,7 +221,7 @@ impl Metrics {
                 "roomcast_messages_dropped_total",
                 "Messages not delivered, by reason",
                 "reason",
-                &labels(&mut Drop::ALL.iter().map(|d| d.label())),
+                &labels(&mut DropReason::ALL.iter().map(|d| d.label())),
             ),
             rate_limited: counter(
                 "roomcast_rate_limited_total",
@@ -316,7 +320,7 @@ impl Metrics {
         self.invalid.with_label_values(&[code.as_str()]).inc();
     }
 
-    pub fn dropped(&self, reason: Drop, n: u64) {
+    pub fn dropped(&self, reason: DropReason, n: u64) {
         if n > 0 {
             self.messages_dropped
                 .with_label_values(&[reason.label()])

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::glob_match;
+use crate::auth::Glob;
 use crate::broker::{Broker, BrokerError, PresenceUpdate};
+use crate::clock::within;
 use crate::config::{PresenceConfig, PresenceRule};
 use crate::metrics::Metrics;
 
@@ -33,15 +34,24 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// The first `presence.rooms` rule whose pattern matches a room.
 #[derive(Clone, Debug, Default)]
-pub struct PresenceRules(Vec<PresenceRule>);
+pub struct PresenceRules(Vec<(Glob, PresenceRule)>);
 
 impl PresenceRules {
     pub fn new(config: &PresenceConfig) -> Self {
-        PresenceRules(config.rooms.clone())
+        PresenceRules(
+            config
+                .rooms
+                .iter()
+                .map(|rule| (Glob::new(&rule.pattern), rule.clone()))
+                .collect(),
+        )
     }
 
     pub fn rule(&self, room: &str) -> Option<&PresenceRule> {
-        self.0.iter().find(|r| glob_match(&r.pattern, room))
+        self.0
+            .iter()
+            .find(|(glob, _)| glob.matches(room))
+            .map(|(_, rule)| rule)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -261,12 +271,8 @@ impl LocalPresence {
         }
         metrics.presence_writes.inc();
         metrics.presence_room_writes.inc_by(batch.len() as u64);
-        let result = tokio::time::timeout(
-            timeout,
-            broker.presence_update(node, self.ttl, batch.clone()),
-        )
-        .await
-        .unwrap_or(Err(BrokerError::Timeout));
+        let writing = broker.presence_update(node, self.ttl, batch.clone());
+        let result = within(timeout, BrokerError::Timeout, writing).await;
         match result {
             Ok(lost) => {
                 self.mark_written(changes);

@@ -347,7 +347,7 @@ impl PresenceStore for MemoryBroker {
                         room: update.room.clone(),
                         user,
                         joined,
-                        ts: crate::node::now_ms(),
+                        ts: crate::clock::now_ms(),
                     }));
                 }
             }
@@ -372,7 +372,7 @@ impl PresenceStore for MemoryBroker {
                         room: room.clone(),
                         user,
                         joined: false,
-                        ts: crate::node::now_ms(),
+                        ts: crate::clock::now_ms(),
                     }))
                     .await?;
                 }

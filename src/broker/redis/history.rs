@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::RedisBroker;
 use super::commands::{publish_command, sharded, with_functions};
-use super::reconnect::unix_ms;
 use crate::broker::{
     BoxFuture, BrokerError, Envelope, HistoryPage, HistoryStore, Position, Retention, Target,
 };
@@ -56,7 +55,7 @@ impl HistoryStore for RedisBroker {
             };
             let (epoch, top, entries): (String, String, Vec<Vec<u8>>) =
                 with_functions(&self.shared.commands, call).await?;
-            let now = unix_ms();
+            let now = crate::clock::now_ms();
             Ok(HistoryPage {
                 epoch,
                 top: top.parse().unwrap_or(0),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
@@ -422,7 +422,7 @@ impl ExternalIds {
                 }))
             }
             Channel::Messages(target) => {
-                let now_ms = unix_ms();
+                let now_ms = crate::clock::now_ms();
                 let envelope = decode_envelope(
                     target.clone(),
                     payload,
@@ -443,12 +443,6 @@ impl ExternalIds {
 }
 
 /// Milliseconds since the Unix epoch (what `ts` counts).
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whether an error means the connection is unusable (as opposed to Redis refusing a command).
 pub(crate) fn link_broken(err: &RedisError) -> bool {
     err.is_io_error()

@@ -1,0 +1,85 @@
+//! Dispatch: broker events (publications, presence events, broker up and down) turned into
+//! hub deliveries and metrics, one at a time in the order the broker sent them.
+//!
+//! Catching up after an outage is `history`'s; fan-out to outboxes is the hub's.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::{Node, now_ms};
+use crate::broker::{BrokerEvent, Envelope, Position, Target};
+use crate::metrics::DropReason;
+
+impl Node {
+    /// Hand one broker event to the hub.
+    pub async fn handle_event(&self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::Publication(envelope) => self.deliver(&envelope),
+            BrokerEvent::Presence(event) => self.deliver_presence(&event),
+            BrokerEvent::Up { resumed } => {
+                self.metrics.broker_up.set(1);
+                if resumed {
+                    self.metrics.broker_reconnects.inc();
+                    self.catch_up().await;
+                }
+            }
+            BrokerEvent::Down => {
+                self.metrics.broker_up.set(0);
+                warn!("broker down: publishes fail with `unavailable` until it returns");
+            }
+        }
+    }
+
+    pub(super) fn deliver(&self, envelope: &Envelope) {
+        let mut offset = None;
+        if let Target::Room(room) = &envelope.target {
+            match Position::parse(&envelope.id) {
+                Some(position) => {
+                    offset = Some(position.offset);
+                    if self.hub.room_members(room) > 0 {
+                        self.cursors().entry(room.clone()).or_default();
+                    }
+                    if self.already_delivered(room, position) {
+                        return;
+                    }
+                }
+                None if self.policies.retention(room).is_some() => {
+                    self.metrics.history_unkept.inc();
+                }
+                None => {}
+            }
+        }
+        let age_ms = now_ms().saturating_sub(envelope.ts);
+        self.metrics
+            .delivery_latency
+            .observe(age_ms as f64 / 1000.0);
+        let frame = envelope.frame();
+        let delivery = match &envelope.target {
+            Target::Room(room) => {
+                let skip = envelope
+                    .origin
+                    .as_ref()
+                    .filter(|o| !o.echo && o.node == self.instance)
+                    .map(|o| o.conn);
+                self.hub.deliver_room(room, &frame, skip, offset)
+            }
+            Target::User(user) => self.hub.deliver_user(user, &frame),
+            Target::Broadcast => self.hub.deliver_all(&frame),
+        };
+        self.metrics.messages_delivered.inc_by(delivery.delivered);
+        self.metrics
+            .dropped(DropReason::SlowConsumer, delivery.overflowed);
+    }
+
+    /// Feed broker events to the hub until the broker's queue closes.
+    pub async fn dispatch(self: Arc<Self>, mut events: mpsc::Receiver<BrokerEvent>) {
+        let mut batch = Vec::with_capacity(64);
+        while events.recv_many(&mut batch, 64).await > 0 {
+            for event in batch.drain(..) {
+                self.handle_event(event).await;
+            }
+        }
+    }
+}
