@@ -10,7 +10,8 @@ With --metrics-url:
   the gateway exports (histograms as NAME_bucket/_sum/_count), read from a live /metrics;
 - the dashboard shows what issue 6 asks for (open connections, messages in and delivered,
   delivery latency, rate-limited and invalid messages, slow-consumer closes, broker up and
-  reconnects);
+  reconnects) and issue 17 adds (broker resubscribes, history catch-up and unkept messages,
+  presence writes); other exported metrics it lacks are listed, not failed;
 - every panel and query uses the provisioned Prometheus datasource (by uid), and the
   dashboards provider points where docker-compose.yml mounts the dashboards;
 - with --rules-out, writes the queries as a Prometheus rules file, so that
@@ -45,6 +46,12 @@ REQUIRED = [
     "roomcast_slow_consumer_closes_total",
     "roomcast_broker_up",
     "roomcast_broker_reconnects_total",
+    # issue 17
+    "roomcast_broker_resubscribes_total",
+    "roomcast_history_caught_up_total",
+    "roomcast_history_unkept_total",
+    "roomcast_presence_writes_total",
+    "roomcast_presence_room_writes_total",
 ]
 NAME = re.compile(r"\broomcast_[a-zA-Z0-9_]+")
 
