@@ -1,4 +1,4 @@
-//! Token verification and room permissions (PROTOCOL.md "Tokens").
+//! Token verification and room permissions (docs/protocol.md "Tokens").
 //!
 //! Owns the JWT rules (HS256 with a shared secret, or RS256/ES256 with a PEM public key; `exp`
 //! and `sub` required, `nbf` honoured, optional `iss`/`aud`, a small leeway) and the glob

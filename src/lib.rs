@@ -6,7 +6,7 @@
 //!
 //! - `clock`: wall-clock milliseconds and time-bounded calls.
 //! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
-//! - `config`: the keys of PROTOCOL.md "Running a node", loading and validation.
+//! - `config`: the keys of docs/protocol.md "Running a node", loading and validation.
 //! - `metrics`: every Prometheus metric.
 //! - `outbox`: the bounded per-connection queue and its close signal.
 //! - `limits`: per-connection rate decisions.

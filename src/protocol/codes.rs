@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-/// Error codes of PROTOCOL.md "Server → client".
+/// Error codes of docs/protocol.md "Server → client".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     BadRequest,

@@ -90,7 +90,7 @@ impl Position {
     }
 }
 
-/// Where a publication goes: the three kinds of broker channel of PROTOCOL.md.
+/// Where a publication goes: the three kinds of broker channel of docs/protocol.md.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     Room(std::sync::Arc<str>),
