@@ -90,9 +90,23 @@ pub struct Authenticator {
     validation: Validation,
 }
 
+/// Why `auth` settings cannot verify tokens; each names the key to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthConfigError(pub String);
+pub enum AuthConfigError {
+    #[error("auth.jwt_public_key_file: cannot read {}: {source}", path.display())]
+    ReadKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "auth.jwt_public_key_file: {} is not an RSA or EC public key in PEM",
+        path.display()
+    )]
+    NotAPublicKey { path: std::path::PathBuf },
+    #[error("auth.mode: `jwt` needs auth.jwt_secret or auth.jwt_public_key_file")]
+    NoKey,
+}
 
 impl Authenticator {
     /// `None` when `auth.mode = "none"`.
@@ -101,21 +115,16 @@ impl Authenticator {
             return Ok(None);
         }
         let (key, algorithms) = if let Some(path) = &config.jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                AuthConfigError(format!(
-                    "auth.jwt_public_key_file: cannot read {}: {e}",
-                    path.display()
-                ))
+            let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadKey {
+                path: path.clone(),
+                source,
             })?;
             if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (key, vec![Algorithm::RS256])
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                 (key, vec![Algorithm::ES256])
             } else {
-                return Err(AuthConfigError(format!(
-                    "auth.jwt_public_key_file: {} is not an RSA or EC public key in PEM",
-                    path.display()
-                )));
+                return Err(AuthConfigError::NotAPublicKey { path: path.clone() });
             }
         } else if let Some(secret) = &config.jwt_secret {
             (
@@ -123,9 +132,7 @@ impl Authenticator {
                 vec![Algorithm::HS256],
             )
         } else {
-            return Err(AuthConfigError(
-                "auth.mode: `jwt` needs auth.jwt_secret or auth.jwt_public_key_file".into(),
-            ));
+            return Err(AuthConfigError::NoKey);
         };
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
