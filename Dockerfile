@@ -3,8 +3,8 @@
 #   docker build -t roomcast .
 #   docker run -p 8080:8080 -p 127.0.0.1:9090:9090 -e ROOMCAST_ADMIN__API_KEY=$(openssl rand -hex 24) roomcast
 #
-# Configuration only through ROOMCAST_SECTION__KEY environment variables (PROTOCOL.md, "Running a
-# node") and, optionally, a TOML file mounted at /etc/roomcast/roomcast.toml (then add
+# Configuration only through ROOMCAST_SECTION__KEY environment variables (docs/protocol.md,
+# "Running a node") and, optionally, a TOML file mounted at /etc/roomcast/roomcast.toml (then add
 # `--config /etc/roomcast/roomcast.toml` to the command). The admin API listens on 0.0.0.0:9090
 # so Prometheus and the healthcheck reach it; the gateway refuses to start there without
 # ROOMCAST_ADMIN__API_KEY.

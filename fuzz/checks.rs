@@ -2,7 +2,7 @@
 //!
 //! Owns one `check_*` function per fuzz target: each takes arbitrary bytes, feeds them to the
 //! decoder the target is named after, and panics (so libFuzzer records a crash) when a decoder
-//! panics or an invariant of PROTOCOL.md does not hold. The fuzz targets under
+//! panics or an invariant of docs/protocol.md does not hold. The fuzz targets under
 //! `fuzz/fuzz_targets/` and the `cargo test` suite `tests/it/fuzz_regressions.rs` both include
 //! this file with `#[path]`, so the seed corpus and every minimised crash are replayed in CI
 //! with exactly the checks the fuzzer used.

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 
 use crate::broker::BrokerError;
 use crate::node::Node;
-use crate::protocol::{self, AdminRoute, ErrorCode};
+use crate::protocol::{self, AdminRoute, ErrorCode, RoomName};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -76,7 +76,11 @@ async fn presence(
             "missing or wrong API key",
         );
     }
-    match node.presence_of(&room).await {
+    let answer = match RoomName::new(&room) {
+        Ok(room) => node.presence_of(&room).await,
+        Err(err) => Err(err),
+    };
+    match answer {
         Ok(list) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],

@@ -1,4 +1,4 @@
-//! Token verification and room permissions (PROTOCOL.md "Tokens").
+//! Token verification and room permissions (docs/protocol.md "Tokens").
 //!
 //! Owns the JWT rules (HS256 with a shared secret, or RS256/ES256 with a PEM public key; `exp`
 //! and `sub` required, `nbf` honoured, optional `iss`/`aud`, a small leeway) and the glob
@@ -90,16 +90,19 @@ pub struct Authenticator {
     validation: Validation,
 }
 
-/// Why the `auth` keys cannot verify tokens; each names its key.
+/// Why `auth` settings cannot verify tokens; each names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("auth.jwt_public_key_file: cannot read {}", path.display())]
-    UnreadableKey {
+    #[error("auth.jwt_public_key_file: cannot read {}: {source}", path.display())]
+    ReadKey {
         path: std::path::PathBuf,
         #[source]
-        cause: std::io::Error,
+        source: std::io::Error,
     },
-    #[error("auth.jwt_public_key_file: {} is not an RSA or EC public key in PEM", path.display())]
+    #[error(
+        "auth.jwt_public_key_file: {} is not an RSA or EC public key in PEM",
+        path.display()
+    )]
     NotAPublicKey { path: std::path::PathBuf },
     #[error("auth.mode: `jwt` needs auth.jwt_secret or auth.jwt_public_key_file")]
     NoKey,
@@ -112,9 +115,9 @@ impl Authenticator {
             return Ok(None);
         }
         let (key, algorithms) = if let Some(path) = &config.jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|cause| AuthConfigError::UnreadableKey {
+            let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadKey {
                 path: path.clone(),
-                cause,
+                source,
             })?;
             if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (key, vec![Algorithm::RS256])

@@ -1,4 +1,4 @@
-//! Node configuration: the keys of PROTOCOL.md "Running a node", their defaults, loading from
+//! Node configuration: the keys of docs/protocol.md "Running a node", their defaults, loading from
 //! file and environment (the `config` crate lives only here), and validation.
 //!
 //! Command-line flags are parsed in `main.rs` and arrive here as [`Overrides`], applied last.

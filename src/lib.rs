@@ -6,7 +6,7 @@
 //!
 //! - `clock`: wall-clock milliseconds and time-bounded calls.
 //! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
-//! - `config`: the keys of PROTOCOL.md "Running a node", loading and validation.
+//! - `config`: the keys of docs/protocol.md "Running a node", loading and validation.
 //! - `metrics`: every Prometheus metric.
 //! - `outbox`: the bounded per-connection queue and its close signal.
 //! - `limits`: per-connection rate decisions.
@@ -49,7 +49,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, BrokerEvent};
+use crate::broker::{Broker, BrokerError, BrokerEvent};
 use crate::config::{BrokerKind, Config};
 use crate::metrics::Metrics;
 use crate::node::{BROKER_EVENT_QUEUE, Node};
@@ -86,12 +86,12 @@ fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListe
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("admin server failed: {0}")]
-    Admin(std::io::Error),
-    #[error("cannot start the broker: {0}")]
-    Broker(String),
-    #[error("cannot set up authentication: {0}")]
-    Auth(String),
+    #[error("admin server failed")]
+    Admin(#[source] std::io::Error),
+    #[error("cannot start the broker")]
+    Broker(#[source] BrokerError),
+    #[error("cannot set up authentication")]
+    Auth(#[source] auth::AuthConfigError),
 }
 
 fn start_broker(
@@ -109,7 +109,7 @@ fn start_broker(
         }
         BrokerKind::Redis => broker::redis::RedisBroker::start(&config.redis, events, metrics)
             .map(|b| Box::new(b) as Box<dyn Broker>)
-            .map_err(|e| RunError::Broker(e.to_string())),
+            .map_err(RunError::Broker),
     }
 }
 
@@ -161,7 +161,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let authenticator = auth::Authenticator::from_config(&config.auth)
-        .map_err(|err| RunError::Auth(err.to_string()))?
+        .map_err(RunError::Auth)?
         .map(Arc::new);
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);

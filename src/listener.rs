@@ -1,6 +1,6 @@
 //! The public WebSocket listener: the accept loop and every check made at the handshake (path,
 //! `Origin`, per-address handshake rate and concurrent connections, the token, the node's
-//! connection cap, shutdown), each answered with the HTTP status PROTOCOL.md names.
+//! connection cap, shutdown), each answered with the HTTP status docs/protocol.md names.
 //!
 //! The client address is the TCP peer, or, when the peer is a configured trusted proxy, the
 //! rightmost untrusted address of `server.client_ip_header`: never a header any client can set.
@@ -168,7 +168,7 @@ impl Listener {
         }
     }
 
-    /// Every check of a handshake, in the order PROTOCOL.md gives; the admission holds the
+    /// Every check of a handshake, in the order docs/protocol.md gives; the admission holds the
     /// slots it took.
     fn admit(&self, request: &Request, peer: SocketAddr) -> Result<Admission, Refused> {
         let config = self.node.config();

@@ -62,7 +62,7 @@ fn serve(flags: &cli::NodeFlags) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                error!(%err, "stopped with an error");
+                error!(err = %with_causes(&err), "stopped with an error");
                 ExitCode::FAILURE
             }
         }
@@ -101,4 +101,16 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// An error and every cause under it, `outer: inner: root`, for the one log line an operator reads.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end checks of a roomcast cluster behind its load balancer (PROTOCOL.md).
+"""End-to-end checks of a roomcast cluster behind its load balancer (docs/protocol.md).
 
 Used by deploy/test-cluster.sh (docker compose) and deploy/test-local-cluster.sh (local
 processes); both describe the cluster with the same flags:

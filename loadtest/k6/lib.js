@@ -1,4 +1,4 @@
-// Shared helpers of the roomcast k6 scripts (PROTOCOL.md version 1): configuration from
+// Shared helpers of the roomcast k6 scripts (docs/protocol.md version 1): configuration from
 // environment variables, the payload every published message carries, and frame parsing.
 // The scripts own their scenarios and thresholds; this file owns nothing stateful.
 

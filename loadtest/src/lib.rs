@@ -1,4 +1,4 @@
-//! roomcast-loadtest: a load generator that speaks roomcast's PROTOCOL.md.
+//! roomcast-loadtest: a load generator that speaks roomcast's docs/protocol.md.
 //!
 //! # Layout
 //!

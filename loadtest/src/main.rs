@@ -39,7 +39,7 @@ use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
 #[command(
     name = "roomcast-loadtest",
     version,
-    about = "Load generator for roomcast (PROTOCOL.md), loopback targets only"
+    about = "Load generator for roomcast (docs/protocol.md), loopback targets only"
 )]
 struct Cli {
     /// Node URL; repeat (or separate with commas) for several nodes.

@@ -1,4 +1,4 @@
-//! What the load generator puts on the wire and how it reads frames back (PROTOCOL.md).
+//! What the load generator puts on the wire and how it reads frames back (docs/protocol.md).
 //!
 //! Owns the payload format (`{"run":R,"seq":K,"t":T,"pad":"xxx"}`: run id, global sequence,
 //! send time in microseconds on this process's monotonic clock, padding up to the requested
@@ -36,7 +36,7 @@ pub fn publish_command(room: &str, data: &str) -> String {
     format!(r#"{{"type":"publish","room":"{room}","echo":false,"data":{data}}}"#)
 }
 
-/// Room names as PROTOCOL.md allows them (1 to 128 bytes of `A-Z a-z 0-9 _ - . : /`), so
+/// Room names as docs/protocol.md allows them (1 to 128 bytes of `A-Z a-z 0-9 _ - . : /`), so
 /// the commands above never need escaping.
 pub fn check_room(room: &str) -> Result<(), String> {
     let ok = !room.is_empty()

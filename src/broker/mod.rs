@@ -21,7 +21,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BrokerError {
     /// The broker cannot be reached; nothing was published.
-    #[error("broker unavailable: {0}")]
+    #[error("broker unavailable")]
     Unavailable(#[source] Unavailable),
     /// The broker did not answer within `redis.command_timeout_ms`.
     #[error("broker timed out")]

@@ -1,5 +1,5 @@
 //! `roomcast publish`, `notify` and `broadcast`: one POST to a running node's admin API, the
-//! body PROTOCOL.md "Admin HTTP API" describes, the API key of the configuration.
+//! body docs/protocol.md "Admin HTTP API" describes, the API key of the configuration.
 //!
 //! The node decodes and checks the body (`protocol::decode_admin_body`); here the data is only
 //! checked to be JSON, so a typo fails before anything is sent.

@@ -14,7 +14,7 @@ use super::{JoinOutcome, Node, Session};
 use crate::broker::{BrokerError, Target};
 use crate::hub::Gate;
 use crate::outbox::ConnId;
-use crate::protocol::{CommandError, ErrorCode, RESERVED_ROOM_PREFIX, validate_room};
+use crate::protocol::{CommandError, ErrorCode, RESERVED_ROOM_PREFIX, RoomName};
 
 /// What entering a room found and left to do.
 #[derive(Default)]
@@ -30,19 +30,19 @@ impl Node {
     pub async fn join(
         &self,
         session: &mut Session,
-        room: &str,
+        room: &RoomName,
         since: Option<&str>,
         history: Option<u64>,
     ) -> Result<JoinOutcome, CommandError> {
         self.authorize_join(session, room)?;
-        if session.rooms.contains(room) {
+        if session.rooms.contains(room.as_str()) {
             // Already live in the room: there is nothing to replay that it has not been sent.
             return Ok(JoinOutcome::default());
         }
-        let room: Arc<str> = Arc::from(room);
-        let policy = self.policies.for_room(&room);
+        let room = room.as_arc();
+        let policy = self.policies.for_room(room);
         let wants_replay = since.is_some() || history.is_some_and(|n| n > 0);
-        let entered = self.enter(session, &room, policy, wants_replay).await?;
+        let entered = self.enter(session, room, policy, wants_replay).await?;
         if policy.history.is_none() {
             // Nothing is kept for this room: a client resuming must reload its state.
             return Ok(JoinOutcome {
@@ -54,13 +54,12 @@ impl Node {
         if !entered.first && entered.gate.is_none() {
             return Ok(JoinOutcome::default());
         }
-        self.replay(session, &room, entered, since, history).await
+        self.replay(session, room, entered, since, history).await
     }
 
-    /// The checks of a join that need no broker: the name, the reserved prefix, the token,
-    /// and the per-connection room limit.
-    fn authorize_join(&self, session: &Session, room: &str) -> Result<(), CommandError> {
-        validate_room(room)?;
+    /// The checks of a join that need no broker: the reserved prefix, the token, and the
+    /// per-connection room limit (the name was checked when it became a [`RoomName`]).
+    fn authorize_join(&self, session: &Session, room: &RoomName) -> Result<(), CommandError> {
         if room.starts_with(RESERVED_ROOM_PREFIX) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -76,7 +75,7 @@ impl Node {
             ));
         }
         let max = self.config.limits.max_rooms_per_connection;
-        if !session.rooms.contains(room) && session.rooms.len() >= max {
+        if !session.rooms.contains(room.as_str()) && session.rooms.len() >= max {
             return Err(CommandError::new(
                 ErrorCode::TooManyRooms,
                 format!("a connection may be in at most {max} rooms"),
@@ -161,9 +160,8 @@ impl Node {
         let delivery = gate.open(&self.hub, &session.outbox, after);
         self.metrics.messages_delivered.inc_by(delivery.delivered);
     }
-    pub async fn leave(&self, session: &mut Session, room: &str) -> Result<(), CommandError> {
-        validate_room(room)?;
-        if !session.rooms.remove(room) {
+    pub async fn leave(&self, session: &mut Session, room: &RoomName) -> Result<(), CommandError> {
+        if !session.rooms.remove(room.as_str()) {
             return Err(CommandError::new(
                 ErrorCode::NotJoined,
                 "not a member of this room",

@@ -28,7 +28,7 @@ use crate::hub::{Gate, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
 use crate::presence::LocalPresence;
-use crate::protocol::{CommandError, Disconnect, ErrorCode, Frame, validate_room};
+use crate::protocol::{CommandError, Disconnect, ErrorCode, Frame, RoomName};
 use history::RoomCursor;
 use policy::RoomPolicies;
 
@@ -253,12 +253,11 @@ impl Node {
     pub async fn publish_from_client(
         &self,
         session: &Session,
-        room: &str,
+        room: &RoomName,
         data: Box<RawValue>,
         echo: bool,
     ) -> Result<String, CommandError> {
-        validate_room(room)?;
-        let Some(room) = session.rooms.get(room) else {
+        let Some(room) = session.rooms.get(room.as_str()) else {
             return Err(CommandError::new(
                 ErrorCode::NotJoined,
                 "join the room before publishing to it",

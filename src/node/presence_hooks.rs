@@ -11,7 +11,7 @@ use tracing::warn;
 use super::{Node, Session};
 use crate::broker::PresenceEvent;
 use crate::metrics::DropReason;
-use crate::protocol::{self, CommandError, ErrorCode, PresenceList, validate_room};
+use crate::protocol::{self, CommandError, ErrorCode, PresenceList, RoomName};
 
 impl Node {
     /// `presence` from a client: it must have joined the room, its token must allow the room,
@@ -19,9 +19,8 @@ impl Node {
     pub async fn presence(
         &self,
         session: &Session,
-        room: &str,
+        room: &RoomName,
     ) -> Result<PresenceList, CommandError> {
-        validate_room(room)?;
         if let Some(identity) = &session.identity
             && !identity.may_join(room)
         {
@@ -35,7 +34,7 @@ impl Node {
                 "presence is not kept for this room",
             ));
         }
-        if !session.rooms.contains(room) {
+        if !session.rooms.contains(room.as_str()) {
             return Err(CommandError::new(
                 ErrorCode::NotJoined,
                 "join the room before asking who is in it",
@@ -46,8 +45,7 @@ impl Node {
 
     /// Who is in `room` on every node (admin API and `presence`): `bad_request` for a room
     /// that keeps no presence, `unavailable` when the broker cannot say.
-    pub async fn presence_of(&self, room: &str) -> Result<PresenceList, CommandError> {
-        validate_room(room)?;
+    pub async fn presence_of(&self, room: &RoomName) -> Result<PresenceList, CommandError> {
         let Some(rule) = self.policies.presence(room) else {
             return Err(CommandError::bad_request(
                 "presence is not kept for this room",
@@ -57,7 +55,7 @@ impl Node {
         self.presence.written(self.command_timeout).await;
         self.bounded(
             self.broker
-                .presence(room.into(), rule.events, rule.max_members),
+                .presence(room.as_arc().clone(), rule.events, rule.max_members),
         )
         .await
         .map_err(|err| {

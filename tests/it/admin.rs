@@ -1,4 +1,4 @@
-//! PROTOCOL.md "Admin HTTP API": health, readiness, metrics, the publish routes, the API key
+//! docs/protocol.md "Admin HTTP API": health, readiness, metrics, the publish routes, the API key
 //! and JSON errors, against a real node over real HTTP.
 
 use crate::support::*;

@@ -1,4 +1,4 @@
-//! PROTOCOL.md "Tokens" and the 401 of "Connecting": JWT verification at the handshake, room
+//! docs/protocol.md "Tokens" and the 401 of "Connecting": JWT verification at the handshake, room
 //! permissions, user notifications, and a connection that outlives its token.
 
 use std::path::PathBuf;

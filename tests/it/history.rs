@@ -1,4 +1,4 @@
-//! PROTOCOL.md "Ordering and delivery" with history: `join` with `history` and `since`,
+//! docs/protocol.md "Ordering and delivery" with history: `join` with `history` and `since`,
 //! `recovered`, and no gap and no duplicate while messages keep coming (embedded broker; the
 //! Redis broker runs the same checks in tests/it/redis_history.rs).
 

@@ -1,4 +1,4 @@
-//! PROTOCOL.md "Limits and what breaking them costs" and the handshake checks of "Connecting":
+//! docs/protocol.md "Limits and what breaking them costs" and the handshake checks of "Connecting":
 //! each limit, set small in configuration, and its close code or HTTP status.
 
 use std::time::Duration;

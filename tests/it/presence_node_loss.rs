@@ -81,7 +81,7 @@ async fn a_killed_node_drops_out_within_the_ttl_and_its_users_are_announced() {
         [ev("member_left", "x"), ev("member_left", "y")],
         "`both` is still on the survivor"
     );
-    // By construction within 3/4 of the ttl plus one write (docs/protocol-additions.md).
+    // By construction within 3/4 of the ttl plus one write (docs/protocol.md "Presence").
     eprintln!("member_left {elapsed:?} after the SIGKILL (ttl {TTL:?})");
     assert!(elapsed <= TTL, "member_left within the ttl: {elapsed:?}");
     presence_becomes(&mut watcher, "chat:k", &[("both", 1), ("watcher", 1)]).await;

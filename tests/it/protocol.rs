@@ -1,4 +1,4 @@
-//! PROTOCOL.md "Frames", "Client → server", "Server → client" and "Ordering and delivery",
+//! docs/protocol.md "Frames", "Client → server", "Server → client" and "Ordering and delivery",
 //! checked against a real node over real WebSockets.
 
 use crate::support::*;

@@ -200,7 +200,7 @@ export interface ClientEvents {
 /** A failed command: a roomcast error code, or a client-side one. */
 export class RoomcastError extends Error {
   constructor(
-    /** A PROTOCOL.md error code, or "disconnected", "closed", "queue_full". */
+    /** A docs/protocol.md error code, or "disconnected", "closed", "queue_full". */
     readonly code: string,
     message: string,
     readonly frame?: ErrorFrame,

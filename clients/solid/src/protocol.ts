@@ -1,4 +1,4 @@
-// Wire types for roomcast protocol version 1 (PROTOCOL.md). Client → server commands and
+// Wire types for roomcast protocol version 1 (docs/protocol.md). Client → server commands and
 // server → client frames. JSON text frames, plus the plain text heartbeat "ping" → "pong".
 
 export type RequestId = string | number;
@@ -143,7 +143,7 @@ export type ServerFrame =
   | NotificationFrame
   | BroadcastFrame;
 
-/** WebSocket close codes that roomcast uses (PROTOCOL.md "Limits"). */
+/** WebSocket close codes that roomcast uses (docs/protocol.md "Limits"). */
 export const CloseCode = {
   normal: 1000,
   /** Server shutting down or idle timeout: reconnect at once (to another node). */

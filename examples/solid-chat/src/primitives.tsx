@@ -1,5 +1,5 @@
 // The smallest migration: an app written with @solid-primitives/websocket, pointed at roomcast.
-// Only the URL and the JSON frames are roomcast's (PROTOCOL.md); roomcast answers the text
+// Only the URL and the JSON frames are roomcast's (docs/protocol.md); roomcast answers the text
 // "ping" of makeHeartbeatWS with "pong", and every command gets a reply, so the heartbeat works.
 //
 // What the primitives do not do, and roomcast needs: rejoin rooms after a reconnect, back off,

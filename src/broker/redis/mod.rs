@@ -1,4 +1,4 @@
-//! The Redis broker: roomcast nodes share rooms through Redis pub/sub (PROTOCOL.md "Redis
+//! The Redis broker: roomcast nodes share rooms through Redis pub/sub (docs/protocol.md "Redis
 //! channels"), on one Redis or on a Redis Cluster (`redis.cluster`).
 //!
 //! Owns: the client-facing [`RedisBroker`] (starting it, publish/subscribe, and handing

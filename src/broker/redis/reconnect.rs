@@ -76,7 +76,7 @@ pub(crate) struct Shared {
 /// What arrives on a subscribed channel.
 #[derive(Clone, Debug)]
 pub(crate) enum Channel {
-    /// Publications for a target (PROTOCOL.md "Redis channels").
+    /// Publications for a target (docs/protocol.md "Redis channels").
     Messages(Target),
     /// `member_joined` / `member_left` of a room, published by `roomcast_presence`.
     Presence(Arc<str>),

@@ -141,7 +141,7 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A real WebSocket client speaking PROTOCOL.md.
+/// A real WebSocket client speaking docs/protocol.md.
 pub struct Client {
     pub ws: Ws,
     pub welcome: Value,

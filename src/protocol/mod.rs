@@ -1,0 +1,30 @@
+//! The wire protocol of docs/protocol.md: decoding and validating client commands, encoding
+//! server frames, error codes and close codes, the broker envelope and the admin API bodies.
+//!
+//! Owns every serde derive for wire types. Knows nothing of sockets, rooms or brokers: it turns
+//! bytes into a [`Command`] (or a [`CommandError`]) and typed replies into a [`Frame`] that is
+//! encoded once and shared by every recipient. One module per job; this one only re-exports
+//! them, so callers name everything as `protocol::…`.
+
+mod admin;
+mod codes;
+mod command;
+mod envelope;
+mod frame;
+mod room;
+
+pub use admin::{
+    AdminRoute, MAX_USER_BYTES, admin_accepted_body, admin_error_body, admin_presence_body,
+    decode_admin_body,
+};
+pub use codes::{CommandError, Disconnect, ErrorCode};
+pub use command::{Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, decode_command};
+pub use envelope::{
+    Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
+    encode_envelope, encode_envelope_unnumbered, null_raw,
+};
+pub use frame::{
+    Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, member_event,
+    message, notification, pong, presence, welcome,
+};
+pub use room::{MAX_ROOM_BYTES, RESERVED_ROOM_PREFIX, RoomName, validate_room};
