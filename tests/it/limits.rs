@@ -107,7 +107,7 @@ async fn delivery_intact(reader: &mut Client, publisher: &mut Client) {
 }
 
 /// A client far over its rate for longer than `limits.rate_limit_window_ms` is closed with
-/// 1008, though most of its messages are still accepted (at the limit, between refusals).
+/// 1008; until then it is still served at its limit, between its refusals.
 #[tokio::test]
 async fn a_sustained_flood_is_closed_with_1008_within_the_window() {
     let mut config = test_config();
