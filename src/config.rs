@@ -34,7 +34,11 @@ pub struct ServerConfig {
     pub node_id: String,
     pub max_connections: u64,
     pub connect_rate_per_ip: u32,
+    /// When set, a request whose `Origin` is not listed gets HTTP 403; a request without one
+    /// (not a browser) is let through unless `require_origin`.
     pub allowed_origins: Vec<String>,
+    /// Browsers only: a request without `Origin` gets HTTP 403.
+    pub require_origin: bool,
     /// Connections open at once from one client address; above it HTTP 429.
     pub max_connections_per_ip: u64,
     /// Addresses of load balancers whose `client_ip_header` is believed.
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             connect_rate_per_ip: 50,
             allowed_origins: Vec::new(),
+            require_origin: false,
             max_connections_per_ip: 10_000,
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
@@ -104,8 +109,12 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
-    /// Messages dropped for the rate limit in a row before the connection is closed with 1008.
+    /// Messages refused for the rate limit, in one unbroken run of refusals lasting at least
+    /// `rate_limit_window_ms`, before the connection is closed with 1008 (see `limits`).
     pub rate_limit_strikes: u32,
+    /// How long a connection must stay over its rate limit before it is closed with 1008; a
+    /// shorter burst only costs its refused messages.
+    pub rate_limit_window_ms: u64,
     pub max_rooms_per_connection: usize,
     pub outbox_messages: usize,
     pub idle_timeout_ms: u64,
@@ -122,6 +131,7 @@ impl Default for LimitsConfig {
             rate_per_sec: 50,
             rate_burst: 100,
             rate_limit_strikes: 50,
+            rate_limit_window_ms: 10_000,
             max_rooms_per_connection: 64,
             outbox_messages: 1024,
             idle_timeout_ms: 60_000,
@@ -459,24 +469,7 @@ impl Config {
                 "must be an HTTP header name",
             ));
         }
-        positive(
-            "limits.max_message_bytes",
-            self.limits.max_message_bytes as u64,
-        )?;
-        positive("limits.rate_per_sec", self.limits.rate_per_sec.into())?;
-        positive("limits.rate_burst", self.limits.rate_burst.into())?;
-        positive(
-            "limits.rate_limit_strikes",
-            self.limits.rate_limit_strikes.into(),
-        )?;
-        positive(
-            "limits.max_rooms_per_connection",
-            self.limits.max_rooms_per_connection as u64,
-        )?;
-        positive("limits.outbox_messages", self.limits.outbox_messages as u64)?;
-        positive("limits.idle_timeout_ms", self.limits.idle_timeout_ms)?;
-        positive("limits.ping_interval_ms", self.limits.ping_interval_ms)?;
-        positive("limits.close_timeout_ms", self.limits.close_timeout_ms)?;
+        self.limits.validate()?;
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
             return Err(ConfigError::key(
                 "redis.url",
@@ -572,6 +565,30 @@ impl Config {
     }
 }
 
+impl LimitsConfig {
+    /// Every limit is a count or a duration that 0 would turn into "refuse everything".
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("rate_per_sec", self.rate_per_sec.into()),
+            ("rate_burst", self.rate_burst.into()),
+            ("rate_limit_strikes", self.rate_limit_strikes.into()),
+            ("rate_limit_window_ms", self.rate_limit_window_ms),
+            (
+                "max_rooms_per_connection",
+                self.max_rooms_per_connection as u64,
+            ),
+            ("outbox_messages", self.outbox_messages as u64),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("close_timeout_ms", self.close_timeout_ms),
+        ] {
+            positive(&format!("limits.{key}"), value)?;
+        }
+        Ok(())
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -651,41 +668,6 @@ mod tests {
     #[test]
     fn defaults_pass_validation() {
         Config::default().validate().expect("defaults are valid");
-    }
-
-    #[test]
-    fn presence_keys_are_validated_by_name() {
-        let mut config = Config::default();
-        config.presence.ttl_s = 0;
-        let err = config.validate().expect_err("ttl 0");
-        assert!(err.to_string().contains("presence.ttl_s"), "{err}");
-        let rule = |pattern: &str, max_members| PresenceRule {
-            pattern: pattern.into(),
-            events: false,
-            max_members,
-        };
-        for (rules, key) in [
-            (vec![rule("", 10)], "presence.rooms[0].pattern"),
-            (
-                vec![rule("a", 10), rule("b", 0)],
-                "presence.rooms[1].max_members",
-            ),
-        ] {
-            let mut config = Config::default();
-            config.presence.rooms = rules;
-            let err = config.validate().expect_err(key);
-            assert!(err.to_string().contains(key), "{err}");
-        }
-        let toml = r#"
-            [presence]
-            rooms = [{ pattern = "chat:*" }]
-        "#;
-        let dir = std::env::temp_dir().join(format!("roomcast-pres-{}.toml", std::process::id()));
-        std::fs::write(&dir, toml).expect("write");
-        let loaded = Config::load(Some(&dir), Vec::new(), &Overrides::default()).expect("loads");
-        let _ = std::fs::remove_file(&dir);
-        assert_eq!(loaded.presence.rooms, [rule("chat:*", 1000)], "defaults");
-        assert_eq!(loaded.presence.ttl_s, 30);
     }
 
     #[test]

@@ -213,17 +213,26 @@ impl Listener {
 type Refused = (Refusal, StatusCode, &'static str);
 
 impl Listener {
-    /// `server.allowed_origins`, when set, must name the request's `Origin`.
+    /// `server.allowed_origins`, when set, must name the request's `Origin`. A request without
+    /// one is not a browser's, so not a cross-site request: it passes unless
+    /// `server.require_origin` asks for browsers only.
     fn check_origin(&self, request: &Request) -> Result<(), Refused> {
-        let allowed_origins = &self.node.config().server.allowed_origins;
-        if allowed_origins.is_empty() {
-            return Ok(());
-        }
-        let origin = request
-            .headers()
-            .get("origin")
-            .and_then(|v| v.to_str().ok());
-        if origin.is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
+        let server = &self.node.config().server;
+        let Some(origin) = request.headers().get("origin") else {
+            return if server.require_origin {
+                Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin required"))
+            } else {
+                Ok(())
+            };
+        };
+        // An Origin that is not text cannot be one of the list.
+        let listed = |origin: &str| {
+            server
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        };
+        if server.allowed_origins.is_empty() || origin.to_str().is_ok_and(listed) {
             Ok(())
         } else {
             Err((Refusal::Origin, StatusCode::FORBIDDEN, "origin not allowed"))

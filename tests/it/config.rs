@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use roomcast::config::{BrokerKind, Config, Overrides};
+use roomcast::config::{BrokerKind, Config, Overrides, PresenceRule};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -175,6 +175,18 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.listen_backlog",
         ),
         (
+            vec![("ROOMCAST_LIMITS__RATE_LIMIT_WINDOW_MS", "0")],
+            "limits.rate_limit_window_ms",
+        ),
+        (
+            vec![("ROOMCAST_LIMITS__RATE_LIMIT_STRIKES", "0")],
+            "limits.rate_limit_strikes",
+        ),
+        (
+            vec![("ROOMCAST_SERVER__REQUIRE_ORIGIN", "sometimes")],
+            "server.require_origin",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
@@ -293,4 +305,62 @@ async fn binary_serves_and_stops_on_sigterm_closing_clients_with_1001() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn presence_keys_are_validated_by_name() {
+    let mut config = Config::default();
+    config.presence.ttl_s = 0;
+    let err = config.validate().expect_err("ttl 0");
+    assert!(err.to_string().contains("presence.ttl_s"), "{err}");
+    let rule = |pattern: &str, max_members| PresenceRule {
+        pattern: pattern.into(),
+        events: false,
+        max_members,
+    };
+    for (rules, key) in [
+        (vec![rule("", 10)], "presence.rooms[0].pattern"),
+        (
+            vec![rule("a", 10), rule("b", 0)],
+            "presence.rooms[1].max_members",
+        ),
+    ] {
+        let mut config = Config::default();
+        config.presence.rooms = rules;
+        let err = config.validate().expect_err(key);
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    let toml = r#"
+        [presence]
+        rooms = [{ pattern = "chat:*" }]
+    "#;
+    let dir = std::env::temp_dir().join(format!("roomcast-pres-{}.toml", std::process::id()));
+    std::fs::write(&dir, toml).expect("write");
+    let loaded = Config::load(Some(&dir), Vec::new(), &Overrides::default()).expect("loads");
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(loaded.presence.rooms, [rule("chat:*", 1000)], "defaults");
+    assert_eq!(loaded.presence.ttl_s, 30);
+}
+
+/// The Origin and rate-limit close rules (issue 18): defaults let an Origin-less client in and
+/// close only a sustained flood; both are set from file or environment.
+#[test]
+fn origin_and_rate_limit_window_keys_have_defaults_and_load() {
+    let defaults = Config::default();
+    assert!(!defaults.server.require_origin);
+    assert_eq!(defaults.limits.rate_limit_window_ms, 10_000);
+    assert_eq!(defaults.limits.rate_limit_strikes, 50);
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOMCAST_SERVER__REQUIRE_ORIGIN", "true"),
+            ("ROOMCAST_LIMITS__RATE_LIMIT_WINDOW_MS", "2500"),
+            ("ROOMCAST_LIMITS__RATE_LIMIT_STRIKES", "7"),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert!(config.server.require_origin);
+    assert_eq!(config.limits.rate_limit_window_ms, 2_500);
+    assert_eq!(config.limits.rate_limit_strikes, 7);
 }

@@ -86,39 +86,121 @@ async fn invalid_utf8_closes_with_1007() {
     a.expect_close(1007).await;
 }
 
-#[tokio::test]
-async fn rate_limit_drops_with_error_then_closes_with_1008() {
-    let mut config = test_config();
-    config.limits.rate_per_sec = 1;
-    config.limits.rate_burst = 3;
-    config.limits.rate_limit_strikes = 2;
-    let node = TestNode::start(config).await;
-    let mut a = node.connect().await;
-    for i in 0..3 {
-        a.send_json(json!({"type":"ping","id":i})).await;
-    }
-    for i in 0..3 {
-        assert_eq!(a.recv_json().await, json!({"type":"pong","id":i}));
-    }
-    // The burst is spent (one token a second refills; the test sends far faster than that).
-    a.send_json(json!({"type":"ping","id":"over"})).await;
-    let err = a.recv_json().await;
-    assert_eq!(err["code"], "rate_limited");
-    assert_eq!(err["id"], "over");
-    a.send_text("ping").await;
-    assert_eq!(a.recv_json().await["code"], "rate_limited");
-    a.send_json(json!({"type":"ping"})).await;
-    a.expect_close(1008).await;
+/// Two well-behaved members of one room: whatever another client does, the one's
+/// publications reach the other whole and in order.
+async fn calm_room(node: &TestNode) -> (Client, Client) {
+    let mut reader = node.connect().await;
+    let mut publisher = node.connect().await;
+    reader.join("calm").await;
+    publisher.join("calm").await;
+    (reader, publisher)
+}
 
+async fn delivery_intact(reader: &mut Client, publisher: &mut Client) {
+    for i in 0..5 {
+        let publish = json!({"type":"publish","room":"calm","data":i,"echo":false});
+        assert_eq!(publisher.request(publish, "p").await["type"], "ack");
+    }
+    for i in 0..5 {
+        assert_eq!(reader.recv_type("message").await["data"], i);
+    }
+}
+
+/// A client far over its rate for longer than `limits.rate_limit_window_ms` is closed with
+/// 1008; until then it is still served at its limit, between its refusals.
+#[tokio::test]
+async fn a_sustained_flood_is_closed_with_1008_within_the_window() {
+    let mut config = test_config();
+    // Refilled in 1 s: a round trip slowed down to 50 ms by a busy machine still floods.
+    config.limits.rate_per_sec = 20;
+    config.limits.rate_burst = 20;
+    config.limits.rate_limit_window_ms = 500;
+    config.limits.rate_limit_strikes = 20;
+    let node = TestNode::start(config).await;
+    let (mut reader, mut publisher) = calm_room(&node).await;
+    let mut flooder = node.connect().await;
+    // As fast as the round trip allows, far above 20/s, until the node closes it.
+    let flooding = async {
+        let (mut pongs, mut limited) = (0u32, 0u32);
+        loop {
+            flooder.send_json(json!({"type":"ping"})).await;
+            match flooder.recv().await {
+                Received::Json(reply) if reply["type"] == "pong" => pongs += 1,
+                Received::Json(reply) if reply["code"] == "rate_limited" => limited += 1,
+                Received::Close(code) => return (code, pongs, limited),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let flooding = async {
+        tokio::time::timeout(WAIT, flooding)
+            .await
+            .expect("the flooder is closed in time")
+    };
+    let ((code, pongs, limited), ()) =
+        tokio::join!(flooding, delivery_intact(&mut reader, &mut publisher));
+    assert_eq!(code, Some(1008));
+    assert!(
+        pongs >= 20,
+        "the burst, then the limit, accepted meanwhile: {pongs}"
+    );
+    assert!(limited >= 19, "refused before the close: {limited}");
+    delivery_intact(&mut reader, &mut publisher).await;
     eventually("the close is counted", || async {
         let metrics = node.metrics().await;
-        metric(&metrics, "roomcast_rate_limited_total") >= 3.0
+        metric(&metrics, "roomcast_rate_limited_total") >= 20.0
             && metric(
                 &metrics,
                 r#"roomcast_disconnects_total{reason="rate_limited"}"#,
             ) == 1.0
     })
     .await;
+}
+
+/// One burst well over the burst size (the defaults: 50/s, burst 100) only costs its refused
+/// messages: `rate_limited` for each, and the connection stays open.
+#[tokio::test]
+async fn a_one_off_burst_gets_rate_limited_and_stays_open() {
+    let node = TestNode::start(test_config()).await;
+    let (mut reader, mut publisher) = calm_room(&node).await;
+    let mut burster = node.connect().await;
+    for i in 0..300 {
+        burster.send_json(json!({"type":"ping","id":i})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..300 {
+        let reply = burster.recv_json().await;
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("pong"), _) => pongs += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    assert!(pongs >= 100, "the burst is accepted: {pongs}");
+    assert!(limited >= 150, "the rest is refused: {limited}");
+    delivery_intact(&mut reader, &mut publisher).await;
+    // Still open: a WebSocket ping, which the rate limit does not count, is answered.
+    burster
+        .ws
+        .send(Message::Ping(Bytes::from_static(b"open?")))
+        .await
+        .expect("send ping");
+    loop {
+        match tokio::time::timeout(WAIT, burster.ws.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) if payload == "open?" => break,
+            Ok(Some(Ok(Message::Close(frame)))) => panic!("closed after one burst: {frame:?}"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no pong: {other:?}"),
+        }
+    }
+    let metrics = node.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"roomcast_disconnects_total{reason="rate_limited"}"#
+        ),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -283,8 +365,10 @@ async fn handshakes_too_fast_from_one_address_get_429() {
     assert!(results.contains(&Err(429)), "{results:?}");
 }
 
+/// With `server.allowed_origins` set, a foreign `Origin` gets 403, and a request without one
+/// (not a browser: websocat, an app, another server) is let through.
 #[tokio::test]
-async fn origins_outside_the_list_get_403() {
+async fn origins_outside_the_list_get_403_and_no_origin_is_let_through() {
     let mut config = test_config();
     config.server.allowed_origins = vec!["https://app.example".into()];
     let node = TestNode::start(config).await;
@@ -296,7 +380,36 @@ async fn origins_outside_the_list_get_403() {
         handshake_status(&node.ws_url(), Some("https://evil.example")).await,
         Err(403)
     );
-    assert_eq!(handshake_status(&node.ws_url(), None).await, Err(403));
+    assert_eq!(handshake_status(&node.ws_url(), None).await, Ok(()));
+}
+
+/// `server.require_origin`: browsers only, with or without a list.
+#[tokio::test]
+async fn require_origin_refuses_a_request_without_origin_with_403() {
+    for allowed in [vec![], vec!["https://app.example".to_owned()]] {
+        let mut config = test_config();
+        config.server.allowed_origins = allowed.clone();
+        config.server.require_origin = true;
+        let node = TestNode::start(config).await;
+        assert_eq!(
+            handshake_status(&node.ws_url(), None).await,
+            Err(403),
+            "{allowed:?}"
+        );
+        assert_eq!(
+            handshake_status(&node.ws_url(), Some("https://app.example")).await,
+            Ok(()),
+            "{allowed:?}"
+        );
+        eventually("the refusal is counted", || async {
+            let metrics = node.metrics().await;
+            metric(
+                &metrics,
+                r#"roomcast_connections_refused_total{reason="origin"}"#,
+            ) == 1.0
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
