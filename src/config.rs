@@ -307,28 +307,55 @@ pub struct Overrides {
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+pub enum ConfigError {
+    #[error("configuration file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    /// A value that parses but cannot work (validation).
+    #[error("invalid configuration key `{key}`: {problem}")]
+    Key { key: String, problem: String },
+    /// A key nobody reads: a typo would otherwise be silently ignored.
+    #[error("unknown configuration key `{key}` ({source})")]
+    UnknownKey {
+        key: String,
+        source: Box<config::ConfigError>,
+    },
+    /// The sources could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[source] Box<config::ConfigError>),
+}
 
 impl ConfigError {
     fn key(key: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError(format!("invalid configuration key `{key}`: {problem}"))
+        ConfigError::Key {
+            key: key.to_owned(),
+            problem: problem.to_string(),
+        }
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum CaFileProblem {
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    #[error("is not a PEM certificate file: {0}")]
+    NotPem(rustls_pki_types::pem::Error),
+    #[error("holds no PEM certificate")]
+    NoCertificate,
+}
+
 /// The CA file exists and holds at least one PEM certificate, every one readable.
-fn check_ca_file(path: &str) -> Result<(), String> {
+fn check_ca_file(path: &str) -> Result<(), CaFileProblem> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
 
-    let pem = std::fs::read(path).map_err(|err| format!("cannot read `{path}`: {err}"))?;
+    let pem = std::fs::read(path).map_err(CaFileProblem::Unreadable)?;
     let mut certificates = 0;
     for certificate in CertificateDer::pem_slice_iter(&pem) {
-        certificate.map_err(|err| format!("`{path}` is not a PEM certificate file: {err}"))?;
+        certificate.map_err(CaFileProblem::NotPem)?;
         certificates += 1;
     }
     if certificates == 0 {
-        return Err(format!("`{path}` holds no PEM certificate"));
+        return Err(CaFileProblem::NoCertificate);
     }
     Ok(())
 }
@@ -356,10 +383,7 @@ impl Config {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!(
-                    "configuration file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::MissingFile(path.to_owned()));
             }
             builder = builder.add_source(
                 config::File::from(path)
@@ -393,7 +417,7 @@ impl Config {
             Some(v) => b.set_override(key, v.clone()),
             None => Ok(b),
         };
-        let map_err = |e: config::ConfigError| ConfigError(e.to_string());
+        let map_err = |e| ConfigError::Load(Box::new(e));
         builder = set(builder, "server.listen", &overrides.listen).map_err(map_err)?;
         builder = set(builder, "admin.listen", &overrides.admin_listen).map_err(map_err)?;
         builder = set(builder, "server.node_id", &overrides.node_id).map_err(map_err)?;
@@ -411,9 +435,7 @@ impl Config {
                 .map_err(map_err)?;
         }
         let raw = builder.build().map_err(map_err)?;
-        let config: Config = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError(describe_deserialize_error(e)))?;
+        let config: Config = raw.try_deserialize().map_err(describe_deserialize_error)?;
         Ok(config)
     }
 
@@ -503,8 +525,10 @@ impl Config {
             ));
         }
         if !self.redis.tls_ca_file.is_empty() {
-            check_ca_file(&self.redis.tls_ca_file)
-                .map_err(|problem| ConfigError::key("redis.tls_ca_file", problem))?;
+            check_ca_file(&self.redis.tls_ca_file).map_err(|problem| {
+                let file = &self.redis.tls_ca_file;
+                ConfigError::key("redis.tls_ca_file", format!("`{file}` {problem}"))
+            })?;
         }
         positive("redis.pool_size", self.redis.pool_size as u64)?;
         positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;
@@ -640,18 +664,22 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
 
 /// The `config` crate names the section; serde names the field. Put them together so the
 /// message names the whole key.
-fn describe_deserialize_error(err: config::ConfigError) -> String {
+/// serde's "unknown field" reaches us only as text inside the config crate's error (it has no
+/// variant for it), so the key is read from that text to name it.
+fn describe_deserialize_error(err: config::ConfigError) -> ConfigError {
     let text = err.to_string();
     let field = between(&text, "unknown field `", "`");
     let section = text
         .rfind("for key `")
         .and_then(|i| between(&text[i..], "for key `", "`"));
-    match (field, section) {
-        (Some(field), Some(section)) => {
-            format!("unknown configuration key `{section}.{field}` ({text})")
-        }
-        (Some(field), None) => format!("unknown configuration key `{field}` ({text})"),
-        _ => format!("invalid configuration: {text}"),
+    let key = match (field, section) {
+        (Some(field), Some(section)) => format!("{section}.{field}"),
+        (Some(field), None) => field.to_owned(),
+        _ => return ConfigError::Load(Box::new(err)),
+    };
+    ConfigError::UnknownKey {
+        key,
+        source: Box::new(err),
     }
 }
 
