@@ -317,6 +317,95 @@ fn no_unwrap_or_expect_outside_tests_and_start_up() {
 }
 
 /// The longest a source file may grow (CONTRIBUTING: split a file before it gets there).
+/// The module a source file is: `src/node/mod.rs` → `node`, `src/broker/redis/pubsub.rs` →
+/// `broker::redis::pubsub`; `lib.rs` and `main.rs` are the crate root.
+fn module_of(path: &str) -> String {
+    let inner = path.trim_start_matches("src/").trim_end_matches(".rs");
+    let inner = inner.trim_end_matches("/mod");
+    match inner {
+        "lib" | "main" => String::new(),
+        _ => inner.replace('/', "::"),
+    }
+}
+
+/// The top-level modules (`node`, `broker`, …) a file's code names through `crate::`.
+fn top_level_uses(code: &str) -> std::collections::BTreeSet<String> {
+    code.match_indices("crate::")
+        .filter(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+        .filter_map(|(at, _)| {
+            let rest = &code[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+/// A cycle in `graph`, as the path that closes it, if there is one.
+fn find_cycle(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        state: &mut std::collections::BTreeMap<String, bool>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match state.get(node) {
+            Some(true) => {
+                let from = path.iter().position(|n| n == node).unwrap_or(0);
+                let mut cycle = path[from..].to_vec();
+                cycle.push(node.to_owned());
+                return Some(cycle);
+            }
+            Some(false) => return None,
+            None => {}
+        }
+        state.insert(node.to_owned(), true);
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, state, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        state.insert(node.to_owned(), false);
+        None
+    }
+    let mut state = std::collections::BTreeMap::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut state, &mut Vec::new()))
+}
+
+/// Imports flow one way between the crate's top-level modules (ARCHITECTURE.md lists the
+/// order): no module reaches, through `crate::`, one that reaches it back.
+#[test]
+fn the_top_level_modules_import_each_other_without_a_cycle() {
+    let mut graph = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for source in sources() {
+        let module = module_of(&source.path);
+        let Some(top) = module.split("::").next().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let uses = top_level_uses(&without_test_items(&source.code));
+        let entry = graph.entry(top.to_owned()).or_default();
+        entry.extend(uses.into_iter().filter(|used| used != top));
+    }
+    assert!(
+        graph.contains_key("node") && graph["node"].contains("broker"),
+        "the graph was not read: {graph:?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "import cycle between top-level modules: {}",
+            cycle.join(" → ")
+        );
+    }
+}
+
 const MAX_LINES: usize = 700;
 
 /// The last check, and the one expected to fail until the pending splits of the longest
