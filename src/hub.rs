@@ -309,6 +309,22 @@ impl Hub {
         self.users.keys()
     }
 
+    /// Every room with a local member and how many it has: one pass over the shards, for the
+    /// node's stats once per interval (never per delivery).
+    pub fn room_sizes(&self) -> Vec<(Arc<str>, usize)> {
+        self.rooms
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(room, members)| (room.clone(), members.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Offer `frame` to every local member of `room`, except `skip`. `offset` is the
     /// message's history offset, if it is kept, so gated members can drop what their replay
     /// already covered.

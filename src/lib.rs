@@ -170,6 +170,8 @@ pub async fn run(
     let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
     let stop_presence = CancellationToken::new();
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));
+    let stop_stats = CancellationToken::new();
+    let stats = tokio::spawn(node.clone().run_stats(stop_stats.clone()));
 
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -206,6 +208,9 @@ pub async fn run(
     stop_presence.cancel();
     let _ = presence.await;
     node.flush_presence().await;
+    // Out of the cluster's node list at once, rather than after three silent intervals.
+    stop_stats.cancel();
+    let _ = stats.await;
     stop_admin.cancel();
     let admin_result = admin.await;
     dispatcher.abort();

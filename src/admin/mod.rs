@@ -1,8 +1,12 @@
 //! The admin HTTP API on its own (internal) address: `/metrics`, `/healthz`, `/readyz`, the
-//! service publish routes and `GET /api/presence/ROOM`, with the optional API key.
+//! service publish routes and `GET /api/presence/ROOM`, with the optional API key; the
+//! cluster read routes (`read`) and the console page (`console`) are merged in.
 //!
 //! [`router`] is testable without a socket. Decoding bodies is `protocol`'s; publishing is the
 //! node's.
+
+mod console;
+mod read;
 
 use std::sync::Arc;
 
@@ -26,6 +30,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/notify", post(notify))
         .route("/api/broadcast", post(broadcast))
         .route("/api/presence/{*room}", get(presence))
+        .merge(read::routes(node.clone()))
+        .merge(console::routes())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 
 use crate::protocol::PresenceMember;
 
+mod nodes;
+
 use super::{
     BoxFuture, BrokerError, BrokerEvent, Envelope, HistoryPage, HistoryStore, Position,
     PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub, Retention, Target,
@@ -36,6 +38,8 @@ pub struct MemoryBroker {
     /// Held across the send of a retained publish, so offsets and delivery order agree.
     histories: Mutex<HashMap<Arc<str>, RoomHistory>>,
     presence: std::sync::Mutex<PresenceTable>,
+    /// The node registry: only this node, as no other shares this broker.
+    nodes: std::sync::Mutex<nodes::NodeTable>,
     /// A publish waits at most this long for room in the node's event queue, then fails with
     /// `unavailable` rather than hold its publisher forever.
     publish_timeout: Duration,
@@ -47,6 +51,7 @@ impl MemoryBroker {
             events,
             histories: Mutex::new(HashMap::new()),
             presence: std::sync::Mutex::new(PresenceTable::default()),
+            nodes: std::sync::Mutex::new(nodes::NodeTable::default()),
             publish_timeout,
         }
     }

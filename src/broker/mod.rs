@@ -169,7 +169,27 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
 
-/// Everything a node needs from its broker.
-pub trait Broker: PubSub + HistoryStore + PresenceStore {}
+pub use crate::protocol::{NodeRooms, NodeStats};
 
-impl<T: PubSub + HistoryStore + PresenceStore> Broker for T {}
+/// The node registry: every node announces its stats and rooms here, so that any node can
+/// answer for the whole cluster (`GET /api/nodes`, `/api/rooms`, the console). An
+/// announcement counts until `last_seen + live_ms`; one older than that is not listed.
+pub trait NodeRegistry: Send + Sync + 'static {
+    /// Replace what the registry holds for `stats.id`.
+    fn announce(
+        &self,
+        stats: NodeStats,
+        rooms: NodeRooms,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Forget a node at once (a node that stops cleanly).
+    fn withdraw(&self, id: String) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Every live node, in `id` order; entries found expired are forgotten on the way.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStats>, BrokerError>>;
+    /// The announced rooms of every live node.
+    fn node_rooms(&self) -> BoxFuture<'_, Result<Vec<NodeRooms>, BrokerError>>;
+}
+
+/// Everything a node needs from its broker.
+pub trait Broker: PubSub + HistoryStore + PresenceStore + NodeRegistry {}
+
+impl<T: PubSub + HistoryStore + PresenceStore + NodeRegistry> Broker for T {}

@@ -9,8 +9,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod load;
 mod validate;
+
+pub use admin::AdminConfig;
 
 use validate::parse_addr;
 
@@ -89,22 +92,6 @@ impl Default for ServerConfig {
             tcp_nodelay: true,
             listen_backlog: 4096,
             shutdown_grace_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub listen: String,
-    pub api_key: Option<String>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9090".into(),
-            api_key: None,
         }
     }
 }

@@ -54,9 +54,7 @@ impl Config {
             self.server.write_buffer_bytes as u64,
         )?;
         positive("server.listen_backlog", self.server.listen_backlog.into())?;
-        if self.admin.api_key.as_deref() == Some("") {
-            return Err(ConfigError::key("admin.api_key", "must not be empty"));
-        }
+        self.admin.validate()?;
         if self.admin.api_key.is_none() && !self.admin_addr().ip().is_loopback() {
             return Err(ConfigError::key(
                 "admin.api_key",

@@ -111,6 +111,18 @@ pub(super) struct RoomCursor {
     seed: Option<Position>,
 }
 
+/// Whether `page` still holds everything after `since`: same epoch, and nothing between it
+/// and the oldest kept message was trimmed.
+pub(super) fn resumable(page: &HistoryPage, since: &Position) -> bool {
+    since.epoch == page.epoch
+        && (since.offset >= page.top
+            || page
+                .entries
+                .first()
+                .and_then(|e| Position::parse(&e.id))
+                .is_some_and(|first| first.offset <= since.offset + 1))
+}
+
 /// Which kept messages a gated join replays, and from where its held live traffic resumes.
 pub(super) fn plan_replay(
     page: HistoryPage,
@@ -118,17 +130,7 @@ pub(super) fn plan_replay(
     history: Option<u64>,
     gate: Gate,
 ) -> JoinOutcome {
-    let resume = since.map(|since| {
-        Position::parse(since).filter(|p| {
-            p.epoch == page.epoch
-                && (p.offset >= page.top
-                    || page
-                        .entries
-                        .first()
-                        .and_then(|e| Position::parse(&e.id))
-                        .is_some_and(|first| first.offset <= p.offset + 1))
-        })
-    });
+    let resume = since.map(|since| Position::parse(since).filter(|p| resumable(&page, p)));
     let recovered = resume.as_ref().map(Option::is_some);
     let replay: Vec<&Envelope> = match (&resume, history) {
         (Some(Some(from)), _) => page

@@ -37,8 +37,11 @@ mod history;
 mod interest;
 mod policy;
 mod presence_hooks;
+mod read;
+mod stats;
 
 pub use policy::{RoomPolicy, RoomPresence};
+pub use read::{HistoryQuery, ReadError};
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -98,12 +101,17 @@ pub struct Node {
     policies: RoomPolicies,
     cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
+    /// Cancelled with `stop_accepting`: what long-lived admin responses (the stats stream)
+    /// wait on, so that they end and the admin server can stop.
+    stopping: tokio_util::sync::CancellationToken,
     /// This node's users of `presence.rooms` rooms, written to the broker in batches.
     presence: LocalPresence,
     /// Connections open or mid-handshake, for `server.max_connections`.
     slots: AtomicU64,
     command_timeout: Duration,
     rate_clock: crate::limits::DefaultClock,
+    /// Milliseconds since the Unix epoch, for the node's stats.
+    started_at: u64,
 }
 
 impl Node {
@@ -126,9 +134,11 @@ impl Node {
             policies,
             cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            stopping: tokio_util::sync::CancellationToken::new(),
             presence,
             slots: AtomicU64::new(0),
             rate_clock: crate::limits::DefaultClock::default(),
+            started_at: now_ms(),
         })
     }
 
@@ -142,6 +152,11 @@ impl Node {
     }
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Unique per process: this node's id in the node registry.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -163,6 +178,12 @@ impl Node {
 
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Release);
+        self.stopping.cancel();
+    }
+
+    /// Resolves once the node has begun to shut down.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await
     }
 
     /// Close every client with 1001; call after [`Node::stop_accepting`]. A session opening

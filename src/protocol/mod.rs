@@ -11,6 +11,7 @@ mod codes;
 mod command;
 mod envelope;
 mod frame;
+mod nodes;
 mod room;
 
 pub use admin::{
@@ -26,5 +27,10 @@ pub use envelope::{
 pub use frame::{
     Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, member_event,
     message, notification, pong, presence, welcome,
+};
+pub use nodes::{
+    HistorySummary, NodeRooms, NodeStats, RoomDetail, RoomSummary, admin_history_body,
+    admin_nodes_body, admin_room_body, admin_rooms_body, decode_node_rooms, decode_node_stats,
+    encode_node_rooms, encode_node_stats,
 };
 pub use room::{MAX_ROOM_BYTES, RESERVED_ROOM_PREFIX, RoomName, validate_room};

@@ -187,6 +187,32 @@ pub(crate) async fn with_functions<T: redis::FromRedisValue, C: FunctionCall>(
     }
 }
 
+/// Send several calls, one answer per call in order: one pipeline on a single Redis; on a
+/// cluster one call each, all in flight at once (a pipeline must stay on one shard, and the
+/// calls' keys spread over all of them).
+pub(crate) async fn send_calls<T: redis::FromRedisValue>(
+    commands: &Commands,
+    calls: &[redis::Cmd],
+) -> Result<Vec<T>, BrokerError> {
+    if commands.is_cluster() {
+        futures_util::future::try_join_all(
+            calls
+                .iter()
+                .map(|call| with_functions(commands, move || call.clone())),
+        )
+        .await
+    } else {
+        let pipe = || {
+            let mut pipe = redis::pipe();
+            for call in calls {
+                pipe.add_command(call.clone());
+            }
+            pipe
+        };
+        with_functions(commands, pipe).await
+    }
+}
+
 fn pool_error(err: PoolError) -> BrokerError {
     match err {
         PoolError::Timeout(_) => BrokerError::Timeout,

@@ -4,7 +4,7 @@
 //! Owns: the client-facing [`RedisBroker`] (starting it, publish/subscribe, and handing
 //! subscription changes to its pub/sub task) and the channel names. Its jobs live apart:
 //! `commands` (the pool or cluster connection, PUBLISH/SPUBLISH, the function library
-//! `functions.lua`), `history` and `presence` (what they keep in Redis), `reconnect` (what both
+//! `functions.lua`), `history`, `presence` and `nodes` (what they keep in Redis), `reconnect` (what both
 //! pub/sub tasks share: wanted channels, Up/Down, reconnect with capped backoff),
 //! `subscriptions` (wanted / live / releasing, no I/O), `pubsub` (the single-Redis task) and
 //! `cluster` (slot map, RESP reader and the cluster task).
@@ -26,6 +26,7 @@ mod cluster;
 mod commands;
 mod error;
 mod history;
+mod nodes;
 mod presence;
 mod pubsub;
 mod reconnect;

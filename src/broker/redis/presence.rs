@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::commands::with_functions;
+use super::commands::{send_calls, with_functions};
 use super::reconnect::Channel;
 use super::{RedisBroker, presence_channel};
 use crate::broker::{
@@ -50,30 +50,6 @@ impl RedisBroker {
         }
         cmd
     }
-
-    /// Send the calls, one answer per call in order.
-    async fn send_presence_calls(&self, calls: &[redis::Cmd]) -> Result<Vec<i64>, BrokerError> {
-        let commands = &self.shared.commands;
-        if commands.is_cluster() {
-            // A pipeline must stay on one shard, and rooms spread over all of them: one call
-            // per room, all in flight at once.
-            futures_util::future::try_join_all(
-                calls
-                    .iter()
-                    .map(|call| with_functions(commands, move || call.clone())),
-            )
-            .await
-        } else {
-            let pipe = || {
-                let mut pipe = redis::pipe();
-                for call in calls {
-                    pipe.add_command(call.clone());
-                }
-                pipe
-            };
-            with_functions(commands, pipe).await
-        }
-    }
 }
 
 impl PresenceStore for RedisBroker {
@@ -92,7 +68,7 @@ impl PresenceStore for RedisBroker {
                     .iter()
                     .map(|update| self.presence_call(&node, ttl, update))
                     .collect();
-                let answers = self.send_presence_calls(&calls).await?;
+                let answers: Vec<i64> = send_calls(&self.shared.commands, &calls).await?;
                 for (update, answer) in chunk.iter().zip(answers) {
                     if answer == 1 {
                         lost.push(update.room.clone());
