@@ -364,3 +364,33 @@ fn origin_and_rate_limit_window_keys_have_defaults_and_load() {
     assert_eq!(config.limits.rate_limit_window_ms, 2_500);
     assert_eq!(config.limits.rate_limit_strikes, 7);
 }
+
+/// The node registry's keys (console, `GET /api/nodes|rooms`): defaults, environment, and 0
+/// refused naming the key.
+#[test]
+fn stats_keys_have_defaults_load_from_env_and_refuse_zero() {
+    let defaults = Config::default();
+    assert_eq!(defaults.admin.stats_interval_ms, 1_000);
+    assert_eq!(defaults.admin.stats_max_rooms, 1_000);
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOMCAST_ADMIN__STATS_INTERVAL_MS", "250"),
+            ("ROOMCAST_ADMIN__STATS_MAX_ROOMS", "20"),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.admin.stats_interval_ms, 250);
+    assert_eq!(config.admin.stats_max_rooms, 20);
+    for key in ["STATS_INTERVAL_MS", "STATS_MAX_ROOMS"] {
+        let err = Config::load(
+            None,
+            env(&[(&format!("ROOMCAST_ADMIN__{key}"), "0")]),
+            &Overrides::default(),
+        )
+        .expect_err("0 refused");
+        let name = format!("admin.{}", key.to_lowercase());
+        assert!(err.to_string().contains(&name), "{err}");
+    }
+}
