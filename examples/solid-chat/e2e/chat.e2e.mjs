@@ -38,165 +38,32 @@
 // Every wait is bounded; the whole test is bounded by E2E_TIMEOUT_MS (default 180 s).
 // It prints "N passed, N failed" last and exits non-zero on failure.
 
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createHmac } from "node:crypto";
 import http from "node:http";
-import net from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, extname, join, normalize, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { extname, join, normalize } from "node:path";
+import { spawnSync } from "node:child_process";
+import {
+  APP,
+  GatewayNode,
+  HERE,
+  WORK,
+  check,
+  findBinary,
+  freePort,
+  installWatchdog,
+  launchBrowser,
+  log,
+  run,
+  setStaticServer,
+  sleep,
+  startRedis,
+  waitFor,
+} from "./harness.mjs";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const APP = resolve(HERE, "..");
-const REPO = resolve(APP, "../..");
 const DIST = join(APP, "dist");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 180_000);
 const ROOM = "e2e-lobby";
-const WORK = mkdtempSync(join(tmpdir(), "roomcast-e2e-"));
-
-let passed = 0;
-let failed = 0;
-const started = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
-function check(name, ok, detail = "") {
-  if (ok) {
-    passed++;
-    log(`ok   ${name}`);
-  } else {
-    failed++;
-    log(`FAIL ${name} ${detail}`);
-  }
-  return ok;
-}
-
-// ---- processes we start, stopped by PID -------------------------------------------------------
-
-const children = new Set(); // { name, proc }
-function startProcess(name, cmd, args, opts = {}) {
-  const logFile = join(WORK, `${name}.log`);
-  const fd = openSync(logFile, "a");
-  const proc = spawn(cmd, args, { stdio: ["ignore", fd, fd], ...opts });
-  const child = { name, proc, logFile, exited: null };
-  child.exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
-  children.add(child);
-  proc.once("exit", () => children.delete(child));
-  log(`started ${name} pid ${proc.pid}`);
-  return child;
-}
-async function stopProcess(child, signal = "SIGTERM", graceMs = 12_000) {
-  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return child.exited;
-  try {
-    process.kill(child.proc.pid, signal);
-  } catch {
-    /* gone */
-  }
-  const res = await Promise.race([child.exited, sleep(graceMs).then(() => null)]);
-  if (res) return res;
-  log(`${child.name} pid ${child.proc.pid} did not stop within ${graceMs} ms: SIGKILL`);
-  try {
-    process.kill(child.proc.pid, "SIGKILL");
-  } catch {
-    /* gone */
-  }
-  return Promise.race([child.exited, sleep(5000).then(() => ({ code: null, signal: "SIGKILL?" }))]);
-}
-
-let browserServer = null;
-let staticServer = null;
-let cleaning = null;
-async function cleanup() {
-  if (cleaning) return cleaning;
-  cleaning = (async () => {
-    if (browserServer) {
-      const pid = browserServer.process().pid;
-      await Promise.race([browserServer.close().catch(() => {}), sleep(5000)]);
-      try {
-        process.kill(pid, 0);
-        process.kill(pid, "SIGKILL");
-      } catch {
-        /* stopped */
-      }
-    }
-    for (const child of [...children].reverse()) await stopProcess(child, "SIGTERM", 5000); // redis last
-    if (staticServer) {
-      staticServer.closeAllConnections?.();
-      await new Promise((res) => staticServer.close(() => res()));
-    }
-  })();
-  return cleaning;
-}
-const watchdog = setTimeout(async () => {
-  log(`FAIL the whole test took longer than ${TOTAL_MS} ms`);
-  failed++;
-  await finish(1);
-}, TOTAL_MS);
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => void finish(130));
-
-async function finish(code) {
-  clearTimeout(watchdog);
-  await Promise.race([cleanup(), sleep(20_000)]);
-  if (failed) {
-    for (const f of ["node-1.log", "node-2.log", "node-1b.log", "redis.log"]) {
-      const p = join(WORK, f);
-      if (existsSync(p)) console.log(`---- ${f} (last lines)\n${readFileSync(p, "utf8").split("\n").slice(-25).join("\n")}`);
-    }
-  }
-  rmSync(WORK, { recursive: true, force: true });
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed || code ? code || 1 : 0);
-}
-
-// ---- helpers ----------------------------------------------------------------------------------
-
-function sleep(ms) {
-  return new Promise((res) => setTimeout(res, ms));
-}
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = net.createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-async function waitFor(what, fn, timeoutMs = 15_000, everyMs = 100) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < end) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      if (e && e.fatal) throw e;
-      last = e;
-    }
-    await sleep(everyMs);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
-}
-async function httpStatus(url, method = "GET", body) {
-  const res = await fetch(url, {
-    method,
-    body: body && JSON.stringify(body),
-    headers: body ? { "content-type": "application/json" } : {},
-    signal: AbortSignal.timeout(3000),
-  });
-  return { status: res.status, body: await res.text() };
-}
-
-function findBinary() {
-  const candidates = [process.env.E2E_GATEWAY_BIN, join(REPO, "target/release/roomcast"), join(REPO, "target/debug/roomcast")];
-  for (const c of candidates) if (c && existsSync(c)) return c;
-  log("no roomcast binary: cargo build --bin roomcast");
-  const r = spawnSync("cargo", ["build", "--bin", "roomcast"], { cwd: REPO, stdio: "inherit", timeout: 900_000 });
-  if (r.status !== 0) throw new Error("cargo build failed");
-  return join(REPO, "target/debug/roomcast");
-}
+installWatchdog();
 
 const JWT_SECRET = "e2e-secret";
 const tokenRequests = new Map(); // sub -> how many tokens the pages fetched
@@ -254,73 +121,22 @@ async function main() {
       (!CLUSTER ? `[presence]\nrooms = [{ pattern = "e2e-*", events = true }]\n` : "") +
       (AUTH ? `[auth]\nmode = "jwt"\njwt_secret = "${JWT_SECRET}"\nleeway_s = 0\n` : ""),
   );
-  // roomcast reads every ROOMCAST_* variable as configuration (and stops on unknown keys):
-  // keep the caller's out, so the nodes run with exactly this test's configuration
-  const gatewayEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
-  gatewayEnv.RUST_LOG ||= "info";
-
-  let redisUrl = null;
-  if (CLUSTER) {
-    const redisPort = await freePort();
-    const redis = startProcess("redis", process.env.REDIS_SERVER || "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-    await waitFor("redis-server", async () => {
-      if (redis.proc.exitCode !== null) throw Object.assign(new Error(`redis-server exited: ${readFileSync(redis.logFile, "utf8")}`), { fatal: true });
-      return new Promise((res) => {
-        const s = net.connect(redisPort, "127.0.0.1", () => s.write("PING\r\n"));
-        s.on("data", (d) => (s.destroy(), res(String(d).startsWith("+PONG"))));
-        s.on("error", () => res(false));
-      });
-    }, 10_000);
-    redisUrl = `redis://127.0.0.1:${redisPort}`;
-  }
-
-  class Node {
+  const redisUrl = CLUSTER ? await startRedis() : null;
+  const Node = class extends GatewayNode {
     constructor(id) {
-      this.id = id;
+      super(id, { bin, config, redisUrl });
     }
-    async init() {
-      [this.wsPort, this.adminPort] = [await freePort(), await freePort()];
-      this.ws = `ws://127.0.0.1:${this.wsPort}/ws`;
-      this.admin = `http://127.0.0.1:${this.adminPort}`;
-      return this;
-    }
-    async start(logName = `node-${this.id}`) {
-      const args = ["--config", config, "--listen", `127.0.0.1:${this.wsPort}`, "--admin-listen", `127.0.0.1:${this.adminPort}`, "--node-id", `e2e-${this.id}`];
-      if (redisUrl) args.push("--redis", redisUrl);
-      const child = (this.child = startProcess(logName, bin, args, { env: gatewayEnv }));
-      await waitFor(`node ${this.id} ready`, async () => {
-        if (child.proc.exitCode !== null)
-          throw Object.assign(new Error(`roomcast exited with ${child.proc.exitCode}: ${readFileSync(child.logFile, "utf8").trim()}`), { fatal: true });
-        return (await httpStatus(`${this.admin}/readyz`)).status === 200;
-      }, 20_000);
-      log(`node ${this.id} ready on ${this.ws}`);
-    }
-    stop() {
-      return stopProcess(this.child, "SIGTERM", 15_000);
-    }
-    publish(room, data) {
-      return httpStatus(`${this.admin}/api/publish`, "POST", { room, data });
-    }
-  }
+  };
   const n1 = await new Node(1).init();
   const n2 = CLUSTER ? await new Node(2).init() : null;
   await n1.start();
   if (n2) await n2.start();
 
   const httpPort = await freePort();
-  staticServer = await serveDist(httpPort);
+  setStaticServer(await serveDist(httpPort));
   const APPURL = `http://127.0.0.1:${httpPort}`;
 
-  // playwright gives chromium a fresh temporary --user-data-dir (it refuses one in args)
-  browserServer = await chromium.launchServer({
-    executablePath: CHROMIUM,
-    headless: true,
-    chromiumSandbox: false,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: 30_000,
-  });
-  log(`chromium pid ${browserServer.process().pid}`);
-  const browser = await chromium.connect(browserServer.wsEndpoint(), { timeout: 30_000 });
+  const browser = await launchBrowser();
   const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });
   context.setDefaultTimeout(15_000);
 
@@ -510,11 +326,4 @@ async function main() {
   await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
 }
 
-main().then(
-  () => finish(0),
-  async (e) => {
-    failed++;
-    log(`FAIL ${e && e.stack ? e.stack : e}`);
-    await finish(1);
-  },
-);
+run(main);
