@@ -433,3 +433,28 @@ async fn every_read_route_needs_the_key_and_the_console_page_does_not() {
         "nothing is fetched from elsewhere"
     );
 }
+
+/// On a Redis Cluster the registry's two hashes live on different shards: announcements,
+/// reads and withdrawal still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_works_on_a_redis_cluster() {
+    let cluster = cluster::RedisCluster::start(3, 0);
+    let prefix = unique_prefix("console", "cluster");
+    let config = || fast_stats(test_config().on_redis_cluster(&cluster, &prefix));
+    let n1 = TestNode::start(config()).await;
+    let n2 = TestNode::start(config()).await;
+    let mut a = n1.connect().await;
+    let mut b = n2.connect().await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    eventually("both nodes' members summed over the cluster", || async {
+        let (_, page) = get(&n2, "/api/rooms", None).await;
+        listed_nodes(&n2).await.len() == 2
+            && page["rooms"]
+                == json!([{"room": "lobby", "members": 2, "nodes": 2,
+                "history": false, "presence": false}])
+    })
+    .await;
+    n1.stop().await.expect("node 1 stops");
+    wait_for_nodes(&n2, "node 1 withdrawn", |n| n.len() == 1).await;
+}
