@@ -25,6 +25,10 @@ pub struct Identity {
     pub publish: Option<Vec<String>>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `iat`, seconds since the Unix epoch: checked against a user's revocation.
+    pub issued_at: Option<u64>,
+    /// `jti`: the token's own id, which `/api/revoke` can name.
+    pub jti: Option<String>,
 }
 
 impl Identity {
@@ -50,16 +54,19 @@ pub enum AuthFailure {
     BadSignature,
     WrongAlgorithm,
     Invalid,
+    /// Valid, but revoked (`/api/revoke`).
+    Revoked,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 6] = [
+    pub const ALL: [AuthFailure; 7] = [
         AuthFailure::Missing,
         AuthFailure::Expired,
         AuthFailure::NotYetValid,
         AuthFailure::BadSignature,
         AuthFailure::WrongAlgorithm,
         AuthFailure::Invalid,
+        AuthFailure::Revoked,
     ];
 
     pub fn label(self) -> &'static str {
@@ -70,6 +77,7 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::WrongAlgorithm => "wrong_algorithm",
             AuthFailure::Invalid => "invalid",
+            AuthFailure::Revoked => "revoked",
         }
     }
 }
@@ -82,6 +90,10 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
 }
 
 /// Verifies tokens; built once from configuration.
@@ -176,6 +188,8 @@ impl Authenticator {
             rooms: claims.rooms,
             publish: claims.publish,
             expires_at: claims.exp.saturating_add(self.validation.leeway),
+            issued_at: claims.iat,
+            jti: claims.jti,
         })
     }
 }

@@ -86,6 +86,8 @@ struct QueueState {
     /// The writer waiting for a frame.
     waiter: Option<Waker>,
     receiver_gone: bool,
+    /// The close frame's reason when the backend gave one (`/api/disconnect`).
+    close_text: Option<Box<str>>,
 }
 
 impl Queue {
@@ -143,6 +145,18 @@ impl Outbox {
 
     pub fn closer(&self) -> &Closer {
         &self.queue.closer
+    }
+
+    /// Close for `reason` with the close frame's reason text `text` instead of the
+    /// reason's own (when this is the first reason).
+    pub fn close_with(&self, reason: Disconnect, text: Option<&str>) {
+        {
+            let mut state = self.queue.state();
+            if !self.queue.closer.is_closing() {
+                state.close_text = text.map(Box::from);
+            }
+        }
+        self.queue.closer.close(reason);
     }
 
     /// Queue a frame without waiting. A full queue closes the connection with 1013.
@@ -207,6 +221,11 @@ impl OutboxReceiver {
             Poll::Ready(n)
         })
         .await
+    }
+
+    /// The reason text given with [`Outbox::close_with`], if any.
+    pub fn take_close_text(&self) -> Option<Box<str>> {
+        self.queue.state().close_text.take()
     }
 
     /// The next frame, if one is queued.
@@ -306,6 +325,19 @@ mod tests {
         let (tx, _rx) = outbox(1, 2);
         assert!(!tx.closer().is_closing());
         assert_eq!(tx.closer().reason(), None);
+    }
+
+    #[test]
+    fn a_close_text_goes_with_the_first_reason_only() {
+        let (tx, rx) = outbox(1, 2);
+        tx.close_with(Disconnect::Forbidden, Some("banned"));
+        tx.close_with(Disconnect::Reconnect, Some("later"));
+        assert_eq!(rx.closer().reason(), Some(Disconnect::Forbidden));
+        assert_eq!(rx.take_close_text().as_deref(), Some("banned"));
+        let (tx, rx) = outbox(2, 2);
+        tx.closer().close(Disconnect::Idle);
+        tx.close_with(Disconnect::Forbidden, Some("banned"));
+        assert_eq!(rx.take_close_text(), None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::broker::BrokerError;
 use crate::node::Node;
 use crate::protocol::{self, AdminRoute, ErrorCode, RoomName};
 
+mod control;
+
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -26,6 +28,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/notify", post(notify))
         .route("/api/broadcast", post(broadcast))
         .route("/api/presence/{*room}", get(presence))
+        .route("/api/disconnect", post(control::disconnect))
+        .route("/api/revoke", post(control::revoke))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }

@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use crate::protocol::PresenceMember;
 
 use super::{
-    BoxFuture, BrokerError, BrokerEvent, Envelope, HistoryPage, HistoryStore, Position,
-    PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub, Retention, Target,
-    Unavailable, presence_live_for,
+    BoxFuture, BrokerError, BrokerEvent, Control, ControlStore, Envelope, HistoryPage,
+    HistoryStore, Position, PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub,
+    Retention, Revocation, Target, Unavailable, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -36,6 +36,8 @@ pub struct MemoryBroker {
     /// Held across the send of a retained publish, so offsets and delivery order agree.
     histories: Mutex<HashMap<Arc<str>, RoomHistory>>,
     presence: std::sync::Mutex<PresenceTable>,
+    /// Revocations in force (each node of one process shares nothing: one node, one list).
+    revocations: std::sync::Mutex<Vec<Revocation>>,
     /// A publish waits at most this long for room in the node's event queue, then fails with
     /// `unavailable` rather than hold its publisher forever.
     publish_timeout: Duration,
@@ -47,6 +49,7 @@ impl MemoryBroker {
             events,
             histories: Mutex::new(HashMap::new()),
             presence: std::sync::Mutex::new(PresenceTable::default()),
+            revocations: std::sync::Mutex::new(Vec::new()),
             publish_timeout,
         }
     }
@@ -320,6 +323,34 @@ impl HistoryStore for MemoryBroker {
                 })
                 .unwrap_or_default())
         })
+    }
+}
+
+impl ControlStore for MemoryBroker {
+    fn publish_control(
+        &self,
+        target: Target,
+        control: Control,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(self.emit(BrokerEvent::Control { target, control }))
+    }
+
+    fn store_revocations(
+        &self,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let now = crate::clock::now_ms() / 1000;
+        let mut kept = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|r| r.until() > now && !revocations.contains(r));
+        kept.extend(revocations);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>> {
+        let now = crate::clock::now_ms() / 1000;
+        let kept = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        let live = kept.iter().filter(|r| r.until() > now).cloned().collect();
+        Box::pin(async { Ok(live) })
     }
 }
 

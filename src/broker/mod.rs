@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::protocol::{Envelope, Origin, Position, Target};
+pub use crate::protocol::{Control, Envelope, Origin, Position, Revocation, Target};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -62,6 +62,9 @@ pub enum BrokerEvent {
     /// A user's first connection joined a room on some node, or its last one left
     /// (`presence.rooms` with `events = true`).
     Presence(PresenceEvent),
+    /// A control envelope (docs/protocol.md "Control envelopes") on a user channel or the
+    /// broadcast channel: acted on by the node, never delivered as a message.
+    Control { target: Target, control: Control },
 }
 
 /// `member_joined` / `member_left` as the broker hands it to every node with members.
@@ -169,7 +172,24 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn unsubscribe_presence(&self, room: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
 
-/// Everything a node needs from its broker.
-pub trait Broker: PubSub + HistoryStore + PresenceStore {}
+/// The backend's control plane: control envelopes and the revocations every node mirrors.
+pub trait ControlStore: Send + Sync + 'static {
+    /// Publish a control envelope on `target`'s channel (a user, or the broadcast).
+    fn publish_control(
+        &self,
+        target: Target,
+        control: Control,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Keep revocations until their `until` (storing one again is harmless).
+    fn store_revocations(
+        &self,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Every revocation still in force.
+    fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>>;
+}
 
-impl<T: PubSub + HistoryStore + PresenceStore> Broker for T {}
+/// Everything a node needs from its broker.
+pub trait Broker: PubSub + HistoryStore + PresenceStore + ControlStore {}
+
+impl<T: PubSub + HistoryStore + PresenceStore + ControlStore> Broker for T {}

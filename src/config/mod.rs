@@ -222,6 +222,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// When set, tokens must carry this `aud`.
     pub audience: Option<String>,
+    /// The longest a revocation (`/api/revoke` `until`) may last, in seconds from now.
+    pub max_revocation_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -233,6 +235,7 @@ impl Default for AuthConfig {
             leeway_s: 5,
             issuer: None,
             audience: None,
+            max_revocation_s: 2_592_000,
         }
     }
 }

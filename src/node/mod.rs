@@ -32,12 +32,15 @@ use crate::protocol::{CommandError, Disconnect, ErrorCode, Frame, RoomName};
 use history::RoomCursor;
 use policy::RoomPolicies;
 
+mod control;
 mod dispatch;
 mod history;
 mod interest;
 mod policy;
 mod presence_hooks;
+mod revocations;
 
+pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 
 /// Capacity of the queue from the broker to the dispatcher.
@@ -104,6 +107,8 @@ pub struct Node {
     slots: AtomicU64,
     command_timeout: Duration,
     rate_clock: crate::limits::DefaultClock,
+    /// The revocations in force, so a handshake checks them without a broker round trip.
+    revocations: revocations::RevocationMirror,
 }
 
 impl Node {
@@ -129,6 +134,7 @@ impl Node {
             presence,
             slots: AtomicU64::new(0),
             rate_clock: crate::limits::DefaultClock::default(),
+            revocations: revocations::RevocationMirror::default(),
         })
     }
 
@@ -213,6 +219,9 @@ impl Node {
         } else {
             self.hub.add_connection(&outbox, None);
         }
+        if let Some(jti) = identity.as_ref().and_then(|i| i.jti.as_deref()) {
+            self.hub.add_token(jti, &outbox);
+        }
         self.metrics.connections_open.inc();
         if !self.is_accepting() {
             outbox.closer().close(Disconnect::Shutdown);
@@ -245,6 +254,9 @@ impl Node {
             None => {
                 self.hub.remove_connection(session.conn, None);
             }
+        }
+        if let Some(jti) = session.identity.as_ref().and_then(|i| i.jti.as_deref()) {
+            self.hub.remove_token(jti, session.conn);
         }
         self.metrics.connections_open.dec();
     }

@@ -9,6 +9,7 @@
 mod admin;
 mod codes;
 mod command;
+mod control;
 mod envelope;
 mod frame;
 mod room;
@@ -19,6 +20,10 @@ pub use admin::{
 };
 pub use codes::{CommandError, Disconnect, ErrorCode};
 pub use command::{Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, decode_command};
+pub use control::{
+    Control, DisconnectRequest, KickCode, MAX_CLOSE_REASON_BYTES, Revocation, decode_control,
+    decode_disconnect_body, decode_revoke_body, encode_control,
+};
 pub use envelope::{
     Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
     encode_envelope, encode_envelope_unnumbered, null_raw,

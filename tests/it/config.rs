@@ -187,6 +187,10 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.require_origin",
         ),
         (
+            vec![("ROOMCAST_AUTH__MAX_REVOCATION_S", "0")],
+            "auth.max_revocation_s",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
@@ -363,4 +367,18 @@ fn origin_and_rate_limit_window_keys_have_defaults_and_load() {
     assert!(config.server.require_origin);
     assert_eq!(config.limits.rate_limit_window_ms, 2_500);
     assert_eq!(config.limits.rate_limit_strikes, 7);
+}
+
+/// The control plane's keys (issue 18): how far a revocation may reach.
+#[test]
+fn control_keys_have_defaults_and_load_from_the_environment() {
+    let defaults = Config::default();
+    assert_eq!(defaults.auth.max_revocation_s, 2_592_000);
+    let config = Config::load(
+        None,
+        env(&[("ROOMCAST_AUTH__MAX_REVOCATION_S", "60")]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.auth.max_revocation_s, 60);
 }

@@ -1,0 +1,291 @@
+//! docs/protocol.md "Control envelopes", "Close codes" 4000/4403 and the admin control routes:
+//! the backend disconnects users or one connection, and revokes tokens, on every node, through
+//! the admin API and through a plain Redis `PUBLISH`.
+
+use crate::support::*;
+use futures_util::StreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use roomcast::config::{AuthMode, Config};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "control-test-secret-of-some-length";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token for `sub` issued ten seconds ago (so a revocation made now covers it).
+fn token(sub: &str) -> String {
+    token_with(json!({"sub": sub, "exp": now() + 3600, "iat": now() - 10}))
+}
+
+fn token_with(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+fn jwt(mut config: Config) -> Config {
+    config.auth.mode = AuthMode::Jwt;
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.auth.leeway_s = 0;
+    config
+}
+
+async fn connect_as(node: &TestNode, token: &str) -> Client {
+    Client::connect(&format!("{}?token={token}", node.ws_url())).await
+}
+
+/// The HTTP status and body of a refused handshake; panics when it is accepted.
+async fn refused(node: &TestNode, token: &str) -> (u16, String) {
+    let url = format!("{}?token={token}", node.ws_url());
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake in time")
+    {
+        Ok(_) => panic!("the handshake was accepted"),
+        Err(WsError::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into(),
+        ),
+        Err(other) => panic!("unexpected handshake error {other}"),
+    }
+}
+
+async fn post(node: &TestNode, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(node.admin_url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The close frame's code and reason, skipping data frames.
+async fn close_of(client: &mut Client) -> (u16, String) {
+    loop {
+        let next = tokio::time::timeout(WAIT, client.ws.next())
+            .await
+            .expect("a close arrives in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) | Some(Err(_)) | None => {
+                panic!("the socket ended without a close code")
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A message published to `room` reaches `client` (still connected and subscribed).
+async fn still_receives(node: &TestNode, client: &mut Client, room: &str, n: u64) {
+    let (status, _) = post(node, "/api/publish", json!({"room": room, "data": n})).await;
+    assert_eq!(status, 202);
+    let got = client.recv_type("message").await;
+    assert_eq!(got["data"], n, "{got}");
+}
+
+async fn two_nodes(redis: &RedisServer, test: &str) -> (TestNode, TestNode) {
+    let prefix = unique_prefix("control", test);
+    let a = TestNode::start(jwt(test_config()).on_redis(redis, &prefix)).await;
+    let b = TestNode::start(jwt(test_config()).on_redis(redis, &prefix)).await;
+    let nodes = [a, b];
+    wait_ready(&nodes, "both nodes ready").await;
+    let [a, b] = nodes;
+    (a, b)
+}
+
+#[tokio::test]
+async fn disconnect_closes_every_connection_of_a_user_on_every_node_with_its_code() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, "kick-user").await;
+    let mut alice_a = connect_as(&a, &token("alice")).await;
+    let mut alice_b = connect_as(&b, &token("alice")).await;
+    let mut bob = connect_as(&b, &token("bob")).await;
+    bob.join("lobby").await;
+
+    let (status, _) = post(
+        &a,
+        "/api/disconnect",
+        json!({"user": "alice", "code": 4403, "reason": "banned"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(close_of(&mut alice_a).await, (4403, "banned".into()));
+    assert_eq!(close_of(&mut alice_b).await, (4403, "banned".into()));
+    still_receives(&a, &mut bob, "lobby", 1).await;
+
+    // Without a code: 4000, "reconnect".
+    let mut again = connect_as(&a, &token("alice")).await;
+    let (status, _) = post(&b, "/api/disconnect", json!({"user": "alice"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(close_of(&mut again).await, (4000, "reconnect".into()));
+    let (status, body) = post(&a, "/api/disconnect", json!({"user": "a", "code": 1000})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}
+
+#[tokio::test]
+async fn disconnect_by_conn_id_closes_that_connection_only() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, "kick-conn").await;
+    let mut kept = connect_as(&a, &token("carol")).await;
+    let mut kicked = connect_as(&b, &token("carol")).await;
+    kept.join("lobby").await;
+    let conn_id = kicked.welcome["conn_id"]
+        .as_str()
+        .expect("conn_id")
+        .to_owned();
+    let (status, _) = post(&a, "/api/disconnect", json!({"conn_id": conn_id})).await;
+    assert_eq!(status, 202);
+    assert_eq!(close_of(&mut kicked).await.0, 4000);
+    still_receives(&b, &mut kept, "lobby", 7).await;
+}
+
+#[tokio::test]
+async fn a_control_envelope_published_with_redis_disconnects_and_a_data_envelope_does_not() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("control", "kick-redis");
+    let node = TestNode::start(jwt(test_config()).on_redis(&redis, &prefix)).await;
+    wait_ready(std::slice::from_ref(&node), "ready").await;
+    let mut dave = connect_as(&node, &token("dave")).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let channel = format!("{prefix}user:dave");
+    raw_publish(&mut conn, &channel, r#"{"data":{"control":"disconnect"}}"#).await;
+    let note = dave.recv_type("notification").await;
+    assert_eq!(note["data"], json!({"control": "disconnect"}));
+    raw_publish(
+        &mut conn,
+        &channel,
+        r#"{"control":"disconnect","code":4403,"reason":"by redis"}"#,
+    )
+    .await;
+    assert_eq!(close_of(&mut dave).await, (4403, "by redis".into()));
+}
+
+#[tokio::test]
+async fn disconnect_on_a_single_memory_node() {
+    let node = TestNode::start(jwt(test_config())).await;
+    let mut erin = connect_as(&node, &token("erin")).await;
+    let mut frank = connect_as(&node, &token("frank")).await;
+    frank.join("lobby").await;
+    let (status, _) = post(&node, "/api/disconnect", json!({"user": "erin"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(close_of(&mut erin).await.0, 4000);
+    still_receives(&node, &mut frank, "lobby", 3).await;
+}
+
+/// Revoke `user` until an hour from now through `node`'s admin API.
+async fn revoke(node: &TestNode, body: Value) {
+    let (status, reply) = post(node, "/api/revoke", body).await;
+    assert_eq!(status, 202, "{reply}");
+}
+
+#[tokio::test]
+async fn revoke_closes_live_tokens_with_4403_and_refuses_them_on_every_node() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("control", "revoke");
+    let config = || jwt(test_config()).on_redis(&redis, &prefix);
+    let (a, b) = two_nodes_with(config).await;
+    let old = token("gina");
+    let mut on_a = connect_as(&a, &old).await;
+    let mut on_b = connect_as(&b, &old).await;
+    let mut other = connect_as(&b, &token("hank")).await;
+    other.join("lobby").await;
+
+    revoke(&a, json!({"user": "gina", "until": now() + 3600})).await;
+    assert_eq!(close_of(&mut on_a).await, (4403, "token revoked".into()));
+    assert_eq!(close_of(&mut on_b).await, (4403, "token revoked".into()));
+    still_receives(&a, &mut other, "lobby", 1).await;
+    for node in [&a, &b] {
+        let (status, body) = refused(node, &old).await;
+        assert_eq!(status, 401);
+        assert!(body.contains("revoked"), "{body}");
+    }
+    // A token issued after the revocation is let in.
+    let fresh = token_with(json!({"sub": "gina", "exp": now() + 3600, "iat": now() + 1}));
+    connect_as(&b, &fresh).await;
+
+    // A node started after the revocation loads it before its first handshake.
+    let c = TestNode::start(config()).await;
+    assert_eq!(refused(&c, &old).await.0, 401);
+    for bad in [
+        json!({"user": "gina", "until": now() - 1}),
+        json!({"user": "gina", "until": now() + 100_000_000}),
+        json!({"user": "gina"}),
+    ] {
+        assert_eq!(post(&a, "/api/revoke", bad).await.0, 400);
+    }
+}
+
+async fn two_nodes_with(config: impl Fn() -> Config) -> (TestNode, TestNode) {
+    let nodes = [
+        TestNode::start(config()).await,
+        TestNode::start(config()).await,
+    ];
+    wait_ready(&nodes, "both nodes ready").await;
+    let [a, b] = nodes;
+    (a, b)
+}
+
+#[tokio::test]
+async fn revoking_one_jti_closes_and_refuses_that_token_only() {
+    let node = TestNode::start(jwt(test_config())).await;
+    let claims =
+        |jti: &str| json!({"sub": "ivy", "exp": now() + 3600, "iat": now() - 5, "jti": jti});
+    let (stolen, kept) = (token_with(claims("t1")), token_with(claims("t2")));
+    let mut bad = connect_as(&node, &stolen).await;
+    let mut good = connect_as(&node, &kept).await;
+    good.join("lobby").await;
+    revoke(&node, json!({"jti": "t1", "until": now() + 600})).await;
+    assert_eq!(close_of(&mut bad).await.0, 4403);
+    assert_eq!(refused(&node, &stolen).await.0, 401);
+    still_receives(&node, &mut good, "lobby", 2).await;
+    connect_as(&node, &kept).await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_does_not_forget_revocations() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let prefix = unique_prefix("control", "revoke-restart");
+    let survivor = TestNode::start(jwt(test_config()).on_redis(&redis, &prefix)).await;
+    wait_ready(std::slice::from_ref(&survivor), "ready").await;
+    let old = token("jack");
+    revoke(&survivor, json!({"user": "jack", "until": now() + 3600})).await;
+
+    // A fresh Redis without persistence on the same port: the set is gone until the node,
+    // reconnecting, stores what it mirrors again.
+    redis.stop();
+    let redis = RedisServer::start_on(port);
+    let key = format!("{prefix}revocations");
+    let conn = redis_conn(&redis.url()).await;
+    eventually("the surviving node stores the revocation again", || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move {
+            let n: i64 = redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            n == 1
+        }
+    })
+    .await;
+    let late = TestNode::start(jwt(test_config()).on_redis(&redis, &prefix)).await;
+    assert_eq!(refused(&late, &old).await.0, 401);
+}
