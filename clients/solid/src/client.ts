@@ -3,7 +3,9 @@
 //
 // What it does that @solid-primitives/websocket 1.3.2 does not:
 // - reconnects with capped exponential backoff and jitter, and reads the close code: 1001
-//   (shutdown) and 4001 (token expired) reconnect at once, 1008 (policy) backs off hard, repeated
+//   (shutdown) and 4001 (token expired) reconnect at once, 4000 (the backend's "reconnect")
+//   reconnects after the usual backoff, 4403 (forbidden, revoked) stops in the `forbidden` state,
+//   1008 (policy) backs off hard, repeated
 //   failures before `open` (what a browser sees of HTTP 401/403/429/503) back off hard;
 // - one reconnect per dead connection: a socket it gave up on can never schedule another;
 // - `close()` during a reconnect gap stays closed;
@@ -43,7 +45,11 @@ export interface WebSocketLike {
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+/**
+ * `forbidden`: the server closed with 4403 (the backend disconnected us for good, or revoked
+ * our token); no reconnect until `connect()` or `reconnect()` (after a new login).
+ */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed" | "forbidden";
 
 export interface BackoffOptions {
   /** First delay after a failure (ms). Default 500. */
@@ -574,6 +580,12 @@ export class RoomcastClient {
     this.emit("close", info);
     if (!schedule) return;
     if (this.stopped) return this.setState("closed");
+    if (info.wasOpen && info.code === CloseCode.forbidden) {
+      // The backend said no: reconnecting would only be refused again (or kicked again).
+      this.stopped = true;
+      for (const p of this.queue.splice(0)) p.reject(new RoomcastError("forbidden", info.reason));
+      return this.setState("forbidden");
+    }
     this.scheduleReconnect(this.delayAfter(info));
   }
 

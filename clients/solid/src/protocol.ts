@@ -158,4 +158,8 @@ export const CloseCode = {
   tryAgainLater: 1013,
   /** The connection's JWT expired: reconnect with a fresh token. */
   tokenExpired: 4001,
+  /** The backend disconnected us (`/api/disconnect`) and asks for a reconnect. */
+  reconnect: 4000,
+  /** The backend disconnected us for good, or revoked our token: do not reconnect. */
+  forbidden: 4403,
 } as const;

@@ -57,7 +57,7 @@ export interface Room<T = unknown> {
 }
 
 export interface Roomcast {
-  /** "connecting" | "open" | "reconnecting" | "closed" */
+  /** "connecting" | "open" | "reconnecting" | "closed" | "forbidden" (closed with 4403: no reconnect) */
   state: Accessor<ConnectionState>;
   /** Attempt count, refusal, next retry time, last close code, queued commands. */
   info: Accessor<ConnectionInfo>;

@@ -129,6 +129,26 @@ describe("tokens", () => {
     expect(getToken).toHaveBeenCalledTimes(2);
   });
 
+  it("reconnects after a 4000 from the backend, with the usual backoff", async () => {
+    const c = client({ heartbeat: false });
+    FakeWebSocket.last.accept().serverClose(4000, "reconnect");
+    await tick(0);
+    expect(c.info.state).toBe("reconnecting");
+    await tick(500);
+    expect(sockets()).toBe(2);
+  });
+
+  it("stops in the forbidden state after a 4403 and reconnects only when asked", async () => {
+    const c = client({ heartbeat: false });
+    FakeWebSocket.last.accept().serverClose(4403, "banned");
+    await tick(60_000);
+    expect(sockets()).toBe(1);
+    expect(c.info.state).toBe("forbidden");
+    c.reconnect();
+    await tick(0);
+    expect(sockets()).toBe(2);
+  });
+
   it("backs off when getToken() fails", async () => {
     let fail = true;
     const c = client({ getToken: () => (fail ? Promise.reject(new Error("no session")) : "t"), heartbeat: false });

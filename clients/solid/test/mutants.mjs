@@ -44,6 +44,10 @@ const mutants = [
     "      count++;\n", ""],
   ["presence: a member_joined already in the reply counted twice",
     "if (at >= 0) return; // already in the reply", "if (false) return; // already in the reply"],
+  ["4403: reconnected like any other close",
+    "if (info.wasOpen && info.code === CloseCode.forbidden) {", "if (false) {"],
+  ["4000: treated as forbidden (no reconnect)",
+    "if (info.wasOpen && info.code === CloseCode.forbidden) {", "if (info.wasOpen && (info.code === CloseCode.forbidden || info.code === CloseCode.reconnect)) {"],
   ["queue: unbounded",
     "if (this.queue.length >= this.o.maxQueue) {", "if (false) {"],
 ];
