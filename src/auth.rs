@@ -14,6 +14,7 @@ use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::config::{AuthConfig, AuthMode};
+use crate::protocol::RoomName;
 
 /// Who a connection belongs to and what it may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct Identity {
     pub issued_at: Option<u64>,
     /// `jti`: the token's own id, which `/api/revoke` can name.
     pub jti: Option<String>,
+    /// `subs`: rooms the connection joins at connect, with no client command (server
+    /// subscriptions; they bypass `rooms`).
+    pub subs: Vec<RoomName>,
 }
 
 impl Identity {
@@ -94,6 +98,8 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 /// Verifies tokens; built once from configuration.
@@ -183,6 +189,13 @@ impl Authenticator {
             serde_json::Value::Number(n) => n.to_string(),
             _ => return Err(AuthFailure::Invalid),
         };
+        // A bad room name in `subs` is the backend's mistake: refuse rather than drop it.
+        let subs = claims
+            .subs
+            .iter()
+            .map(|room| RoomName::new(room))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthFailure::Invalid)?;
         Ok(Identity {
             user: user.into(),
             rooms: claims.rooms,
@@ -190,6 +203,7 @@ impl Authenticator {
             expires_at: claims.exp.saturating_add(self.validation.leeway),
             issued_at: claims.iat,
             jti: claims.jti,
+            subs,
         })
     }
 }

@@ -187,6 +187,19 @@ where
                 received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                     on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
                 }
+                rooms = outbox.server_rooms(), if running.is_none() => {
+                    // Between two commands, like one: the session is the task's alone.
+                    match idle_state.take() {
+                        Some((mut session, rate)) => {
+                            running = Some(Box::pin(async move {
+                                node.apply_server_rooms(&mut session, rooms).await;
+                                (session, rate)
+                            }));
+                            Flow::Go
+                        }
+                        None => Flow::Stop,
+                    }
+                }
                 next = ws.next(), if running.is_none() => {
                     beat.last_read = Instant::now();
                     on_frame(node, next, &mut idle_state, &mut running, closer)

@@ -10,7 +10,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::outbox::{ConnId, Offer, Outbox};
+use crate::outbox::{ConnId, Offer, Outbox, ServerRoom};
 use crate::protocol::{Disconnect, Frame};
 
 const SHARDS: usize = 64;
@@ -402,6 +402,15 @@ impl Hub {
             closed += 1;
         }
         closed
+    }
+
+    /// Hand a server subscription change to every connection of `user` on this node.
+    pub fn server_room_user(&self, user: &str, change: &ServerRoom) {
+        if let Some(members) = self.users.shard(user).get(user) {
+            for outbox in members.values() {
+                outbox.server_room(change.clone());
+            }
+        }
     }
 
     /// Remember which connections hold the token `jti`.

@@ -13,7 +13,7 @@ use std::task::{Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 
-use crate::protocol::{Disconnect, Frame};
+use crate::protocol::{Disconnect, Frame, RoomName};
 
 /// Node-local connection number; `conn_id` on the wire is derived from it.
 pub type ConnId = u64;
@@ -88,6 +88,18 @@ struct QueueState {
     receiver_gone: bool,
     /// The close frame's reason when the backend gave one (`/api/disconnect`).
     close_text: Option<Box<str>>,
+    /// Rooms the backend joins or leaves this connection to (server subscriptions), for the
+    /// connection's task to apply between two commands. Empty (no allocation) almost always.
+    server_rooms: Vec<ServerRoom>,
+    /// The connection's task waiting for `server_rooms`.
+    rooms_waiter: Option<Waker>,
+}
+
+/// A server subscription change for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerRoom {
+    Join(RoomName),
+    Leave(RoomName),
 }
 
 impl Queue {
@@ -159,6 +171,20 @@ impl Outbox {
         self.queue.closer.close(reason);
     }
 
+    /// Ask the connection to join or leave a room on the backend's behalf.
+    pub fn server_room(&self, change: ServerRoom) {
+        let mut state = self.queue.state();
+        if state.receiver_gone {
+            return;
+        }
+        state.server_rooms.push(change);
+        let waiter = state.rooms_waiter.take();
+        drop(state);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+
     /// Queue a frame without waiting. A full queue closes the connection with 1013.
     pub fn offer(&self, frame: Frame) -> Offer {
         let mut state = self.queue.state();
@@ -219,6 +245,19 @@ impl OutboxReceiver {
                 state.frames.shrink_to(IDLE_QUEUE_CAPACITY);
             }
             Poll::Ready(n)
+        })
+        .await
+    }
+
+    /// Wait for server subscription changes and take them all, in order.
+    pub async fn server_rooms(&self) -> Vec<ServerRoom> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.state();
+            if state.server_rooms.is_empty() {
+                state.rooms_waiter = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(std::mem::take(&mut state.server_rooms))
         })
         .await
     }
@@ -338,6 +377,21 @@ mod tests {
         tx.closer().close(Disconnect::Idle);
         tx.close_with(Disconnect::Forbidden, Some("banned"));
         assert_eq!(rx.take_close_text(), None);
+    }
+
+    #[tokio::test]
+    async fn server_room_changes_wake_the_connection_in_order() {
+        let (tx, rx) = outbox(1, 2);
+        let room = |n: &str| RoomName::new(n).expect("room");
+        tx.server_room(ServerRoom::Join(room("a")));
+        tx.server_room(ServerRoom::Leave(room("a")));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.server_rooms())
+            .await
+            .expect("woken");
+        assert_eq!(
+            got,
+            [ServerRoom::Join(room("a")), ServerRoom::Leave(room("a"))]
+        );
     }
 
     #[test]

@@ -92,3 +92,28 @@ pub(super) async fn revoke(State(node): State<Arc<Node>>, request: Request) -> R
         Err(RevokeError::Broker(err)) => unavailable(&err),
     }
 }
+
+/// `POST /api/subscribe {user, room}`: 202 once kept and announced.
+pub(super) async fn subscribe(State(node): State<Arc<Node>>, request: Request) -> Response {
+    server_sub(node, request, true).await
+}
+
+/// `POST /api/unsubscribe {user, room}`: 202 once forgotten and announced.
+pub(super) async fn unsubscribe(State(node): State<Arc<Node>>, request: Request) -> Response {
+    server_sub(node, request, false).await
+}
+
+async fn server_sub(node: Arc<Node>, request: Request, join: bool) -> Response {
+    let body = match body(&node, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let (user, room) = match protocol::decode_server_sub_body(&body) {
+        Ok(decoded) => decoded,
+        Err(err) => return bad_request(&err),
+    };
+    match node.server_subscribe(user.into(), room, join).await {
+        Ok(()) => accepted(),
+        Err(err) => unavailable(&err),
+    }
+}

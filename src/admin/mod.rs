@@ -30,6 +30,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/presence/{*room}", get(presence))
         .route("/api/disconnect", post(control::disconnect))
         .route("/api/revoke", post(control::revoke))
+        .route("/api/subscribe", post(control::subscribe))
+        .route("/api/unsubscribe", post(control::unsubscribe))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }

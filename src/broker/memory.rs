@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::protocol::PresenceMember;
 
+use super::control_table::ControlTable;
 use super::{
     BoxFuture, BrokerError, BrokerEvent, Control, ControlStore, Envelope, HistoryPage,
     HistoryStore, Position, PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub,
@@ -36,8 +37,8 @@ pub struct MemoryBroker {
     /// Held across the send of a retained publish, so offsets and delivery order agree.
     histories: Mutex<HashMap<Arc<str>, RoomHistory>>,
     presence: std::sync::Mutex<PresenceTable>,
-    /// Revocations in force (each node of one process shares nothing: one node, one list).
-    revocations: std::sync::Mutex<Vec<Revocation>>,
+    /// Revocations and server subscriptions, in process.
+    control: ControlTable,
     /// A publish waits at most this long for room in the node's event queue, then fails with
     /// `unavailable` rather than hold its publisher forever.
     publish_timeout: Duration,
@@ -49,7 +50,7 @@ impl MemoryBroker {
             events,
             histories: Mutex::new(HashMap::new()),
             presence: std::sync::Mutex::new(PresenceTable::default()),
-            revocations: std::sync::Mutex::new(Vec::new()),
+            control: ControlTable::default(),
             publish_timeout,
         }
     }
@@ -340,17 +341,28 @@ impl ControlStore for MemoryBroker {
         revocations: Vec<Revocation>,
     ) -> BoxFuture<'_, Result<(), BrokerError>> {
         let now = crate::clock::now_ms() / 1000;
-        let mut kept = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|r| r.until() > now && !revocations.contains(r));
-        kept.extend(revocations);
+        self.control.store_revocations(revocations, now);
         Box::pin(async { Ok(()) })
     }
 
     fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>> {
-        let now = crate::clock::now_ms() / 1000;
-        let kept = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
-        let live = kept.iter().filter(|r| r.until() > now).cloned().collect();
+        let live = self.control.revocations(crate::clock::now_ms() / 1000);
         Box::pin(async { Ok(live) })
+    }
+
+    fn set_server_sub(
+        &self,
+        user: Arc<str>,
+        room: Arc<str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.control.set_server_sub(&user, &room, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn server_subs(&self, user: Arc<str>) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        let rooms = self.control.server_subs(&user);
+        Box::pin(async { Ok(rooms) })
     }
 }
 

@@ -5,6 +5,7 @@
 //! so that every node delivers in the order the broker delivered. Which channels the node needs
 //! is the node's business; the broker keeps them subscribed (across reconnects, for Redis).
 
+mod control_table;
 pub mod memory;
 pub mod redis;
 
@@ -187,6 +188,16 @@ pub trait ControlStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Every revocation still in force.
     fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>>;
+    /// Add `room` to `user`'s server subscriptions for `ttl` (restarting the user's ttl), or
+    /// remove it (`None`).
+    fn set_server_sub(
+        &self,
+        user: Arc<str>,
+        room: Arc<str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// `user`'s server subscriptions, for a connection that opens.
+    fn server_subs(&self, user: Arc<str>) -> BoxFuture<'_, Result<Vec<String>, BrokerError>>;
 }
 
 /// Everything a node needs from its broker.

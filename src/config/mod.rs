@@ -224,6 +224,8 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// The longest a revocation (`/api/revoke` `until`) may last, in seconds from now.
     pub max_revocation_s: u64,
+    /// How long a user's server subscriptions (`/api/subscribe`) are kept after the last one.
+    pub server_subs_ttl_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -236,6 +238,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             max_revocation_s: 2_592_000,
+            server_subs_ttl_s: 86_400,
         }
     }
 }

@@ -8,7 +8,7 @@
 use super::Node;
 use crate::auth::Identity;
 use crate::broker::{BrokerError, Control, Revocation, Target};
-use crate::outbox::ConnId;
+use crate::outbox::{ConnId, ServerRoom};
 use crate::protocol::{Disconnect, DisconnectRequest, KickCode};
 
 impl Node {
@@ -21,6 +21,10 @@ impl Node {
                 reason,
             } => self.kick(target, conn_id.as_deref(), code, reason.as_deref()),
             Control::Revoke(revocation) => self.apply_revocation(revocation),
+            Control::Subscribe { room } => self.server_room_change(target, ServerRoom::Join(room)),
+            Control::Unsubscribe { room } => {
+                self.server_room_change(target, ServerRoom::Leave(room))
+            }
         }
     }
 

@@ -39,6 +39,7 @@ mod interest;
 mod policy;
 mod presence_hooks;
 mod revocations;
+mod server_subs;
 
 pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
@@ -234,6 +235,7 @@ impl Node {
             outbox,
             rooms: HashSet::new(),
         };
+        self.queue_server_rooms(&session).await;
         Ok((session, receiver))
     }
 

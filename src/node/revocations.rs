@@ -104,6 +104,7 @@ mod tests {
             expires_at: 1_000,
             issued_at: iat,
             jti: jti.map(str::to_owned),
+            subs: Vec::new(),
         }
     }
 

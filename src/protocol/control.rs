@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codes::CommandError;
 use super::command::string_field;
+use super::room::RoomName;
 
 /// The longest close reason a WebSocket close frame carries (125 bytes minus the code).
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -52,6 +53,10 @@ pub enum Control {
     },
     /// Refuse tokens from now on, and close the live ones with 4403.
     Revoke(Revocation),
+    /// Join every connection of the channel's user to `room` (a server subscription).
+    Subscribe { room: RoomName },
+    /// Take every connection of the channel's user out of `room`.
+    Unsubscribe { room: RoomName },
 }
 
 /// Tokens refused until `until` (seconds since the Unix epoch).
@@ -116,6 +121,8 @@ struct WireControl {
     before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room: Option<String>,
 }
 
 /// The payload published for `control`.
@@ -147,6 +154,18 @@ pub fn encode_control(control: &Control) -> Vec<u8> {
             control: Some("revoke".into()),
             jti: Some(jti.clone()),
             until: Some(*until),
+            ..WireControl::default()
+        },
+        Control::Subscribe { room } | Control::Unsubscribe { room } => WireControl {
+            control: Some(
+                if matches!(control, Control::Subscribe { .. }) {
+                    "subscribe"
+                } else {
+                    "unsubscribe"
+                }
+                .into(),
+            ),
+            room: Some(room.to_string()),
             ..WireControl::default()
         },
     };
@@ -197,6 +216,15 @@ fn control_from_wire(wire: WireControl) -> Result<Control, String> {
         Some("revoke") => revocation(wire.user, wire.jti, wire.before, wire.until)
             .map(Control::Revoke)
             .map_err(|err| err.message.into_owned()),
+        Some(verb @ ("subscribe" | "unsubscribe")) => {
+            let room = wire.room.ok_or("missing field `room`")?;
+            let room = RoomName::new(&room).map_err(|err| err.message.into_owned())?;
+            Ok(if verb == "subscribe" {
+                Control::Subscribe { room }
+            } else {
+                Control::Unsubscribe { room }
+            })
+        }
         Some(other) => Err(format!("unknown control `{other}`")),
         None => Err("`control` must be a string".into()),
     }
@@ -258,6 +286,19 @@ pub fn decode_revoke_body(body: &[u8], now_secs: u64) -> Result<Revocation, Comm
         ),
     };
     revocation(user, jti, Some(now_secs), until)
+}
+
+/// Decode `POST /api/subscribe` and `/api/unsubscribe`'s body: `{user, room}`.
+pub fn decode_server_sub_body(body: &[u8]) -> Result<(String, RoomName), CommandError> {
+    let map = json_object(body)?;
+    let user = optional_string(&map, "user")?
+        .ok_or_else(|| CommandError::bad_request("missing field `user`"))?;
+    let raw = map
+        .get("room")
+        .and_then(|v| serde_json::value::to_raw_value(v).ok())
+        .ok_or_else(|| CommandError::bad_request("missing field `room`"))?;
+    let room = RoomName::new(&string_field(&raw, "room")?)?;
+    Ok((user, room))
 }
 
 fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, CommandError> {
@@ -327,6 +368,27 @@ mod tests {
             decode_control(br#"{"control":"explode"}"#),
             Some(Err(_))
         ));
+    }
+
+    #[test]
+    fn server_subscriptions_round_trip_and_check_the_room() {
+        let sub = Control::Subscribe {
+            room: RoomName::new("team:42").expect("room"),
+        };
+        assert_eq!(decode_control(&encode_control(&sub)), Some(Ok(sub)));
+        let unsub = Control::Unsubscribe {
+            room: RoomName::new("team:42").expect("room"),
+        };
+        assert_eq!(decode_control(&encode_control(&unsub)), Some(Ok(unsub)));
+        assert!(matches!(
+            decode_control(br#"{"control":"subscribe","room":"a b"}"#),
+            Some(Err(_))
+        ));
+        let (user, room) = decode_server_sub_body(br#"{"user":"u","room":"r"}"#).expect("ok");
+        assert_eq!((user.as_str(), room.as_str()), ("u", "r"));
+        let bad = decode_server_sub_body(br#"{"user":"u","room":"a b"}"#).expect_err("bad");
+        assert_eq!(bad.code, crate::protocol::ErrorCode::InvalidRoom);
+        assert!(decode_server_sub_body(br#"{"room":"r"}"#).is_err());
     }
 
     #[test]

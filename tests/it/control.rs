@@ -98,12 +98,7 @@ async fn still_receives(node: &TestNode, client: &mut Client, room: &str, n: u64
 
 async fn two_nodes(redis: &RedisServer, test: &str) -> (TestNode, TestNode) {
     let prefix = unique_prefix("control", test);
-    let a = TestNode::start(jwt(test_config()).on_redis(redis, &prefix)).await;
-    let b = TestNode::start(jwt(test_config()).on_redis(redis, &prefix)).await;
-    let nodes = [a, b];
-    wait_ready(&nodes, "both nodes ready").await;
-    let [a, b] = nodes;
-    (a, b)
+    two_nodes_with(|| jwt(test_config()).on_redis(redis, &prefix)).await
 }
 
 #[tokio::test]
@@ -232,9 +227,15 @@ async fn revoke_closes_live_tokens_with_4403_and_refuses_them_on_every_node() {
 }
 
 async fn two_nodes_with(config: impl Fn() -> Config) -> (TestNode, TestNode) {
+    let named = |id: &str| {
+        let mut config = config();
+        // Presence is kept per node id.
+        config.server.node_id = id.into();
+        config
+    };
     let nodes = [
-        TestNode::start(config()).await,
-        TestNode::start(config()).await,
+        TestNode::start(named("node-a")).await,
+        TestNode::start(named("node-b")).await,
     ];
     wait_ready(&nodes, "both nodes ready").await;
     let [a, b] = nodes;
@@ -288,4 +289,133 @@ async fn a_redis_restart_does_not_forget_revocations() {
     .await;
     let late = TestNode::start(jwt(test_config()).on_redis(&redis, &prefix)).await;
     assert_eq!(refused(&late, &old).await.0, 401);
+}
+
+/// History for `team:*` (the last 10) and presence for it too.
+fn with_team_rooms(mut config: Config) -> Config {
+    config.history.rooms = vec![roomcast::config::HistoryRule {
+        pattern: "team:*".into(),
+        size: 10,
+        ttl_s: 600,
+    }];
+    config.presence.rooms = vec![roomcast::config::PresenceRule {
+        pattern: "team:*".into(),
+        events: false,
+        max_members: 100,
+    }];
+    config
+}
+
+/// A token that may join `lobby` only: server subscriptions must not need `rooms`.
+fn lobby_only(sub: &str) -> String {
+    token_with(json!({"sub": sub, "exp": now() + 3600, "iat": now() - 10, "rooms": ["lobby"]}))
+}
+
+/// The next `joined` with `server: true`, then the `n` replayed messages after it.
+async fn server_joined(client: &mut Client, room: &str, replayed: u64) {
+    let joined = client.recv_type("joined").await;
+    assert_eq!(joined["room"], room, "{joined}");
+    assert_eq!(joined["server"], true, "{joined}");
+    assert_eq!(joined["history"], replayed, "{joined}");
+    for i in 0..replayed {
+        let m = client.recv_json().await;
+        assert_eq!(
+            (m["type"].as_str(), &m["data"]),
+            (Some("message"), &json!(i)),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_subscribe_joins_a_user_on_every_node_now_and_later_with_history_and_presence() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("control", "server-sub");
+    let config = || with_team_rooms(jwt(test_config()).on_redis(&redis, &prefix));
+    let (a, b) = two_nodes_with(config).await;
+    for i in 0..2 {
+        let (status, _) = post(&a, "/api/publish", json!({"room": "team:1", "data": i})).await;
+        assert_eq!(status, 202);
+    }
+    let mut on_a = connect_as(&a, &lobby_only("kim")).await;
+    let mut on_b = connect_as(&b, &lobby_only("kim")).await;
+    let forbidden = on_a
+        .request(json!({"type": "join", "room": "team:1"}), "self")
+        .await;
+    assert_eq!(forbidden["code"], "forbidden", "the client itself may not");
+
+    let sub = json!({"user": "kim", "room": "team:1"});
+    assert_eq!(post(&b, "/api/subscribe", sub.clone()).await.0, 202);
+    server_joined(&mut on_a, "team:1", 2).await;
+    server_joined(&mut on_b, "team:1", 2).await;
+    // The other node's presence is as of its last (batched) write.
+    eventually("both connections counted in presence", || async {
+        let (_, presence) = get_json(&a, "/api/presence/team:1").await;
+        presence["members"] == json!([{"user": "kim", "conns": 2}])
+    })
+    .await;
+
+    // A connection opened later, on either node, joins too.
+    let mut later = connect_as(&b, &lobby_only("kim")).await;
+    server_joined(&mut later, "team:1", 2).await;
+    still_receives(&a, &mut later, "team:1", 2).await;
+    still_receives(&a, &mut on_a, "team:1", 2).await;
+
+    assert_eq!(post(&a, "/api/unsubscribe", sub).await.0, 202);
+    for client in [&mut on_a, &mut on_b, &mut later] {
+        let left = client.recv_type("left").await;
+        assert_eq!(
+            (left["room"].as_str(), left["reason"].as_str()),
+            (Some("team:1"), Some("unsubscribed"))
+        );
+    }
+    let mut after = connect_as(&a, &lobby_only("kim")).await;
+    let reply = after.request(json!({"type": "ping"}), "p").await;
+    assert_eq!(reply["type"], "pong", "no server join before it: {reply}");
+    assert_eq!(
+        post(&a, "/api/subscribe", json!({"user": "kim", "room": "a b"}))
+            .await
+            .0,
+        400
+    );
+}
+
+async fn get_json(node: &TestNode, path: &str) -> (u16, Value) {
+    let response = reqwest::get(node.admin_url(path)).await.expect("get");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_subs_claim_joins_at_connect_within_the_room_limit() {
+    let mut config = with_team_rooms(jwt(test_config()));
+    config.limits.max_rooms_per_connection = 1;
+    let node = TestNode::start(config).await;
+    let claims = |subs: Value| {
+        token_with(json!({"sub": "lee", "exp": now() + 3600, "rooms": ["lobby"], "subs": subs}))
+    };
+    let mut lee = connect_as(&node, &claims(json!(["team:9", "team:10"]))).await;
+    server_joined(&mut lee, "team:9", 0).await;
+    let refused_room = lee.recv_type("error").await;
+    assert_eq!(refused_room["code"], "too_many_rooms", "{refused_room}");
+    assert!(
+        refused_room["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("team:10"))
+    );
+    still_receives(&node, &mut lee, "team:9", 4).await;
+    assert_eq!(refused(&node, &claims(json!(["not a room"]))).await.0, 401);
+}
+
+#[tokio::test]
+async fn server_subscribe_on_a_single_memory_node() {
+    let node = TestNode::start(with_team_rooms(jwt(test_config()))).await;
+    let mut max = connect_as(&node, &lobby_only("max")).await;
+    let sub = json!({"user": "max", "room": "team:2"});
+    assert_eq!(post(&node, "/api/subscribe", sub.clone()).await.0, 202);
+    server_joined(&mut max, "team:2", 0).await;
+    let mut later = connect_as(&node, &lobby_only("max")).await;
+    server_joined(&mut later, "team:2", 0).await;
+    assert_eq!(post(&node, "/api/unsubscribe", sub).await.0, 202);
+    assert_eq!(max.recv_type("left").await["reason"], "unsubscribed");
 }

@@ -1,9 +1,14 @@
 //! The control plane in Redis: control envelopes published on the user and broadcast channels,
-//! and the revocations kept in one sorted set, `{prefix}revocations` (member: the revocation
-//! without its end, score: its end in unix seconds), which expires with its last member.
+//! the revocations kept in one sorted set, `{prefix}revocations` (member: the revocation
+//! without its end, score: its end in unix seconds), which expires with its last member, and
+//! each user's server subscriptions, a set beside the user's channel
+//! (`{roomcast:user:USER}:subs`, the channel as hash tag like history keys) with a TTL.
 //!
 //! Leaves to others: acting on controls and the in-memory mirror of revocations (the node),
 //! the wire format (`protocol`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::RedisBroker;
 use super::commands::{publish, redis_error, sharded};
@@ -13,6 +18,10 @@ use crate::protocol::encode_control;
 impl RedisBroker {
     fn revocations_key(&self) -> String {
         format!("{}revocations", self.shared.prefix)
+    }
+
+    fn subs_key(&self, user: Arc<str>) -> String {
+        format!("{{{}}}:subs", self.channel(&Target::User(user)))
     }
 }
 
@@ -87,6 +96,43 @@ impl ControlStore for RedisBroker {
                 .into_iter()
                 .filter_map(|(key, until)| Revocation::from_key(&key, until))
                 .collect())
+        })
+    }
+
+    fn set_server_sub(
+        &self,
+        user: Arc<str>,
+        room: Arc<str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let key = self.subs_key(user);
+            let mut pipe = redis::pipe();
+            match ttl {
+                Some(ttl) => {
+                    pipe.cmd("SADD").arg(&key).arg(&*room).ignore();
+                    pipe.cmd("EXPIRE")
+                        .arg(&key)
+                        .arg(ttl.as_secs().max(1))
+                        .ignore();
+                }
+                None => {
+                    pipe.cmd("SREM").arg(&key).arg(&*room).ignore();
+                }
+            }
+            self.shared
+                .commands
+                .send::<(), _>(&pipe)
+                .await?
+                .map_err(redis_error)
+        })
+    }
+
+    fn server_subs(&self, user: Arc<str>) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(self.subs_key(user));
+            self.shared.commands.send(&cmd).await?.map_err(redis_error)
         })
     }
 }
