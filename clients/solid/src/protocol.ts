@@ -53,11 +53,15 @@ export interface JoinedFrame {
   recovered?: boolean;
   /** How many messages were replayed. */
   history?: number;
+  /** The backend joined this connection (a server subscription); no `id`. */
+  server?: boolean;
 }
 export interface LeftFrame {
   type: "left";
   room: string;
   id?: RequestId;
+  /** The server took the connection out ("unsubscribed"); no `id`. */
+  reason?: string;
 }
 export interface AckFrame {
   type: "ack";

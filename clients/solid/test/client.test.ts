@@ -161,6 +161,36 @@ describe("tokens", () => {
   });
 });
 
+describe("server subscriptions", () => {
+  it("lists a room the server joined, and forgets it when the server takes it back", async () => {
+    const c = client({ heartbeat: false });
+    const ws = FakeWebSocket.last.accept({ autoReply: true });
+    const joined = vi.fn();
+    c.on("joined", joined);
+    ws.push({ type: "joined", room: "team:1", server: true, history: 0 });
+    expect(c.rooms).toEqual(["team:1"]);
+    expect(joined).toHaveBeenCalledWith(expect.objectContaining({ room: "team:1", server: true }));
+    ws.push({ type: "message", room: "team:1", id: "m1", data: 1, from: "server", ts: 1 });
+    ws.push({ type: "left", room: "team:1", reason: "unsubscribed" });
+    expect(c.rooms).toEqual([]);
+  });
+
+  it("does not join again on reconnect a room the server took it out of", async () => {
+    const c = client({ heartbeat: false });
+    const ws = FakeWebSocket.last.accept({ autoReply: true });
+    void c.join("team:2");
+    await tick(0);
+    expect(c.rooms).toEqual(["team:2"]);
+    ws.push({ type: "left", room: "team:2", reason: "unsubscribed" });
+    expect(c.rooms).toEqual([]);
+    ws.serverClose(1006);
+    await tick(500);
+    const next = FakeWebSocket.last.accept({ autoReply: true });
+    await tick(0);
+    expect(next.commands.filter((cmd) => cmd.type === "join")).toEqual([]);
+  });
+});
+
 describe("heartbeat", () => {
   it("sends the text ping after a quiet interval and stays connected while it is answered", async () => {
     client({ heartbeat: { intervalMs: 1000, timeoutMs: 1500 } });
