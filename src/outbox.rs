@@ -86,13 +86,19 @@ struct QueueState {
     /// The writer waiting for a frame.
     waiter: Option<Waker>,
     receiver_gone: bool,
+    /// What the backend asked of this connection; boxed, so a connection it never steers
+    /// pays one pointer.
+    control: Option<Box<Steering>>,
+}
+
+/// The backend's requests to one connection.
+#[derive(Debug, Default)]
+struct Steering {
     /// The close frame's reason when the backend gave one (`/api/disconnect`).
     close_text: Option<Box<str>>,
-    /// Rooms the backend joins or leaves this connection to (server subscriptions), for the
-    /// connection's task to apply between two commands. Empty (no allocation) almost always.
+    /// Rooms to join or leave (server subscriptions), for the connection's task to apply
+    /// between two commands.
     server_rooms: Vec<ServerRoom>,
-    /// The connection's task waiting for `server_rooms`.
-    rooms_waiter: Option<Waker>,
 }
 
 /// A server subscription change for one connection.
@@ -164,8 +170,10 @@ impl Outbox {
     pub fn close_with(&self, reason: Disconnect, text: Option<&str>) {
         {
             let mut state = self.queue.state();
-            if !self.queue.closer.is_closing() {
-                state.close_text = text.map(Box::from);
+            if !self.queue.closer.is_closing()
+                && let Some(text) = text
+            {
+                state.control.get_or_insert_default().close_text = Some(Box::from(text));
             }
         }
         self.queue.closer.close(reason);
@@ -177,8 +185,13 @@ impl Outbox {
         if state.receiver_gone {
             return;
         }
-        state.server_rooms.push(change);
-        let waiter = state.rooms_waiter.take();
+        state
+            .control
+            .get_or_insert_default()
+            .server_rooms
+            .push(change);
+        // The same waiter as frames': the connection's one task polls both (`server_rooms`).
+        let waiter = state.waiter.take();
         drop(state);
         if let Some(waker) = waiter {
             waker.wake();
@@ -249,22 +262,31 @@ impl OutboxReceiver {
         .await
     }
 
-    /// Wait for server subscription changes and take them all, in order.
+    /// Wait for server subscription changes and take them all, in order. It shares the
+    /// frames' waiter slot: poll it from the task that polls [`OutboxReceiver::recv_many`].
     pub async fn server_rooms(&self) -> Vec<ServerRoom> {
         std::future::poll_fn(|cx| {
             let mut state = self.queue.state();
-            if state.server_rooms.is_empty() {
-                state.rooms_waiter = Some(cx.waker().clone());
-                return Poll::Pending;
+            match state.control.as_mut() {
+                Some(control) if !control.server_rooms.is_empty() => {
+                    Poll::Ready(std::mem::take(&mut control.server_rooms))
+                }
+                _ => {
+                    state.waiter = Some(cx.waker().clone());
+                    Poll::Pending
+                }
             }
-            Poll::Ready(std::mem::take(&mut state.server_rooms))
         })
         .await
     }
 
     /// The reason text given with [`Outbox::close_with`], if any.
     pub fn take_close_text(&self) -> Option<Box<str>> {
-        self.queue.state().close_text.take()
+        self.queue
+            .state()
+            .control
+            .as_mut()
+            .and_then(|c| c.close_text.take())
     }
 
     /// The next frame, if one is queued.
