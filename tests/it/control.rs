@@ -419,3 +419,49 @@ async fn server_subscribe_on_a_single_memory_node() {
     assert_eq!(post(&node, "/api/unsubscribe", sub).await.0, 202);
     assert_eq!(max.recv_type("left").await["reason"], "unsubscribed");
 }
+
+/// The channel-based parts on a Redis Cluster: user channels are shard channels (a service
+/// kicks with `SPUBLISH` on the slot's owner), revocations travel on the classic broadcast
+/// channel and live in one sorted set (one slot), server subscriptions in a set hash-tagged
+/// with the user's channel.
+#[tokio::test]
+async fn on_a_redis_cluster_disconnect_revoke_and_server_subscribe_reach_every_node() {
+    let cluster = crate::support::cluster::RedisCluster::start(3, 0);
+    let prefix = unique_prefix("control", "cluster");
+    let config = || with_team_rooms(jwt(test_config()).on_redis_cluster(&cluster, &prefix));
+    let (a, b) = two_nodes_with(config).await;
+
+    let mut kim_a = connect_as(&a, &lobby_only("kim")).await;
+    let mut kim_b = connect_as(&b, &lobby_only("kim")).await;
+    let sub = json!({"user": "kim", "room": "team:5"});
+    assert_eq!(post(&a, "/api/subscribe", sub).await.0, 202);
+    server_joined(&mut kim_a, "team:5", 0).await;
+    server_joined(&mut kim_b, "team:5", 0).await;
+    let mut later = connect_as(&a, &lobby_only("kim")).await;
+    server_joined(&mut later, "team:5", 0).await;
+    still_receives(&b, &mut kim_a, "team:5", 1).await;
+
+    let channel = format!("{prefix}user:kim");
+    let owner = cluster.master_port_for_slot(cluster.slot_of(&channel));
+    let mut conn = redis_conn(&format!("redis://127.0.0.1:{owner}")).await;
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg(&channel)
+        .arg(r#"{"control":"disconnect","code":4000,"reason":"shard"}"#)
+        .query_async(&mut conn)
+        .await
+        .expect("SPUBLISH");
+    for client in [&mut kim_a, &mut kim_b, &mut later] {
+        assert_eq!(close_of(client).await, (4000, "shard".into()));
+    }
+
+    let old = token("liz");
+    let mut liz_a = connect_as(&a, &old).await;
+    let mut liz_b = connect_as(&b, &old).await;
+    revoke(&b, json!({"user": "liz", "until": now() + 600})).await;
+    assert_eq!(close_of(&mut liz_a).await.0, 4403);
+    assert_eq!(close_of(&mut liz_b).await.0, 4403);
+    let c = TestNode::start(config()).await;
+    for node in [&a, &c] {
+        assert_eq!(refused(node, &old).await.0, 401);
+    }
+}
