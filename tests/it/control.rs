@@ -465,3 +465,74 @@ async fn on_a_redis_cluster_disconnect_revoke_and_server_subscribe_reach_every_n
         assert_eq!(refused(node, &old).await.0, 401);
     }
 }
+
+/// Kicks and revocations under traffic cost the other members nothing: while a publisher sends
+/// 300 messages into a room, ten of its members on two nodes are disconnected (admin API, a
+/// Redis `PUBLISH`) or revoked; every other member receives every message, in order, once.
+#[tokio::test]
+async fn kicks_and_revocations_under_traffic_lose_no_other_members_messages() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("control", "under-load");
+    let (a, b) = two_nodes_with(|| {
+        jwt(test_config())
+            .on_redis(&redis, &prefix)
+            .with_rate(10_000)
+    })
+    .await;
+    let mut watchers = Vec::new();
+    let mut victims = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let mut w = connect_as(node, &token(&format!("w{i}"))).await;
+        w.join("lobby").await;
+        watchers.push(w);
+        let mut v = connect_as(node, &token(&format!("v{i}"))).await;
+        v.join("lobby").await;
+        victims.push(v);
+    }
+    let mut publisher = connect_as(&a, &token("pub")).await;
+    publisher.join("lobby").await;
+    const N: u64 = 300;
+    let mut conn = redis_conn(&redis.url()).await;
+    // Ten bursts of thirty publishes, a victim kicked after each while they are in flight.
+    for i in 0..10u64 {
+        for seq in i * 30..(i + 1) * 30 {
+            publisher
+                .send_json(json!({"type": "publish", "room": "lobby", "data": seq, "echo": false}))
+                .await;
+        }
+        let user = format!("v{i}");
+        match i % 3 {
+            0 => assert_eq!(
+                post(&b, "/api/disconnect", json!({"user": user})).await.0,
+                202
+            ),
+            1 => revoke(&a, json!({"user": user, "until": now() + 600})).await,
+            _ => {
+                let channel = format!("{prefix}user:{user}");
+                raw_publish(
+                    &mut conn,
+                    &channel,
+                    r#"{"control":"disconnect","code":4403}"#,
+                )
+                .await;
+            }
+        }
+    }
+    let mut acks = 0;
+    while acks < N {
+        if publisher.recv_json().await["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    for (i, victim) in victims.iter_mut().enumerate() {
+        let expected = if i % 3 == 0 { 4000 } else { 4403 };
+        assert_eq!(close_of(victim).await.0, expected, "victim {i}");
+    }
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        for seq in 0..N {
+            let m = watcher.recv_type("message").await;
+            assert_eq!(m["data"], seq, "watcher {i}");
+        }
+    }
+}
