@@ -418,6 +418,11 @@ async fn server_subscribe_on_a_single_memory_node() {
     server_joined(&mut later, "team:2", 0).await;
     assert_eq!(post(&node, "/api/unsubscribe", sub).await.0, 202);
     assert_eq!(max.recv_type("left").await["reason"], "unsubscribed");
+    // Rooms named user:… stay reserved, whoever asks.
+    let reserved = json!({"user": "max", "room": "user:max"});
+    assert_eq!(post(&node, "/api/subscribe", reserved).await.0, 202);
+    let refused_room = max.recv_type("error").await;
+    assert_eq!(refused_room["code"], "forbidden", "{refused_room}");
 }
 
 /// The channel-based parts on a Redis Cluster: user channels are shard channels (a service
