@@ -289,6 +289,15 @@ fn check_envelope_round_trip(envelope: &Envelope) {
 
 /// Arbitrary bytes as a payload received on each kind of Redis channel.
 pub fn check_decode_envelope(data: &[u8]) {
+    // The same payload as a control envelope (user and broadcast channels): one that decodes
+    // encodes back to itself.
+    if let Some(Ok(control)) = roomcast::protocol::decode_control(data) {
+        let again = roomcast::protocol::encode_control(&control);
+        assert_eq!(
+            roomcast::protocol::decode_control(&again),
+            Some(Ok(control))
+        );
+    }
     for target in fuzz_targets() {
         let envelope = decode_envelope(target.clone(), data, || "fresh-1".to_owned(), 1234);
         assert_eq!(envelope.target, target);
@@ -301,6 +310,12 @@ pub fn check_decode_envelope(data: &[u8]) {
 
 /// Arbitrary bytes as the body of each admin publish route.
 pub fn check_admin_body(data: &[u8]) {
+    // The control routes' bodies: decoded or refused with a reason, never a panic.
+    if let Ok((_, room)) = roomcast::protocol::decode_server_sub_body(data) {
+        assert!(validate_room(&room).is_ok(), "accepted room {room:?}");
+    }
+    let _ = roomcast::protocol::decode_disconnect_body(data);
+    let _ = roomcast::protocol::decode_revoke_body(data, 1);
     let mut accepted = Vec::new();
     for route in [
         AdminRoute::Publish,

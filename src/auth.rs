@@ -14,6 +14,7 @@ use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::config::{AuthConfig, AuthMode};
+use crate::protocol::RoomName;
 
 /// Who a connection belongs to and what it may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,13 @@ pub struct Identity {
     pub publish: Option<Vec<String>>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `iat`, seconds since the Unix epoch: checked against a user's revocation.
+    pub issued_at: Option<u64>,
+    /// `jti`: the token's own id, which `/api/revoke` can name.
+    pub jti: Option<String>,
+    /// `subs`: rooms the connection joins at connect, with no client command (server
+    /// subscriptions; they bypass `rooms`).
+    pub subs: Vec<RoomName>,
 }
 
 impl Identity {
@@ -50,16 +58,19 @@ pub enum AuthFailure {
     BadSignature,
     WrongAlgorithm,
     Invalid,
+    /// Valid, but revoked (`/api/revoke`).
+    Revoked,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 6] = [
+    pub const ALL: [AuthFailure; 7] = [
         AuthFailure::Missing,
         AuthFailure::Expired,
         AuthFailure::NotYetValid,
         AuthFailure::BadSignature,
         AuthFailure::WrongAlgorithm,
         AuthFailure::Invalid,
+        AuthFailure::Revoked,
     ];
 
     pub fn label(self) -> &'static str {
@@ -70,6 +81,7 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::WrongAlgorithm => "wrong_algorithm",
             AuthFailure::Invalid => "invalid",
+            AuthFailure::Revoked => "revoked",
         }
     }
 }
@@ -82,6 +94,12 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 /// Verifies tokens; built once from configuration.
@@ -171,11 +189,21 @@ impl Authenticator {
             serde_json::Value::Number(n) => n.to_string(),
             _ => return Err(AuthFailure::Invalid),
         };
+        // A bad room name in `subs` is the backend's mistake: refuse rather than drop it.
+        let subs = claims
+            .subs
+            .iter()
+            .map(|room| RoomName::new(room))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthFailure::Invalid)?;
         Ok(Identity {
             user: user.into(),
             rooms: claims.rooms,
             publish: claims.publish,
             expires_at: claims.exp.saturating_add(self.validation.leeway),
+            issued_at: claims.iat,
+            jti: claims.jti,
+            subs,
         })
     }
 }

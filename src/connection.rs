@@ -187,6 +187,19 @@ where
                 received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                     on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
                 }
+                rooms = outbox.server_rooms(), if running.is_none() => {
+                    // Between two commands, like one: the session is the task's alone.
+                    match idle_state.take() {
+                        Some((mut session, rate)) => {
+                            running = Some(Box::pin(async move {
+                                node.apply_server_rooms(&mut session, rooms).await;
+                                (session, rate)
+                            }));
+                            Flow::Go
+                        }
+                        None => Flow::Stop,
+                    }
+                }
                 next = ws.next(), if running.is_none() => {
                     beat.last_read = Instant::now();
                     on_frame(node, next, &mut idle_state, &mut running, closer)
@@ -203,7 +216,7 @@ where
             (Some(command), _) => Some(command.await.0),
             (None, state) => state.map(|(session, _)| session),
         };
-        close_handshake(&mut ws, closer, close_timeout).await;
+        close_handshake(&mut ws, closer, outbox.take_close_text(), close_timeout).await;
         session
     }
 }
@@ -360,16 +373,21 @@ fn on_frame<'a>(
 
 /// Send our close frame when the reason has a code, then wait briefly for the peer's side of
 /// the close handshake (or flush our reply to theirs).
-async fn close_handshake<S>(ws: &mut WebSocketStream<S>, closer: &Closer, close_timeout: Duration)
-where
+async fn close_handshake<S>(
+    ws: &mut WebSocketStream<S>,
+    closer: &Closer,
+    text: Option<Box<str>>,
+    close_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
-        let _ = tokio::time::timeout(
-            close_timeout,
-            ws.send(Message::Close(Some(close_frame(reason)))),
-        )
-        .await;
+        let mut frame = close_frame(reason);
+        if let Some(text) = text {
+            // The backend's own words (`/api/disconnect` `reason`), checked to fit a frame.
+            frame.reason = String::from(text).into();
+        }
+        let _ = tokio::time::timeout(close_timeout, ws.send(Message::Close(Some(frame)))).await;
     }
     let _ = tokio::time::timeout(close_timeout, async {
         while let Some(Ok(_)) = ws.next().await {}

@@ -10,7 +10,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::outbox::{ConnId, Offer, Outbox};
+use crate::outbox::{ConnId, Offer, Outbox, ServerRoom};
 use crate::protocol::{Disconnect, Frame};
 
 const SHARDS: usize = 64;
@@ -133,6 +133,8 @@ pub struct Joined {
 pub struct Hub {
     rooms: Sharded<Arc<str>, RoomMembers>,
     users: Sharded<Arc<str>, Members>,
+    /// Connections by their token's `jti`, for revoking one token.
+    tokens: Sharded<Arc<str>, Members>,
     /// Every connection, for broadcasts; one pseudo-entry per shard keyed by `()`.
     conns: Box<[Mutex<Members>]>,
 }
@@ -148,6 +150,7 @@ impl Hub {
         Hub {
             rooms: Sharded::new(),
             users: Sharded::new(),
+            tokens: Sharded::new(),
             conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
@@ -391,6 +394,75 @@ impl Hub {
             }
         }
         delivery
+    }
+
+    /// Close every connection of `user` on this node (only `conn` when given) for `reason`,
+    /// with `text` as the close frame's reason; returns how many.
+    pub fn close_user(
+        &self,
+        user: &str,
+        conn: Option<ConnId>,
+        reason: Disconnect,
+        text: Option<&str>,
+    ) -> usize {
+        let shard = self.users.shard(user);
+        let Some(members) = shard.get(user) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for outbox in members
+            .values()
+            .filter(|o| conn.is_none_or(|c| o.conn() == c))
+        {
+            outbox.close_with(reason, text);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Hand a server subscription change to every connection of `user` on this node.
+    pub fn server_room_user(&self, user: &str, change: &ServerRoom) {
+        if let Some(members) = self.users.shard(user).get(user) {
+            for outbox in members.values() {
+                outbox.server_room(change.clone());
+            }
+        }
+    }
+
+    /// Remember which connections hold the token `jti`.
+    pub fn add_token(&self, jti: &str, outbox: &Outbox) {
+        let mut shard = self.tokens.shard(jti);
+        let members = shard.entry(Arc::from(jti)).or_default();
+        members.insert(outbox.conn(), outbox.clone());
+    }
+
+    pub fn remove_token(&self, jti: &str, conn: ConnId) {
+        let mut shard = self.tokens.shard(jti);
+        if let Some(members) = shard.get_mut(jti) {
+            members.remove(&conn);
+            if members.is_empty() {
+                shard.remove(jti);
+            }
+        }
+    }
+
+    /// Close the connections holding the token `jti` for `reason`.
+    pub fn close_token(&self, jti: &str, reason: Disconnect) {
+        if let Some(members) = self.tokens.shard(jti).get(jti) {
+            for outbox in members.values() {
+                outbox.close_with(reason, None);
+            }
+        }
+    }
+
+    /// Close one connection of this node; false when it is not here.
+    pub fn close_conn(&self, conn: ConnId, reason: Disconnect, text: Option<&str>) -> bool {
+        let shard = self.conn_shard(conn);
+        let Some(outbox) = shard.get(&conn) else {
+            return false;
+        };
+        outbox.close_with(reason, text);
+        true
     }
 
     /// Ask every registered connection to close for `reason`.

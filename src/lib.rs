@@ -187,6 +187,8 @@ pub async fn run(
         stop_admin.clone(),
     ));
 
+    // Before the first handshake, when the broker answers in time; otherwise its first `Up`.
+    node.reload_revocations().await;
     if let Ok(addr) = listeners.ws.local_addr() {
         info!(%addr, path = %config.server.path, node = node.node_id(), "websocket listening");
     }

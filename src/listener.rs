@@ -255,14 +255,23 @@ impl Listener {
             None => Err(AuthFailure::Missing),
             Some(token) => authenticator.verify(&token),
         };
-        verified.map(Some).map_err(|failure| {
+        let identity = verified.map_err(|failure| {
             self.node.metrics().auth_failed(failure);
             (
                 Refusal::Unauthorized,
                 StatusCode::UNAUTHORIZED,
                 "missing, expired or invalid token",
             )
-        })
+        })?;
+        if self.node.is_revoked(&identity) {
+            self.node.metrics().auth_failed(AuthFailure::Revoked);
+            return Err((
+                Refusal::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "token revoked",
+            ));
+        }
+        Ok(Some(identity))
     }
 
     fn client_ip(&self, request: &Request, peer: IpAddr) -> IpAddr {

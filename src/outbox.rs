@@ -13,7 +13,7 @@ use std::task::{Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 
-use crate::protocol::{Disconnect, Frame};
+use crate::protocol::{Disconnect, Frame, RoomName};
 
 /// Node-local connection number; `conn_id` on the wire is derived from it.
 pub type ConnId = u64;
@@ -86,6 +86,26 @@ struct QueueState {
     /// The writer waiting for a frame.
     waiter: Option<Waker>,
     receiver_gone: bool,
+    /// What the backend asked of this connection; boxed, so a connection it never steers
+    /// pays one pointer.
+    control: Option<Box<Steering>>,
+}
+
+/// The backend's requests to one connection.
+#[derive(Debug, Default)]
+struct Steering {
+    /// The close frame's reason when the backend gave one (`/api/disconnect`).
+    close_text: Option<Box<str>>,
+    /// Rooms to join or leave (server subscriptions), for the connection's task to apply
+    /// between two commands.
+    server_rooms: Vec<ServerRoom>,
+}
+
+/// A server subscription change for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerRoom {
+    Join(RoomName),
+    Leave(RoomName),
 }
 
 impl Queue {
@@ -143,6 +163,39 @@ impl Outbox {
 
     pub fn closer(&self) -> &Closer {
         &self.queue.closer
+    }
+
+    /// Close for `reason` with the close frame's reason text `text` instead of the
+    /// reason's own (when this is the first reason).
+    pub fn close_with(&self, reason: Disconnect, text: Option<&str>) {
+        {
+            let mut state = self.queue.state();
+            if !self.queue.closer.is_closing()
+                && let Some(text) = text
+            {
+                state.control.get_or_insert_default().close_text = Some(Box::from(text));
+            }
+        }
+        self.queue.closer.close(reason);
+    }
+
+    /// Ask the connection to join or leave a room on the backend's behalf.
+    pub fn server_room(&self, change: ServerRoom) {
+        let mut state = self.queue.state();
+        if state.receiver_gone {
+            return;
+        }
+        state
+            .control
+            .get_or_insert_default()
+            .server_rooms
+            .push(change);
+        // The same waiter as frames': the connection's one task polls both (`server_rooms`).
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
     }
 
     /// Queue a frame without waiting. A full queue closes the connection with 1013.
@@ -207,6 +260,33 @@ impl OutboxReceiver {
             Poll::Ready(n)
         })
         .await
+    }
+
+    /// Wait for server subscription changes and take them all, in order. It shares the
+    /// frames' waiter slot: poll it from the task that polls [`OutboxReceiver::recv_many`].
+    pub async fn server_rooms(&self) -> Vec<ServerRoom> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.state();
+            match state.control.as_mut() {
+                Some(control) if !control.server_rooms.is_empty() => {
+                    Poll::Ready(std::mem::take(&mut control.server_rooms))
+                }
+                _ => {
+                    state.waiter = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The reason text given with [`Outbox::close_with`], if any.
+    pub fn take_close_text(&self) -> Option<Box<str>> {
+        self.queue
+            .state()
+            .control
+            .as_mut()
+            .and_then(|c| c.close_text.take())
     }
 
     /// The next frame, if one is queued.
@@ -306,6 +386,34 @@ mod tests {
         let (tx, _rx) = outbox(1, 2);
         assert!(!tx.closer().is_closing());
         assert_eq!(tx.closer().reason(), None);
+    }
+
+    #[test]
+    fn a_close_text_goes_with_the_first_reason_only() {
+        let (tx, rx) = outbox(1, 2);
+        tx.close_with(Disconnect::Forbidden, Some("banned"));
+        tx.close_with(Disconnect::Reconnect, Some("later"));
+        assert_eq!(rx.closer().reason(), Some(Disconnect::Forbidden));
+        assert_eq!(rx.take_close_text().as_deref(), Some("banned"));
+        let (tx, rx) = outbox(2, 2);
+        tx.closer().close(Disconnect::Idle);
+        tx.close_with(Disconnect::Forbidden, Some("banned"));
+        assert_eq!(rx.take_close_text(), None);
+    }
+
+    #[tokio::test]
+    async fn server_room_changes_wake_the_connection_in_order() {
+        let (tx, rx) = outbox(1, 2);
+        let room = |n: &str| RoomName::new(n).expect("room");
+        tx.server_room(ServerRoom::Join(room("a")));
+        tx.server_room(ServerRoom::Leave(room("a")));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.server_rooms())
+            .await
+            .expect("woken");
+        assert_eq!(
+            got,
+            [ServerRoom::Join(room("a")), ServerRoom::Leave(room("a"))]
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::broker::BrokerError;
 use crate::node::Node;
 use crate::protocol::{self, AdminRoute, ErrorCode, RoomName};
 
+mod control;
+
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -32,6 +34,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/presence/{*room}", get(presence))
         .merge(read::routes(node.clone()))
         .merge(console::routes())
+        .route("/api/disconnect", post(control::disconnect))
+        .route("/api/revoke", post(control::revoke))
+        .route("/api/subscribe", post(control::subscribe))
+        .route("/api/unsubscribe", post(control::unsubscribe))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }

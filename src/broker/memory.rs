@@ -18,10 +18,11 @@ use crate::protocol::PresenceMember;
 
 mod nodes;
 
+use super::control_table::ControlTable;
 use super::{
-    BoxFuture, BrokerError, BrokerEvent, Envelope, HistoryPage, HistoryStore, Position,
-    PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub, Retention, Target,
-    Unavailable, presence_live_for,
+    BoxFuture, BrokerError, BrokerEvent, Control, ControlStore, Envelope, HistoryPage,
+    HistoryStore, Position, PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub,
+    Retention, Revocation, Target, Unavailable, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -40,6 +41,8 @@ pub struct MemoryBroker {
     presence: std::sync::Mutex<PresenceTable>,
     /// The node registry: only this node, as no other shares this broker.
     nodes: std::sync::Mutex<nodes::NodeTable>,
+    /// Revocations and server subscriptions, in process.
+    control: ControlTable,
     /// A publish waits at most this long for room in the node's event queue, then fails with
     /// `unavailable` rather than hold its publisher forever.
     publish_timeout: Duration,
@@ -52,6 +55,7 @@ impl MemoryBroker {
             histories: Mutex::new(HashMap::new()),
             presence: std::sync::Mutex::new(PresenceTable::default()),
             nodes: std::sync::Mutex::new(nodes::NodeTable::default()),
+            control: ControlTable::default(),
             publish_timeout,
         }
     }
@@ -325,6 +329,45 @@ impl HistoryStore for MemoryBroker {
                 })
                 .unwrap_or_default())
         })
+    }
+}
+
+impl ControlStore for MemoryBroker {
+    fn publish_control(
+        &self,
+        target: Target,
+        control: Control,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(self.emit(BrokerEvent::Control { target, control }))
+    }
+
+    fn store_revocations(
+        &self,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let now = crate::clock::now_ms() / 1000;
+        self.control.store_revocations(revocations, now);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>> {
+        let live = self.control.revocations(crate::clock::now_ms() / 1000);
+        Box::pin(async { Ok(live) })
+    }
+
+    fn set_server_sub(
+        &self,
+        user: Arc<str>,
+        room: Arc<str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.control.set_server_sub(&user, &room, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn server_subs(&self, user: Arc<str>) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        let rooms = self.control.server_subs(&user);
+        Box::pin(async { Ok(rooms) })
     }
 }
 

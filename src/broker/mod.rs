@@ -5,6 +5,7 @@
 //! so that every node delivers in the order the broker delivered. Which channels the node needs
 //! is the node's business; the broker keeps them subscribed (across reconnects, for Redis).
 
+mod control_table;
 pub mod memory;
 pub mod redis;
 
@@ -13,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::protocol::{Envelope, Origin, Position, Target};
+pub use crate::protocol::{Control, Envelope, Origin, Position, Revocation, Target};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -62,6 +63,9 @@ pub enum BrokerEvent {
     /// A user's first connection joined a room on some node, or its last one left
     /// (`presence.rooms` with `events = true`).
     Presence(PresenceEvent),
+    /// A control envelope (docs/protocol.md "Control envelopes") on a user channel or the
+    /// broadcast channel: acted on by the node, never delivered as a message.
+    Control { target: Target, control: Control },
 }
 
 /// `member_joined` / `member_left` as the broker hands it to every node with members.
@@ -189,7 +193,34 @@ pub trait NodeRegistry: Send + Sync + 'static {
     fn node_rooms(&self) -> BoxFuture<'_, Result<Vec<NodeRooms>, BrokerError>>;
 }
 
-/// Everything a node needs from its broker.
-pub trait Broker: PubSub + HistoryStore + PresenceStore + NodeRegistry {}
+/// The backend's control plane: control envelopes and the revocations every node mirrors.
+pub trait ControlStore: Send + Sync + 'static {
+    /// Publish a control envelope on `target`'s channel (a user, or the broadcast).
+    fn publish_control(
+        &self,
+        target: Target,
+        control: Control,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Keep revocations until their `until` (storing one again is harmless).
+    fn store_revocations(
+        &self,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Every revocation still in force.
+    fn revocations(&self) -> BoxFuture<'_, Result<Vec<Revocation>, BrokerError>>;
+    /// Add `room` to `user`'s server subscriptions for `ttl` (restarting the user's ttl), or
+    /// remove it (`None`).
+    fn set_server_sub(
+        &self,
+        user: Arc<str>,
+        room: Arc<str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// `user`'s server subscriptions, for a connection that opens.
+    fn server_subs(&self, user: Arc<str>) -> BoxFuture<'_, Result<Vec<String>, BrokerError>>;
+}
 
-impl<T: PubSub + HistoryStore + PresenceStore + NodeRegistry> Broker for T {}
+/// Everything a node needs from its broker.
+pub trait Broker: PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore {}
+
+impl<T: PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore> Broker for T {}

@@ -209,6 +209,10 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// When set, tokens must carry this `aud`.
     pub audience: Option<String>,
+    /// The longest a revocation (`/api/revoke` `until`) may last, in seconds from now.
+    pub max_revocation_s: u64,
+    /// How long a user's server subscriptions (`/api/subscribe`) are kept after the last one.
+    pub server_subs_ttl_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -220,6 +224,8 @@ impl Default for AuthConfig {
             leeway_s: 5,
             issuer: None,
             audience: None,
+            max_revocation_s: 2_592_000,
+            server_subs_ttl_s: 86_400,
         }
     }
 }

@@ -120,6 +120,8 @@ impl Config {
         }
         positive("redis.pool_size", self.redis.pool_size as u64)?;
         positive("redis.command_timeout_ms", self.redis.command_timeout_ms)?;
+        positive("auth.max_revocation_s", self.auth.max_revocation_s)?;
+        positive("auth.server_subs_ttl_s", self.auth.server_subs_ttl_s)?;
         if self.auth.mode == AuthMode::Jwt
             && self.auth.jwt_secret.is_none()
             && self.auth.jwt_public_key_file.is_none()

@@ -18,8 +18,10 @@ impl Node {
         match event {
             BrokerEvent::Publication(envelope) => self.deliver(&envelope),
             BrokerEvent::Presence(event) => self.deliver_presence(&event),
+            BrokerEvent::Control { target, control } => self.apply_control(&target, control),
             BrokerEvent::Up { resumed } => {
                 self.metrics.broker_up.set(1);
+                self.reload_revocations().await;
                 if resumed {
                     self.metrics.broker_reconnects.inc();
                     self.catch_up().await;

@@ -34,7 +34,20 @@ impl Node {
         since: Option<&str>,
         history: Option<u64>,
     ) -> Result<JoinOutcome, CommandError> {
-        self.authorize_join(session, room)?;
+        self.join_as(session, room, since, history, false).await
+    }
+
+    /// A join by the client, or by the backend (`by_server`: the token's `rooms` claim is
+    /// not asked, the backend decided).
+    pub(super) async fn join_as(
+        &self,
+        session: &mut Session,
+        room: &RoomName,
+        since: Option<&str>,
+        history: Option<u64>,
+        by_server: bool,
+    ) -> Result<JoinOutcome, CommandError> {
+        self.authorize_join(session, room, by_server)?;
         if session.rooms.contains(room.as_str()) {
             // Already live in the room: there is nothing to replay that it has not been sent.
             return Ok(JoinOutcome::default());
@@ -59,7 +72,12 @@ impl Node {
 
     /// The checks of a join that need no broker: the reserved prefix, the token, and the
     /// per-connection room limit (the name was checked when it became a [`RoomName`]).
-    fn authorize_join(&self, session: &Session, room: &RoomName) -> Result<(), CommandError> {
+    fn authorize_join(
+        &self,
+        session: &Session,
+        room: &RoomName,
+        by_server: bool,
+    ) -> Result<(), CommandError> {
         if room.starts_with(RESERVED_ROOM_PREFIX) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -67,6 +85,7 @@ impl Node {
             ));
         }
         if let Some(identity) = &session.identity
+            && !by_server
             && !identity.may_join(room)
         {
             return Err(CommandError::new(

@@ -32,6 +32,7 @@ use crate::protocol::{CommandError, Disconnect, ErrorCode, Frame, RoomName};
 use history::RoomCursor;
 use policy::RoomPolicies;
 
+mod control;
 mod dispatch;
 mod history;
 mod interest;
@@ -39,7 +40,10 @@ mod policy;
 mod presence_hooks;
 mod read;
 mod stats;
+mod revocations;
+mod server_subs;
 
+pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 pub use read::{HistoryQuery, ReadError};
 
@@ -112,6 +116,8 @@ pub struct Node {
     rate_clock: crate::limits::DefaultClock,
     /// Milliseconds since the Unix epoch, for the node's stats.
     started_at: u64,
+    /// The revocations in force, so a handshake checks them without a broker round trip.
+    revocations: revocations::RevocationMirror,
 }
 
 impl Node {
@@ -139,6 +145,7 @@ impl Node {
             slots: AtomicU64::new(0),
             rate_clock: crate::limits::DefaultClock::default(),
             started_at: now_ms(),
+            revocations: revocations::RevocationMirror::default(),
         })
     }
 
@@ -234,6 +241,9 @@ impl Node {
         } else {
             self.hub.add_connection(&outbox, None);
         }
+        if let Some(jti) = identity.as_ref().and_then(|i| i.jti.as_deref()) {
+            self.hub.add_token(jti, &outbox);
+        }
         self.metrics.connections_open.inc();
         if !self.is_accepting() {
             outbox.closer().close(Disconnect::Shutdown);
@@ -246,6 +256,7 @@ impl Node {
             outbox,
             rooms: HashSet::new(),
         };
+        self.queue_server_rooms(&session).await;
         Ok((session, receiver))
     }
 
@@ -266,6 +277,9 @@ impl Node {
             None => {
                 self.hub.remove_connection(session.conn, None);
             }
+        }
+        if let Some(jti) = session.identity.as_ref().and_then(|i| i.jti.as_deref()) {
+            self.hub.remove_token(jti, session.conn);
         }
         self.metrics.connections_open.dec();
     }

@@ -97,10 +97,16 @@ pub enum Disconnect {
     Internal,
     /// The connection's token expired (4001): reconnect with a fresh one.
     TokenExpired,
+    /// The backend disconnected it and asks it to reconnect (4000).
+    Reconnect,
+    /// The backend disconnected it and asks it not to reconnect (4403).
+    Forbidden,
+    /// Its token was revoked (4403).
+    Revoked,
 }
 
 impl Disconnect {
-    pub const ALL: [Disconnect; 10] = [
+    pub const ALL: [Disconnect; 13] = [
         Disconnect::PeerGone,
         Disconnect::Idle,
         Disconnect::Shutdown,
@@ -111,6 +117,9 @@ impl Disconnect {
         Disconnect::SlowConsumer,
         Disconnect::Internal,
         Disconnect::TokenExpired,
+        Disconnect::Reconnect,
+        Disconnect::Forbidden,
+        Disconnect::Revoked,
     ];
 
     /// The close code to send, or `None` when the socket is already gone.
@@ -125,6 +134,8 @@ impl Disconnect {
             Disconnect::Internal => Some(1011),
             Disconnect::SlowConsumer => Some(1013),
             Disconnect::TokenExpired => Some(4001),
+            Disconnect::Reconnect => Some(4000),
+            Disconnect::Forbidden | Disconnect::Revoked => Some(4403),
         }
     }
 
@@ -140,6 +151,9 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow consumer",
             Disconnect::Internal => "internal error",
             Disconnect::TokenExpired => "token expired",
+            Disconnect::Reconnect => "reconnect",
+            Disconnect::Forbidden => "forbidden",
+            Disconnect::Revoked => "token revoked",
         }
     }
 
@@ -156,6 +170,9 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow_consumer",
             Disconnect::Internal => "internal",
             Disconnect::TokenExpired => "token_expired",
+            Disconnect::Reconnect => "kicked_reconnect",
+            Disconnect::Forbidden => "kicked_forbidden",
+            Disconnect::Revoked => "revoked",
         }
     }
 

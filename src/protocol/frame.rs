@@ -61,11 +61,17 @@ enum Outbound<'a> {
         recovered: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         history: Option<u64>,
+        /// `true` when the backend joined the connection (a server subscription).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server: Option<bool>,
     },
     Left {
         room: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
+        /// Why the server took the connection out (no `reason`: the client asked).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     Ack {
         room: &'a str,
@@ -140,11 +146,36 @@ pub fn joined(
         id,
         recovered,
         history,
+        server: None,
+    })
+}
+
+/// `joined {room, server: true, history?}`: the backend joined this connection.
+pub fn server_joined(room: &str, history: Option<u64>) -> Frame {
+    Frame::encode(&Outbound::Joined {
+        room,
+        id: None,
+        recovered: None,
+        history,
+        server: Some(true),
     })
 }
 
 pub fn left(room: &str, id: Option<&RequestId>) -> Frame {
-    Frame::encode(&Outbound::Left { room, id })
+    Frame::encode(&Outbound::Left {
+        room,
+        id,
+        reason: None,
+    })
+}
+
+/// `left {room, reason}`: the server took the connection out of the room.
+pub fn left_because(room: &str, reason: &str) -> Frame {
+    Frame::encode(&Outbound::Left {
+        room,
+        id: None,
+        reason: Some(reason),
+    })
 }
 
 pub fn ack(room: &str, msg_id: &str, id: Option<&RequestId>) -> Frame {

@@ -9,6 +9,7 @@
 mod admin;
 mod codes;
 mod command;
+mod control;
 mod envelope;
 mod frame;
 mod nodes;
@@ -20,13 +21,17 @@ pub use admin::{
 };
 pub use codes::{CommandError, Disconnect, ErrorCode};
 pub use command::{Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, decode_command};
+pub use control::{
+    Control, DisconnectRequest, KickCode, MAX_CLOSE_REASON_BYTES, Revocation, decode_control,
+    decode_disconnect_body, decode_revoke_body, decode_server_sub_body, encode_control,
+};
 pub use envelope::{
     Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
     encode_envelope, encode_envelope_unnumbered, null_raw,
 };
 pub use frame::{
-    Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, member_event,
-    message, notification, pong, presence, welcome,
+    Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, left_because,
+    member_event, message, notification, pong, presence, server_joined, welcome,
 };
 pub use nodes::{
     HistorySummary, NodeRooms, NodeStats, RoomDetail, RoomSummary, admin_history_body,

@@ -187,6 +187,14 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.require_origin",
         ),
         (
+            vec![("ROOMCAST_AUTH__MAX_REVOCATION_S", "0")],
+            "auth.max_revocation_s",
+        ),
+        (
+            vec![("ROOMCAST_AUTH__SERVER_SUBS_TTL_S", "0")],
+            "auth.server_subs_ttl_s",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
@@ -393,4 +401,24 @@ fn stats_keys_have_defaults_load_from_env_and_refuse_zero() {
         let name = format!("admin.{}", key.to_lowercase());
         assert!(err.to_string().contains(&name), "{err}");
     }
+}
+
+/// The control plane's keys (issue 18): how far a revocation may reach, how long server
+/// subscriptions are kept.
+#[test]
+fn control_keys_have_defaults_and_load_from_the_environment() {
+    let defaults = Config::default();
+    assert_eq!(defaults.auth.max_revocation_s, 2_592_000);
+    assert_eq!(defaults.auth.server_subs_ttl_s, 86_400);
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOMCAST_AUTH__MAX_REVOCATION_S", "60"),
+            ("ROOMCAST_AUTH__SERVER_SUBS_TTL_S", "120"),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.auth.max_revocation_s, 60);
+    assert_eq!(config.auth.server_subs_ttl_s, 120);
 }

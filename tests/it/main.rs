@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod config;
 mod console;
+mod control;
 mod fuzz_regressions;
 mod history;
 mod limits;

@@ -3,7 +3,9 @@
 //
 // What it does that @solid-primitives/websocket 1.3.2 does not:
 // - reconnects with capped exponential backoff and jitter, and reads the close code: 1001
-//   (shutdown) and 4001 (token expired) reconnect at once, 1008 (policy) backs off hard, repeated
+//   (shutdown) and 4001 (token expired) reconnect at once, 4000 (the backend's "reconnect")
+//   reconnects after the usual backoff, 4403 (forbidden, revoked) stops in the `forbidden` state,
+//   1008 (policy) backs off hard, repeated
 //   failures before `open` (what a browser sees of HTTP 401/403/429/503) back off hard;
 // - one reconnect per dead connection: a socket it gave up on can never schedule another;
 // - `close()` during a reconnect gap stays closed;
@@ -43,7 +45,11 @@ export interface WebSocketLike {
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+/**
+ * `forbidden`: the server closed with 4403 (the backend disconnected us for good, or revoked
+ * our token); no reconnect until `connect()` or `reconnect()` (after a new login).
+ */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed" | "forbidden";
 
 export interface BackoffOptions {
   /** First delay after a failure (ms). Default 500. */
@@ -166,6 +172,14 @@ export interface JoinedEvent {
   rejoin: boolean;
   /** `frame.recovered`: false means messages may be missing; the app should reload. */
   recovered: boolean | undefined;
+  /** The backend joined the connection (a server subscription), not `join()`. */
+  server?: boolean;
+}
+
+/** The server took the connection out of a room (`left {room, reason}`). */
+export interface LeftEvent {
+  room: string;
+  reason: string;
 }
 
 export interface RoomErrorEvent {
@@ -180,6 +194,10 @@ export interface ClientEvents {
   welcome: WelcomeFrame;
   message: MessageFrame;
   joined: JoinedEvent;
+  /** The server took the connection out of a room (server unsubscribe). */
+  left: LeftEvent;
+  /** The rooms the connection is in changed (`rooms`). */
+  rooms: string[];
   roomError: RoomErrorEvent;
   notification: NotificationFrame;
   broadcast: BroadcastFrame;
@@ -278,9 +296,11 @@ export class RoomcastClient {
   private nextId = 1;
   private readonly queue: Pending[] = [];
   private readonly pending = new Map<string, Pending>();
-  private readonly rooms = new Map<string, RoomEntry>();
+  private readonly rooms_ = new Map<string, RoomEntry>();
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private lastWelcome: WelcomeFrame | undefined;
+  /** Rooms the backend joined this connection to; the server joins them again on reconnect. */
+  private readonly serverRooms = new Set<string>();
 
   constructor(url: string | (() => string), options: RoomcastOptions = {}) {
     this.url = url;
@@ -318,6 +338,16 @@ export class RoomcastClient {
     };
   }
 
+  /**
+   * The rooms this connection is in now: joined with `join()` and answered, and joined by the
+   * backend (server subscriptions, the token's `subs`), in name order.
+   */
+  get rooms(): string[] {
+    const names = new Set(this.serverRooms);
+    for (const r of this.rooms_.values()) if (r.joined) names.add(r.name);
+    return [...names].sort();
+  }
+
   /** The last `welcome` (of the current or previous connection). */
   get welcome(): WelcomeFrame | undefined {
     return this.lastWelcome;
@@ -325,7 +355,7 @@ export class RoomcastClient {
 
   /** Rooms this client is in (joined now, or to be joined on the next connection). */
   get roomNames(): string[] {
-    return [...this.rooms.keys()];
+    return [...this.rooms_.keys()];
   }
 
   on<K extends keyof ClientEvents>(event: K, fn: Listener<ClientEvents[K]>): () => void {
@@ -362,7 +392,7 @@ export class RoomcastClient {
     this.generation++; // a getToken() still running must not open a socket
     if (this.ws) this.dropSocket(CloseCode.normal, "closed by client", this.wasOpen, false);
     for (const p of this.queue.splice(0)) p.reject(new RoomcastError("closed", "client closed"));
-    for (const r of this.rooms.values()) this.clearRoomRetry(r);
+    for (const r of this.rooms_.values()) this.clearRoomRetry(r);
     this.setState("closed");
   }
 
@@ -371,7 +401,7 @@ export class RoomcastClient {
    * first `joined`; rejects when the room is refused (and dropped) or the client is closed.
    */
   join(room: string, opts: RoomOptions = {}): Promise<JoinedEvent> {
-    let r = this.rooms.get(room);
+    let r = this.rooms_.get(room);
     if (!r) {
       r = {
         name: room,
@@ -389,7 +419,7 @@ export class RoomcastClient {
         presence: undefined,
         presenceSeq: 0,
       };
-      this.rooms.set(room, r);
+      this.rooms_.set(room, r);
       if (this.welcomed) this.sendJoin(r);
     }
     const entry = r;
@@ -398,9 +428,9 @@ export class RoomcastClient {
 
   /** Leave a room: it is not rejoined any more. */
   leave(room: string): Promise<LeftFrame | undefined> {
-    const r = this.rooms.get(room);
+    const r = this.rooms_.get(room);
     if (!r) return Promise.resolve(undefined);
-    this.rooms.delete(room);
+    this.rooms_.delete(room);
     this.clearRoomRetry(r);
     for (const w of r.waiters.splice(0)) w.reject(new RoomcastError("left", `left ${room}`));
     if (!this.welcomed || (!r.joined && !r.joinInFlight)) return Promise.resolve(undefined);
@@ -416,7 +446,7 @@ export class RoomcastClient {
 
   /** Who is in a room with `presence: true` (undefined until the first `presence` reply). */
   presence(room: string): PresenceState | undefined {
-    return this.rooms.get(room)?.presence;
+    return this.rooms_.get(room)?.presence;
   }
 
   /**
@@ -424,7 +454,7 @@ export class RoomcastClient {
    * room's presence (rooms joined with `presence: true`; done after every join by itself).
    */
   refreshPresence(room: string): Promise<PresenceState> {
-    const r = this.rooms.get(room);
+    const r = this.rooms_.get(room);
     if (!r) return Promise.reject(new RoomcastError("not_joined", `not in ${room}`));
     return this.fetchPresence(r);
   }
@@ -562,11 +592,14 @@ export class RoomcastClient {
     this.welcomed = false;
     this.wasOpen = false;
     this.lastClose = info;
-    for (const r of this.rooms.values()) {
+    for (const r of this.rooms_.values()) {
       r.joined = false;
       r.joinInFlight = false;
       this.clearRoomRetry(r);
     }
+    // The server joins its rooms again after the reconnect (they are kept for the user).
+    this.serverRooms.clear();
+    this.emit("rooms", []);
     const lost = [...this.pending.values()];
     this.pending.clear();
     for (const p of lost)
@@ -574,6 +607,12 @@ export class RoomcastClient {
     this.emit("close", info);
     if (!schedule) return;
     if (this.stopped) return this.setState("closed");
+    if (info.wasOpen && info.code === CloseCode.forbidden) {
+      // The backend said no: reconnecting would only be refused again (or kicked again).
+      this.stopped = true;
+      for (const p of this.queue.splice(0)) p.reject(new RoomcastError("forbidden", info.reason));
+      return this.setState("forbidden");
+    }
     this.scheduleReconnect(this.delayAfter(info));
   }
 
@@ -687,23 +726,58 @@ export class RoomcastClient {
       case "member_left":
         this.onMember(f);
         break;
-      default: {
-        const id = (f as { id?: unknown }).id;
-        const p = id === undefined ? undefined : this.pending.get(String(id));
-        if (p) {
-          this.pending.delete(String(id));
-          if (f.type === "error") p.reject(new RoomcastError(f.code, f.message, f));
-          else p.resolve(f);
-        } else if (f.type === "error") {
-          this.emit("error", f);
+      case "joined":
+      case "left":
+        // No id: the server's own doing (server subscriptions), not a reply.
+        if (f.id === undefined) {
+          if (f.type === "joined") this.onServerJoined(f);
+          else this.onServerLeft(f);
+          break;
         }
-      }
+        this.settle(f);
+        break;
+      default:
+        this.settle(f);
     }
     this.emit("frame", { data, frame: f });
   }
 
+  /** A reply settles its pending command; an error that answers none is an `error` event. */
+  private settle(f: ServerFrame): void {
+    const id = (f as { id?: unknown }).id;
+    const p = id === undefined ? undefined : this.pending.get(String(id));
+    if (p) {
+      this.pending.delete(String(id));
+      if (f.type === "error") p.reject(new RoomcastError(f.code, f.message, f));
+      else p.resolve(f);
+    } else if (f.type === "error") {
+      this.emit("error", f);
+    }
+  }
+
+  private onServerJoined(f: JoinedFrame): void {
+    this.serverRooms.add(f.room);
+    const r = this.rooms_.get(f.room);
+    if (r) r.joined = true;
+    this.emit("joined", { room: f.room, frame: f, rejoin: false, recovered: f.recovered, server: true });
+    this.emit("rooms", this.rooms);
+  }
+
+  private onServerLeft(f: LeftFrame): void {
+    this.serverRooms.delete(f.room);
+    const r = this.rooms_.get(f.room);
+    if (r) {
+      // The backend took us out: joining it again on reconnect would go against it.
+      this.rooms_.delete(f.room);
+      this.clearRoomRetry(r);
+      for (const w of r.waiters.splice(0)) w.reject(new RoomcastError("left", f.reason ?? "left"));
+    }
+    this.emit("left", { room: f.room, reason: f.reason ?? "" });
+    this.emit("rooms", this.rooms);
+  }
+
   private onRoomMessage(m: MessageFrame): boolean {
-    const r = this.rooms.get(m.room);
+    const r = this.rooms_.get(m.room);
     if (!r) return true;
     if (r.seen.has(m.id)) return false; // replayed after a rejoin with `since`: already delivered
     r.seen.add(m.id);
@@ -717,7 +791,7 @@ export class RoomcastClient {
   /** Apply a `member_joined` / `member_left` to the room's presence, keeping `count` consistent. */
   private onMember(f: MemberFrame): void {
     this.emit("member", f);
-    const r = this.rooms.get(f.room);
+    const r = this.rooms_.get(f.room);
     const p = r?.presence;
     if (!r || !p) return;
     const at = p.members.findIndex((m) => m.user === f.user);
@@ -746,7 +820,7 @@ export class RoomcastClient {
         (frame) => {
           const f = frame as PresenceFrame;
           const state: PresenceState = { count: f.count, members: f.members ?? [], truncated: !!f.truncated };
-          if (this.rooms.get(r.name) === r && seq === r.presenceSeq) {
+          if (this.rooms_.get(r.name) === r && seq === r.presenceSeq) {
             r.presence = state; // replaces what the events built: the reply is the truth
             this.emit("presence", { room: r.name, presence: state, cause: f });
           }
@@ -760,7 +834,7 @@ export class RoomcastClient {
 
   /** After `welcome`: rejoin every room, then flush what was queued, in order. */
   private resync(): void {
-    for (const r of this.rooms.values()) this.sendJoin(r);
+    for (const r of this.rooms_.values()) this.sendJoin(r);
     const queued = this.queue.splice(0);
     for (const p of queued) this.transmit(p);
     if (queued.length) this.emitState();
@@ -783,7 +857,7 @@ export class RoomcastClient {
     this.submit(
       cmd,
       (f) => {
-        if (this.rooms.get(r.name) !== r) return; // left meanwhile
+        if (this.rooms_.get(r.name) !== r) return; // left meanwhile
         r.joinInFlight = false;
         r.joinFailures = 0;
         r.joined = true;
@@ -792,10 +866,11 @@ export class RoomcastClient {
         const ev: JoinedEvent = { room: r.name, frame, rejoin, recovered: frame.recovered };
         for (const w of r.waiters.splice(0)) w.resolve(ev);
         this.emit("joined", ev);
-        if (r.opts.presence && this.rooms.get(r.name) === r) {
+        this.emit("rooms", this.rooms);
+        if (r.opts.presence && this.rooms_.get(r.name) === r) {
           // who is in the room now (also after a rejoin: events were missed while away)
           this.fetchPresence(r).catch((e: RoomcastError) => {
-            if (this.rooms.get(r.name) !== r || e.code === "disconnected") return;
+            if (this.rooms_.get(r.name) !== r || e.code === "disconnected") return;
             // "presence is not kept for this room": no rule matches it; presence stays undefined
             if (e.code === "bad_request") return;
             this.emit("roomError", { room: r.name, error: e, dropped: false });
@@ -803,12 +878,12 @@ export class RoomcastClient {
         }
       },
       (e: RoomcastError) => {
-        if (this.rooms.get(r.name) !== r) return;
+        if (this.rooms_.get(r.name) !== r) return;
         r.joinInFlight = false;
         if (e.code === "disconnected") return; // rejoined on the next connection
         const dropped = TERMINAL_JOIN_ERRORS.has(e.code);
         if (dropped) {
-          this.rooms.delete(r.name);
+          this.rooms_.delete(r.name);
           for (const w of r.waiters.splice(0)) w.reject(e);
         } else if (gen === this.generation) {
           // unavailable, rate_limited, internal: try again later on this connection, backing off
@@ -816,7 +891,7 @@ export class RoomcastClient {
           const delay = Math.min(maxMs, 2 * initialMs * factor ** r.joinFailures++);
           r.retryTimer = setTimeout(() => {
             r.retryTimer = undefined;
-            if (this.rooms.get(r.name) === r && this.welcomed && !r.joined) this.sendJoin(r);
+            if (this.rooms_.get(r.name) === r && this.welcomed && !r.joined) this.sendJoin(r);
           }, this.jitter(delay));
         }
         this.emit("roomError", { room: r.name, error: e, dropped });

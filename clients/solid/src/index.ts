@@ -10,6 +10,7 @@ export {
   type ConnectionState,
   type HeartbeatOptions,
   type JoinedEvent,
+  type LeftEvent,
   type PresenceEvent,
   type PresenceState,
   type RefusalOptions,

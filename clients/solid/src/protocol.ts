@@ -53,11 +53,15 @@ export interface JoinedFrame {
   recovered?: boolean;
   /** How many messages were replayed. */
   history?: number;
+  /** The backend joined this connection (a server subscription); no `id`. */
+  server?: boolean;
 }
 export interface LeftFrame {
   type: "left";
   room: string;
   id?: RequestId;
+  /** The server took the connection out ("unsubscribed"); no `id`. */
+  reason?: string;
 }
 export interface AckFrame {
   type: "ack";
@@ -158,4 +162,8 @@ export const CloseCode = {
   tryAgainLater: 1013,
   /** The connection's JWT expired: reconnect with a fresh token. */
   tokenExpired: 4001,
+  /** The backend disconnected us (`/api/disconnect`) and asks for a reconnect. */
+  reconnect: 4000,
+  /** The backend disconnected us for good, or revoked our token: do not reconnect. */
+  forbidden: 4403,
 } as const;

@@ -57,7 +57,7 @@ export interface Room<T = unknown> {
 }
 
 export interface Roomcast {
-  /** "connecting" | "open" | "reconnecting" | "closed" */
+  /** "connecting" | "open" | "reconnecting" | "closed" | "forbidden" (closed with 4403: no reconnect) */
   state: Accessor<ConnectionState>;
   /** Attempt count, refusal, next retry time, last close code, queued commands. */
   info: Accessor<ConnectionInfo>;
@@ -66,6 +66,8 @@ export interface Roomcast {
   /** The last notification / broadcast received. */
   notification: Accessor<NotificationFrame | undefined>;
   broadcast: Accessor<BroadcastFrame | undefined>;
+  /** The rooms the connection is in, its server subscriptions included (name order). */
+  rooms: Accessor<string[]>;
   /** A room, joined now and after every reconnect (one handle per name). */
   room<T = unknown>(name: string, options?: SolidRoomOptions): Room<T>;
   /** Reconnect now, forgetting the backoff. */
@@ -101,6 +103,8 @@ export function createRoomcast(
     setState(i.state);
   });
   client.on("welcome", (w) => setWelcome(w));
+  const [joinedRooms, setJoinedRooms] = createSignal<string[]>(client.rooms);
+  client.on("rooms", (names) => setJoinedRooms(names));
   client.on("notification", (n) => setNotification(() => n));
   client.on("broadcast", (b) => setBroadcast(() => b));
 
@@ -139,6 +143,9 @@ export function createRoomcast(
           setJoined(false);
           forget();
         }
+      }),
+      client.on("left", (ev) => {
+        if (ev.room === name) setJoined(false);
       }),
       client.on("close", () => setJoined(false)),
     ];
@@ -188,6 +195,7 @@ export function createRoomcast(
     welcome,
     notification,
     broadcast,
+    rooms: joinedRooms,
     room,
     reconnect: () => client.reconnect(),
     close: () => client.close(),

@@ -50,7 +50,7 @@ export function makeRoomcastWS(url: string | (() => string), options: RoomcastOp
   const ws: RoomcastWS = {
     get readyState() {
       const s = client.info.state;
-      return s === "open" ? 1 : s === "closed" ? 3 : 0;
+      return s === "open" ? 1 : s === "closed" || s === "forbidden" ? 3 : 0;
     },
     onmessage: null,
     onopen: null,

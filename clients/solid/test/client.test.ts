@@ -129,6 +129,26 @@ describe("tokens", () => {
     expect(getToken).toHaveBeenCalledTimes(2);
   });
 
+  it("reconnects after a 4000 from the backend, with the usual backoff", async () => {
+    const c = client({ heartbeat: false });
+    FakeWebSocket.last.accept().serverClose(4000, "reconnect");
+    await tick(0);
+    expect(c.info.state).toBe("reconnecting");
+    await tick(500);
+    expect(sockets()).toBe(2);
+  });
+
+  it("stops in the forbidden state after a 4403 and reconnects only when asked", async () => {
+    const c = client({ heartbeat: false });
+    FakeWebSocket.last.accept().serverClose(4403, "banned");
+    await tick(60_000);
+    expect(sockets()).toBe(1);
+    expect(c.info.state).toBe("forbidden");
+    c.reconnect();
+    await tick(0);
+    expect(sockets()).toBe(2);
+  });
+
   it("backs off when getToken() fails", async () => {
     let fail = true;
     const c = client({ getToken: () => (fail ? Promise.reject(new Error("no session")) : "t"), heartbeat: false });
@@ -138,6 +158,36 @@ describe("tokens", () => {
     fail = false;
     await tick(500);
     expect(sockets()).toBe(1);
+  });
+});
+
+describe("server subscriptions", () => {
+  it("lists a room the server joined, and forgets it when the server takes it back", async () => {
+    const c = client({ heartbeat: false });
+    const ws = FakeWebSocket.last.accept({ autoReply: true });
+    const joined = vi.fn();
+    c.on("joined", joined);
+    ws.push({ type: "joined", room: "team:1", server: true, history: 0 });
+    expect(c.rooms).toEqual(["team:1"]);
+    expect(joined).toHaveBeenCalledWith(expect.objectContaining({ room: "team:1", server: true }));
+    ws.push({ type: "message", room: "team:1", id: "m1", data: 1, from: "server", ts: 1 });
+    ws.push({ type: "left", room: "team:1", reason: "unsubscribed" });
+    expect(c.rooms).toEqual([]);
+  });
+
+  it("does not join again on reconnect a room the server took it out of", async () => {
+    const c = client({ heartbeat: false });
+    const ws = FakeWebSocket.last.accept({ autoReply: true });
+    void c.join("team:2");
+    await tick(0);
+    expect(c.rooms).toEqual(["team:2"]);
+    ws.push({ type: "left", room: "team:2", reason: "unsubscribed" });
+    expect(c.rooms).toEqual([]);
+    ws.serverClose(1006);
+    await tick(500);
+    const next = FakeWebSocket.last.accept({ autoReply: true });
+    await tick(0);
+    expect(next.commands.filter((cmd) => cmd.type === "join")).toEqual([]);
   });
 });
 

@@ -63,7 +63,7 @@ impl Commands {
     }
 
     /// Send one command (or a pipeline, on a single Redis) and read its answer.
-    async fn send<T: redis::FromRedisValue, C: FunctionCall>(
+    pub(crate) async fn send<T: redis::FromRedisValue, C: FunctionCall>(
         &self,
         call: &C,
     ) -> Result<Result<T, RedisError>, BrokerError> {

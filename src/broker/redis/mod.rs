@@ -24,6 +24,7 @@
 
 mod cluster;
 mod commands;
+mod control;
 mod error;
 mod history;
 mod nodes;

@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, warn};
 use super::commands::{Commands, load_functions};
 use crate::broker::{BrokerError, BrokerEvent, PresenceEvent, Target};
 use crate::metrics::Metrics;
-use crate::protocol::{decode_envelope, decode_presence_event};
+use crate::protocol::{decode_control, decode_envelope, decode_presence_event};
 
 /// Room for subscribe/unsubscribe requests waiting for the pub/sub task.
 pub(crate) const COMMAND_QUEUE: usize = 4096;
@@ -422,6 +422,20 @@ impl ExternalIds {
                 }))
             }
             Channel::Messages(target) => {
+                if !matches!(target, Target::Room(_))
+                    && let Some(control) = decode_control(payload)
+                {
+                    return match control {
+                        Ok(control) => Some(BrokerEvent::Control {
+                            target: target.clone(),
+                            control,
+                        }),
+                        Err(err) => {
+                            warn!(%err, "ignoring a control envelope");
+                            None
+                        }
+                    };
+                }
                 let now_ms = crate::clock::now_ms();
                 let envelope = decode_envelope(
                     target.clone(),
