@@ -222,6 +222,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// When set, tokens must carry this `aud`.
     pub audience: Option<String>,
+    /// How long before a connection's token runs out it is sent `token_expiring`, in ms.
+    pub expiry_warning_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -233,6 +235,7 @@ impl Default for AuthConfig {
             leeway_s: 5,
             issuer: None,
             audience: None,
+            expiry_warning_ms: 30_000,
         }
     }
 }

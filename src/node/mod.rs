@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 // `broker::memory` imports the clock from here.
 use crate::clock::now_ms;
 
@@ -37,8 +37,10 @@ mod history;
 mod interest;
 mod policy;
 mod presence_hooks;
+mod refresh;
 
 pub use policy::{RoomPolicy, RoomPresence};
+pub use refresh::Refreshed;
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -104,10 +106,17 @@ pub struct Node {
     slots: AtomicU64,
     command_timeout: Duration,
     rate_clock: crate::limits::DefaultClock,
+    /// Checks `refresh` tokens (the listener checks the handshake's); `None` without auth.
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Node {
-    pub fn new(config: Arc<Config>, broker: Box<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Node> {
+    pub fn new(
+        config: Arc<Config>,
+        broker: Box<dyn Broker>,
+        metrics: Arc<Metrics>,
+        authenticator: Option<Arc<Authenticator>>,
+    ) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let policies = RoomPolicies::new(&config);
         let presence = LocalPresence::new(Duration::from_secs(config.presence.ttl_s));
@@ -129,6 +138,7 @@ impl Node {
             presence,
             slots: AtomicU64::new(0),
             rate_clock: crate::limits::DefaultClock::default(),
+            authenticator,
         })
     }
 

@@ -18,13 +18,15 @@ pub use admin::{
     decode_admin_body,
 };
 pub use codes::{CommandError, Disconnect, ErrorCode};
-pub use command::{Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, decode_command};
+pub use command::{
+    Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, TokenText, decode_command,
+};
 pub use envelope::{
     Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
     encode_envelope, encode_envelope_unnumbered, null_raw,
 };
 pub use frame::{
-    Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, member_event,
-    message, notification, pong, presence, welcome,
+    Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, left_because,
+    member_event, message, notification, pong, presence, refreshed, token_expiring, welcome,
 };
 pub use room::{MAX_ROOM_BYTES, RESERVED_ROOM_PREFIX, RoomName, validate_room};
