@@ -193,6 +193,8 @@ fn reply<'a>(
         Some((protocol::presence(room, &list, id), "presence", Some(room)))
     } else if let Command::Ping = command {
         Some((protocol::pong(id), "pong", None))
+    } else if let Command::Refresh { .. } = command {
+        Some((protocol::refreshed(1_900_000_000, id), "refreshed", None))
     } else {
         None
     }
@@ -227,6 +229,8 @@ fn canonical_command(command: &Command, id: Option<&RequestId>) -> Option<String
         format!(r#"{{"type":"presence","room":{}"#, json(room))
     } else if let Command::Ping = command {
         r#"{"type":"ping""#.to_owned()
+    } else if let Command::Refresh { token } = command {
+        format!(r#"{{"type":"refresh","token":{}"#, json(&token.0))
     } else {
         return None;
     };

@@ -2,8 +2,10 @@
 //!
 //! Owns the JWT rules (HS256 with a shared secret, or RS256/ES256 with a PEM public key; `exp`
 //! and `sub` required, `nbf` honoured, optional `iss`/`aud`, a small leeway) and the glob
-//! patterns of the `rooms` and `publish` claims. Where the token comes from (query or header)
-//! and what a refusal costs on the wire are the listener's; applying permissions is the node's.
+//! patterns of the `rooms` and `publish` claims. The same rules serve the handshake and the
+//! in-band `refresh` command. Where the token comes from (query, header or `refresh`) and what a
+//! refusal costs on the wire are the listener's and the node's; applying permissions is the
+//! node's.
 
 use std::sync::Arc;
 
@@ -24,7 +26,9 @@ pub struct Identity {
     pub rooms: Option<Vec<String>>,
     /// Patterns of rooms the user may publish to; `None` means any joined room.
     pub publish: Option<Vec<String>>,
-    /// `exp`, seconds since the Unix epoch.
+    /// The token's `exp` claim, seconds since the Unix epoch.
+    pub exp: u64,
+    /// When the connection must end: `exp` plus `auth.leeway_s`, seconds since the Unix epoch.
     pub expires_at: u64,
     /// `iat`, seconds since the Unix epoch: checked against a user's revocation.
     pub issued_at: Option<u64>,
@@ -82,6 +86,21 @@ impl AuthFailure {
             AuthFailure::WrongAlgorithm => "wrong_algorithm",
             AuthFailure::Invalid => "invalid",
             AuthFailure::Revoked => "revoked",
+        }
+    }
+
+    /// Why, in words, for the `error` frame of a refused `refresh`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "no token",
+            AuthFailure::Expired => "the token has expired",
+            AuthFailure::NotYetValid => "the token is not valid yet (nbf)",
+            AuthFailure::BadSignature => "the token's signature does not verify",
+            AuthFailure::WrongAlgorithm => "the token is signed with another algorithm",
+            AuthFailure::Invalid => {
+                "the token is malformed, or its sub, exp, iss or aud is missing or wrong"
+            }
+            AuthFailure::Revoked => "the token has been revoked",
         }
     }
 }
@@ -156,8 +175,17 @@ impl Authenticator {
         validation.algorithms = algorithms;
         validation.leeway = config.leeway_s;
         validation.validate_nbf = true;
-        // `sub` is checked below: numeric user ids are accepted as their decimal text.
-        validation.set_required_spec_claims(&["exp"]);
+        // `sub` is checked below: numeric user ids are accepted as their decimal text. A
+        // configured `iss`/`aud` is required, not only compared when present: jsonwebtoken
+        // lets a token without the claim through unless it is in this list.
+        let mut required = vec!["exp"];
+        if config.issuer.is_some() {
+            required.push("iss");
+        }
+        if config.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &config.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -200,6 +228,7 @@ impl Authenticator {
             user: user.into(),
             rooms: claims.rooms,
             publish: claims.publish,
+            exp: claims.exp,
             expires_at: claims.exp.saturating_add(self.validation.leeway),
             issued_at: claims.iat,
             jti: claims.jti,

@@ -3,8 +3,9 @@
 //!
 //! One task drives the socket: it handles commands one at a time, so replies leave in the
 //! order the commands arrived, while it keeps draining the bounded outbox, many frames per
-//! flush, and one timer serves the idle limit, the server ping and the token's expiry. An idle
-//! connection is that one task, its socket and one timer entry. Everything stops when the
+//! flush, and one timer serves the idle limit, the server ping, the token's expiry and the
+//! `token_expiring` warning before it (moved by a `refresh`). An idle connection is that one
+//! task, its socket and one timer entry. Everything stops when the
 //! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and
 //! its checks are the listener's; rooms and publishing are the node's.
 
@@ -99,13 +100,8 @@ pub fn serve(
         // In a block: what moves into the loop must not stay reserved in this state too.
         let driving = {
             let config = node.config();
-            // A connection lives no longer than its token.
-            let expiry = session
-                .identity
-                .as_ref()
-                .map(|i| token_deadline(i.expires_at));
             let idle_state = Some((session, MessageRate::new(&config.limits, node.rate_clock())));
-            drive(&node, ws, idle_state, expiry, receiver, close_timeout)
+            drive(&node, ws, idle_state, receiver, close_timeout)
         };
         let Some(mut session) = driving.await else {
             // Only a bug could lose it; the node keeps the connection in its tables then.
@@ -138,7 +134,6 @@ fn drive<'a, S>(
     node: &'a Node,
     mut ws: Box<WebSocketStream<S>>,
     mut idle_state: Option<(Session, MessageRate)>,
-    expiry: Option<Instant>,
     outbox: OutboxReceiver,
     close_timeout: Duration,
 ) -> impl Future<Output = Option<Session>> + Send + 'a
@@ -147,9 +142,14 @@ where
 {
     async move {
         let limits = &node.config().limits;
+        let warning = Duration::from_millis(node.config().auth.expiry_warning_ms);
         let closer = outbox.closer();
-        let mut beat = Heartbeat::new(limits, expiry);
-        // One timer for the three deadlines; a frame only moves `last_read`, and the timer is
+        let mut beat = Heartbeat::new(limits);
+        if let Some((session, _)) = &idle_state {
+            // A connection lives no longer than its token.
+            beat.retoken(session, warning);
+        }
+        // One timer for every deadline; a frame only moves `last_read`, and the timer is
         // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
         let timer = tokio::time::sleep_until(beat.deadline());
         tokio::pin!(timer);
@@ -164,13 +164,7 @@ where
                 biased;
                 _ = &mut closed => Flow::Stop,
                 _ = &mut timer => {
-                    let flow = match on_timer(&mut beat, closer) {
-                        Some(flow) => flow,
-                        None => {
-                            let ping = ws.send(Message::Ping(Bytes::new()));
-                            write_unless_closed(ping, closer, closed.as_mut()).await
-                        }
-                    };
+                    let flow = on_tick(&mut ws, &mut beat, closer, closed.as_mut()).await;
                     timer.as_mut().reset(beat.deadline());
                     flow
                 }
@@ -180,6 +174,10 @@ where
                         None => std::future::pending().await,
                     }
                 }, if running.is_some() => {
+                    // A `refresh` may have moved the token's expiry.
+                    if beat.retoken(&done.0, warning) {
+                        timer.as_mut().reset(beat.deadline());
+                    }
                     idle_state = Some(done);
                     running = None;
                     Flow::Go
@@ -227,52 +225,145 @@ enum Flow {
     Stop,
 }
 
-/// The three deadlines of a connection: idle, server ping and token expiry.
+/// The deadlines of a connection: idle, server ping, and its token's warning and expiry.
 struct Heartbeat {
     idle: Duration,
     ping_every: Duration,
-    expiry: Option<Instant>,
     last_read: Instant,
     next_ping: Instant,
+    token: Option<TokenClock>,
+}
+
+/// When a connection's token runs out (close 4001) and when it is warned of it.
+struct TokenClock {
+    /// The `Identity::expires_at` these instants come from: a refresh that changes it re-arms
+    /// both, so every token is warned of once.
+    expires_at: u64,
+    expiry: Instant,
+    /// `None` once `token_expiring` is sent.
+    warn_at: Option<Instant>,
+}
+
+impl TokenClock {
+    fn new(expires_at: u64, warning: Duration) -> Self {
+        let expiry = token_deadline(expires_at);
+        // A token that has less than the warning left is warned of at once.
+        let warn_at = expiry.checked_sub(warning).unwrap_or_else(Instant::now);
+        TokenClock {
+            expires_at,
+            expiry,
+            warn_at: Some(warn_at),
+        }
+    }
 }
 
 impl Heartbeat {
-    fn new(limits: &crate::config::LimitsConfig, expiry: Option<Instant>) -> Self {
+    fn new(limits: &crate::config::LimitsConfig) -> Self {
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
         let last_read = Instant::now();
         Heartbeat {
             idle: Duration::from_millis(limits.idle_timeout_ms),
             ping_every,
-            expiry,
             last_read,
             next_ping: last_read + ping_every,
+            token: None,
         }
     }
 
-    /// The earliest of the three.
+    /// Follow the session's token: true when its expiry changed (the timer must be re-armed).
+    fn retoken(&mut self, session: &Session, warning: Duration) -> bool {
+        let Some(identity) = &session.identity else {
+            return false;
+        };
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expires_at == identity.expires_at)
+        {
+            return false;
+        }
+        self.token = Some(TokenClock::new(identity.expires_at, warning));
+        true
+    }
+
+    /// The earliest deadline.
     fn deadline(&self) -> Instant {
         let due = (self.last_read + self.idle).min(self.next_ping);
-        self.expiry.map_or(due, |expiry| due.min(expiry))
+        match &self.token {
+            None => due,
+            Some(token) => {
+                let due = due.min(token.expiry);
+                token.warn_at.map_or(due, |warn_at| due.min(warn_at))
+            }
+        }
     }
 }
 
-/// The timer fired. `None` when a server ping is due; otherwise whether the loop goes on (an
-/// idle or expired connection is closed).
-fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Option<Flow> {
+/// What the timer found due.
+enum Due {
+    Nothing,
+    /// The connection is idle or its token ran out: it is closing.
+    Close,
+    Ping,
+    /// Send `token_expiring`: the token runs out in `in_ms`.
+    Warning {
+        in_ms: u64,
+    },
+}
+
+/// The timer fired: close an idle or expired connection, or say what to send.
+fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
     let now = Instant::now();
     if now >= beat.last_read + beat.idle {
         closer.close(Disconnect::Idle);
-        return Some(Flow::Stop);
+        return Due::Close;
     }
-    if beat.expiry.is_some_and(|expiry| now >= expiry) {
-        closer.close(Disconnect::TokenExpired);
-        return Some(Flow::Stop);
+    if let Some(token) = &mut beat.token {
+        if now >= token.expiry {
+            closer.close(Disconnect::TokenExpired);
+            return Due::Close;
+        }
+        if token.warn_at.is_some_and(|warn_at| now >= warn_at) {
+            token.warn_at = None;
+            let left = token.expiry.saturating_duration_since(now).as_millis();
+            return Due::Warning {
+                in_ms: u64::try_from(left).unwrap_or(u64::MAX),
+            };
+        }
     }
     if now >= beat.next_ping {
         beat.next_ping = now + beat.ping_every;
-        return None;
+        return Due::Ping;
     }
-    Some(Flow::Go)
+    Due::Nothing
+}
+
+/// The timer fired: close, or send what is due.
+async fn on_tick<S, F>(
+    ws: &mut WebSocketStream<S>,
+    beat: &mut Heartbeat,
+    closer: &Closer,
+    closed: Pin<&mut F>,
+) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    match on_timer(beat, closer) {
+        Due::Nothing => Flow::Go,
+        Due::Close => Flow::Stop,
+        Due::Ping => {
+            let ping = ws.send(Message::Ping(Bytes::new()));
+            write_unless_closed(ping, closer, closed).await
+        }
+        Due::Warning { in_ms } => {
+            // Straight to the socket, like the ping: it answers no command, so it has no place
+            // in the order of replies.
+            let frame = protocol::token_expiring(in_ms).into_utf8_bytes();
+            let warn = ws.send(Message::Text(frame));
+            write_unless_closed(warn, closer, closed).await
+        }
+    }
 }
 
 /// Wait for a write unless the connection closes first; a failed write means the peer is gone.
@@ -494,6 +585,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
             .presence(session, &room)
             .await
             .map(|list| protocol::presence(&room, &list, id)),
+        Command::Refresh { token } => refresh(node, session, &token.0, id).await,
     };
     match reply {
         Ok(frame) => {
@@ -501,6 +593,23 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
         }
         Err(err) => reply_error(node, session, &err, id),
     }
+}
+
+/// `refresh`: the rooms the new token no longer allows are left (`left` with reason
+/// `forbidden`) before the reply, so a client that reads `refreshed` knows its rooms.
+async fn refresh(
+    node: &Node,
+    session: &mut Session,
+    token: &str,
+    id: Option<&RequestId>,
+) -> Result<Frame, CommandError> {
+    let refreshed = node.refresh(session, token).await?;
+    for room in &refreshed.left {
+        session
+            .outbox
+            .offer(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
+    }
+    Ok(protocol::refreshed(refreshed.exp, id))
 }
 
 fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&RequestId>) {

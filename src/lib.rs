@@ -166,7 +166,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);
     let broker = start_broker(&config, events_tx, metrics.clone())?;
-    let node = Node::new(config.clone(), broker, metrics);
+    let node = Node::new(config.clone(), broker, metrics, authenticator.clone());
     let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
     let stop_presence = CancellationToken::new();
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));

@@ -213,6 +213,8 @@ pub struct AuthConfig {
     pub max_revocation_s: u64,
     /// How long a user's server subscriptions (`/api/subscribe`) are kept after the last one.
     pub server_subs_ttl_s: u64,
+    /// How long before a connection's token runs out it is sent `token_expiring`, in ms.
+    pub expiry_warning_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -226,6 +228,7 @@ impl Default for AuthConfig {
             audience: None,
             max_revocation_s: 2_592_000,
             server_subs_ttl_s: 86_400,
+            expiry_warning_ms: 30_000,
         }
     }
 }

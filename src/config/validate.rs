@@ -131,6 +131,7 @@ impl Config {
                 "`jwt` needs auth.jwt_secret or auth.jwt_public_key_file",
             ));
         }
+        positive("auth.expiry_warning_ms", self.auth.expiry_warning_ms)?;
         for (i, rule) in self.history.rooms.iter().enumerate() {
             if rule.pattern.is_empty() {
                 return Err(ConfigError::key(

@@ -186,6 +186,7 @@ impl Node {
                 "not a member of this room",
             ));
         }
+        session.server_rooms.retain(|r| **r != *room.as_str());
         self.leave_room(room, session.conn, &session.from()).await;
         Ok(())
     }

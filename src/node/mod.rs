@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 // `broker::memory` imports the clock from here.
 use crate::clock::now_ms;
 
@@ -39,13 +39,15 @@ mod interest;
 mod policy;
 mod presence_hooks;
 mod read;
-mod stats;
+mod refresh;
 mod revocations;
 mod server_subs;
+mod stats;
 
 pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 pub use read::{HistoryQuery, ReadError};
+pub use refresh::Refreshed;
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -61,6 +63,10 @@ pub struct Session {
     pub identity: Option<Arc<Identity>>,
     pub outbox: Outbox,
     pub rooms: HashSet<Arc<str>>,
+    /// The rooms of `rooms` the backend joined ([server subscriptions](server_subs)): a
+    /// `refresh` narrowing the token's `rooms` claim leaves them, as a connect's check does.
+    /// A few at most, so a `Vec`: a connection without any pays 24 bytes.
+    pub server_rooms: Vec<Arc<str>>,
 }
 
 impl Session {
@@ -118,10 +124,17 @@ pub struct Node {
     started_at: u64,
     /// The revocations in force, so a handshake checks them without a broker round trip.
     revocations: revocations::RevocationMirror,
+    /// Checks `refresh` tokens (the listener checks the handshake's); `None` without auth.
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Node {
-    pub fn new(config: Arc<Config>, broker: Box<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Node> {
+    pub fn new(
+        config: Arc<Config>,
+        broker: Box<dyn Broker>,
+        metrics: Arc<Metrics>,
+        authenticator: Option<Arc<Authenticator>>,
+    ) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let policies = RoomPolicies::new(&config);
         let presence = LocalPresence::new(Duration::from_secs(config.presence.ttl_s));
@@ -146,6 +159,7 @@ impl Node {
             rate_clock: crate::limits::DefaultClock::default(),
             started_at: now_ms(),
             revocations: revocations::RevocationMirror::default(),
+            authenticator,
         })
     }
 
@@ -255,6 +269,7 @@ impl Node {
             identity,
             outbox,
             rooms: HashSet::new(),
+            server_rooms: Vec::new(),
         };
         self.queue_server_rooms(&session).await;
         Ok((session, receiver))

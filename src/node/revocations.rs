@@ -101,6 +101,7 @@ mod tests {
             user: "u".into(),
             rooms: None,
             publish: None,
+            exp: 1_000,
             expires_at: 1_000,
             issued_at: iat,
             jti: jti.map(str::to_owned),

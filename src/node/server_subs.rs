@@ -95,6 +95,9 @@ impl Node {
         let history = policy.history.map(|_| u64::MAX);
         match self.join_as(session, room, None, history, true).await {
             Ok(outcome) => {
+                if !session.server_rooms.iter().any(|r| **r == *room.as_str()) {
+                    session.server_rooms.push(room.as_arc().clone());
+                }
                 session
                     .outbox
                     .offer(protocol::server_joined(room, outcome.history));

@@ -18,10 +18,12 @@ pub enum ErrorCode {
     TooManyRooms,
     Unavailable,
     Internal,
+    /// A `refresh` token that the handshake would refuse (signature, expiry, `iss`/`aud`).
+    InvalidToken,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -31,6 +33,7 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::InvalidToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }

@@ -46,6 +46,19 @@ pub enum Command {
     Presence {
         room: RoomName,
     },
+    /// Replace the connection's token in band (docs/protocol.md "Tokens").
+    Refresh {
+        token: TokenText,
+    },
+}
+
+/// A token as a client sent it: kept out of `Debug` output, so no log line ever carries one.
+pub struct TokenText(pub String);
+
+impl std::fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenText({} bytes)", self.0.len())
+    }
 }
 
 impl Command {
@@ -57,6 +70,7 @@ impl Command {
             Command::Publish { .. } => CommandKind::Publish,
             Command::Ping => CommandKind::Ping,
             Command::Presence { .. } => CommandKind::Presence,
+            Command::Refresh { .. } => CommandKind::Refresh,
         }
     }
 }
@@ -68,6 +82,7 @@ pub enum CommandKind {
     Publish,
     Ping,
     Presence,
+    Refresh,
     /// The plain text heartbeat `ping`.
     TextPing,
     /// Anything that did not decode into a command.
@@ -75,12 +90,13 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 7] = [
+    pub const ALL: [CommandKind; 8] = [
         CommandKind::Join,
         CommandKind::Leave,
         CommandKind::Publish,
         CommandKind::Ping,
         CommandKind::Presence,
+        CommandKind::Refresh,
         CommandKind::TextPing,
         CommandKind::Invalid,
     ];
@@ -92,6 +108,7 @@ impl CommandKind {
             CommandKind::Publish => "publish",
             CommandKind::Ping => "ping",
             CommandKind::Presence => "presence",
+            CommandKind::Refresh => "refresh",
             CommandKind::TextPing => "text_ping",
             CommandKind::Invalid => "invalid",
         }
@@ -115,6 +132,8 @@ struct RawCommand<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     history: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// A field that is present is `Some`, even when its value is `null` (serde's `Option` would
@@ -248,6 +267,18 @@ fn command_from_raw(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
         "presence" => Ok(Command::Presence {
             room: required_room(raw.room)?,
         }),
+        "refresh" => {
+            let token = raw
+                .token
+                .ok_or_else(|| CommandError::bad_request("missing field `token`"))?;
+            let token = string_field(token, "token")?;
+            if token.is_empty() {
+                return Err(CommandError::bad_request("`token` must not be empty"));
+            }
+            Ok(Command::Refresh {
+                token: TokenText(token.into_owned()),
+            })
+        }
         other => Err(CommandError::bad_request(format!(
             "unknown command type `{}`",
             truncate(other, 32)
@@ -323,6 +354,20 @@ mod tests {
             decode(r#"{"type":"ping"}"#).result,
             Ok(Command::Ping)
         ));
+
+        let d = decode(r#"{"type":"refresh","token":"a.b.c","id":2}"#);
+        match d.result {
+            Ok(Command::Refresh { token }) => assert_eq!(token.0, "a.b.c"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_token_never_shows_in_debug_output() {
+        let d = decode(r#"{"type":"refresh","token":"secret.jwt.value"}"#);
+        let shown = format!("{:?}", d.result);
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("16 bytes"), "{shown}");
     }
 
     #[test]
@@ -343,6 +388,9 @@ mod tests {
                 r#"{"type":"publish","room":"r","data":1,"echo":"no","id":"a"}"#,
                 true,
             ),
+            (r#"{"type":"refresh","id":"a"}"#, true),
+            (r#"{"type":"refresh","token":5,"id":"a"}"#, true),
+            (r#"{"type":"refresh","token":"","id":"a"}"#, true),
             (r#"{"type":"ping","id":1.5}"#, false),
             (r#"{"type":"ping","id":{"a":1}}"#, false),
         ] {

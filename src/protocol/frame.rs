@@ -124,6 +124,14 @@ enum Outbound<'a> {
         user: &'a str,
         ts: u64,
     },
+    Refreshed {
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    TokenExpiring {
+        in_ms: u64,
+    },
 }
 
 pub fn welcome(conn_id: &str, node: &str, user: Option<&str>, heartbeat_ms: u64) -> Frame {
@@ -176,6 +184,16 @@ pub fn left_because(room: &str, reason: &str) -> Frame {
         id: None,
         reason: Some(reason),
     })
+}
+
+/// The reply to `refresh`: the new token's `exp`.
+pub fn refreshed(exp: u64, id: Option<&RequestId>) -> Frame {
+    Frame::encode(&Outbound::Refreshed { exp, id })
+}
+
+/// The connection's token runs out in `in_ms` (then close 4001), unless it is refreshed.
+pub fn token_expiring(in_ms: u64) -> Frame {
+    Frame::encode(&Outbound::TokenExpiring { in_ms })
 }
 
 pub fn ack(room: &str, msg_id: &str, id: Option<&RequestId>) -> Frame {
@@ -277,6 +295,25 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type":"error","code":"not_joined","message":"join first","id":3})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(left_because("r", "forbidden").text()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"left","room":"r","reason":"forbidden"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(refreshed(1_900_000_000, Some(&RequestId::Int(4))).text())
+                .expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"refreshed","exp":1_900_000_000u64,"id":4})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(token_expiring(29_500).text()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"token_expiring","in_ms":29_500})
         );
         let v: serde_json::Value =
             serde_json::from_str(welcome("c", "n", None, 25).text()).expect("json");

@@ -20,7 +20,9 @@ pub use admin::{
     decode_admin_body,
 };
 pub use codes::{CommandError, Disconnect, ErrorCode};
-pub use command::{Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, decode_command};
+pub use command::{
+    Command, CommandKind, Decoded, MAX_REQUEST_ID_CHARS, RequestId, TokenText, decode_command,
+};
 pub use control::{
     Control, DisconnectRequest, KickCode, MAX_CLOSE_REASON_BYTES, Revocation, decode_control,
     decode_disconnect_body, decode_revoke_body, decode_server_sub_body, encode_control,
@@ -31,7 +33,8 @@ pub use envelope::{
 };
 pub use frame::{
     Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, left_because,
-    member_event, message, notification, pong, presence, server_joined, welcome,
+    member_event, message, notification, pong, presence, refreshed, server_joined, token_expiring,
+    welcome,
 };
 pub use nodes::{
     HistorySummary, NodeRooms, NodeStats, RoomDetail, RoomSummary, admin_history_body,

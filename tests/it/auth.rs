@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "test-secret-of-reasonable-length";
+pub(crate) const SECRET: &str = "test-secret-of-reasonable-length";
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -22,7 +22,7 @@ fn key_path(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys")).join(name)
 }
 
-fn hs256(claims: Value) -> String {
+pub(crate) fn hs256(claims: Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -31,7 +31,7 @@ fn hs256(claims: Value) -> String {
     .expect("encode")
 }
 
-fn jwt_config() -> Config {
+pub(crate) fn jwt_config() -> Config {
     let mut config = test_config();
     config.auth.mode = AuthMode::Jwt;
     config.auth.jwt_secret = Some(SECRET.into());
@@ -39,11 +39,11 @@ fn jwt_config() -> Config {
     config
 }
 
-fn claims(sub: &str) -> Value {
+pub(crate) fn claims(sub: &str) -> Value {
     json!({"sub": sub, "exp": now() + 3600})
 }
 
-async fn status_of(url: &str, bearer: Option<&str>) -> Result<Client, u16> {
+pub(crate) async fn status_of(url: &str, bearer: Option<&str>) -> Result<Client, u16> {
     let mut request = url.into_client_request().expect("request");
     if let Some(token) = bearer {
         request.headers_mut().insert(
@@ -68,7 +68,7 @@ async fn status_of(url: &str, bearer: Option<&str>) -> Result<Client, u16> {
     }
 }
 
-fn with_token(node: &TestNode, token: &str) -> String {
+pub(crate) fn with_token(node: &TestNode, token: &str) -> String {
     format!("{}?token={token}", node.ws_url())
 }
 
@@ -316,4 +316,31 @@ async fn a_connection_is_closed_with_4001_when_its_token_expires() {
         .await
         .expect("connect");
     g.expect_close(4001).await;
+}
+
+/// "When `auth.issuer` / `auth.audience` are set, tokens must carry this `iss` / `aud`": a
+/// token without the claim is refused like one with another value (found while testing
+/// `refresh`, which shares these rules: jsonwebtoken only compared the claims when present).
+#[tokio::test]
+async fn a_configured_issuer_and_audience_are_required_at_the_handshake() {
+    let mut config = jwt_config();
+    config.auth.issuer = Some("https://auth.test".into());
+    config.auth.audience = Some("roomcast".into());
+    let node = TestNode::start(config).await;
+    let exp = now() + 600;
+    let good =
+        hs256(json!({"sub": "ida", "exp": exp, "iss": "https://auth.test", "aud": "roomcast"}));
+    let ida = status_of(&with_token(&node, &good), None)
+        .await
+        .expect("iss and aud as configured");
+    assert_eq!(ida.welcome["user"], "ida");
+    for claims in [
+        json!({"sub": "m", "exp": exp, "aud": "roomcast"}),
+        json!({"sub": "m", "exp": exp, "iss": "https://auth.test"}),
+        json!({"sub": "m", "exp": exp, "iss": "https://other", "aud": "roomcast"}),
+        json!({"sub": "m", "exp": exp, "iss": "https://auth.test", "aud": "other"}),
+    ] {
+        let url = with_token(&node, &hs256(claims.clone()));
+        assert_eq!(status_of(&url, None).await.err(), Some(401), "{claims}");
+    }
 }

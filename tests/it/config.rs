@@ -195,6 +195,14 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "auth.server_subs_ttl_s",
         ),
         (
+            vec![("ROOMCAST_AUTH__EXPIRY_WARNING_MS", "0")],
+            "auth.expiry_warning_ms",
+        ),
+        (
+            vec![("ROOMCAST_AUTH__EXPIRY_WARNING_MS", "soon")],
+            "auth.expiry_warning_ms",
+        ),
+        (
             vec![
                 ("ROOMCAST_REDIS__CLUSTER", "true"),
                 ("ROOMCAST_REDIS__URLS", "redis://a:1,rediss://b:2"),
@@ -421,4 +429,23 @@ fn control_keys_have_defaults_and_load_from_the_environment() {
     .expect("loads");
     assert_eq!(config.auth.max_revocation_s, 60);
     assert_eq!(config.auth.server_subs_ttl_s, 120);
+}
+
+/// `auth.expiry_warning_ms` (issue 18): `token_expiring` 30 s before a token runs out by
+/// default, set from file or environment, never 0.
+#[test]
+fn expiry_warning_key_has_a_default_and_loads() {
+    assert_eq!(Config::default().auth.expiry_warning_ms, 30_000);
+    let config = Config::load(
+        None,
+        env(&[("ROOMCAST_AUTH__EXPIRY_WARNING_MS", "5000")]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.auth.expiry_warning_ms, 5_000);
+    let dir = std::env::temp_dir().join(format!("roomcast-warn-{}.toml", std::process::id()));
+    std::fs::write(&dir, "[auth]\nexpiry_warning_ms = 750\n").expect("write");
+    let loaded = Config::load(Some(&dir), env(&[]), &Overrides::default());
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(loaded.expect("loads").auth.expiry_warning_ms, 750);
 }

@@ -22,4 +22,5 @@ mod redis_broker_alone;
 mod redis_cluster;
 mod redis_cluster_support;
 mod redis_history;
+mod refresh;
 mod smoke;

@@ -12,7 +12,9 @@
 // - a bounded send queue (publish while disconnected), flushed after the rooms are rejoined;
 // - rejoins every room after a reconnect, with `since` = the last message id seen when the room
 //   keeps history, drops replayed duplicates, and reports `recovered: false`;
-// - `getToken()` is called before every connect.
+// - `getToken()` is called before every connect, and when the server warns that the token runs
+//   out (`token_expiring`): the new token goes in band (`refresh`), with no reconnect; only a
+//   refused refresh, or a getToken() that fails, reconnects with a fresh token.
 
 import {
   CloseCode,
@@ -29,7 +31,9 @@ import {
   type PongFrame,
   type PresenceFrame,
   type PresenceMember,
+  type RefreshedFrame,
   type ServerFrame,
+  type TokenExpiringFrame,
   type WelcomeFrame,
 } from "./protocol.js";
 
@@ -83,7 +87,10 @@ export interface HeartbeatOptions {
 }
 
 export interface RoomcastOptions {
-  /** Called before every connect; its token goes in the `token` query parameter. */
+  /**
+   * Called before every connect (its token goes in the `token` query parameter), and on
+   * `token_expiring` (its token is sent with `refresh`, in band).
+   */
   getToken?: () => string | null | undefined | Promise<string | null | undefined>;
   /** Query parameter for the token. Default "token". */
   tokenParam?: string;
@@ -207,6 +214,10 @@ export interface ClientEvents {
   presence: PresenceEvent;
   /** An `error` frame that answers no pending command. */
   error: ErrorFrame;
+  /** The server warned that the connection's token runs out soon (a refresh follows). */
+  tokenExpiring: TokenExpiringFrame;
+  /** A refresh was accepted: the connection goes on with the new token. */
+  refreshed: RefreshedFrame;
   /** Every frame received, as text, after the client handled it. */
   frame: { data: string; frame: ServerFrame | null };
   /** Each socket that opened (before `welcome`). */
@@ -301,6 +312,8 @@ export class RoomcastClient {
   private lastWelcome: WelcomeFrame | undefined;
   /** Rooms the backend joined this connection to; the server joins them again on reconnect. */
   private readonly serverRooms = new Set<string>();
+  /** The socket whose token is being refreshed: one refresh at a time per connection. */
+  private refreshing: WebSocketLike | null = null;
 
   constructor(url: string | (() => string), options: RoomcastOptions = {}) {
     this.url = url;
@@ -726,6 +739,10 @@ export class RoomcastClient {
       case "member_left":
         this.onMember(f);
         break;
+      case "token_expiring":
+        this.emit("tokenExpiring", f);
+        void this.onTokenExpiring(ws);
+        break;
       case "joined":
       case "left":
         // No id: the server's own doing (server subscriptions), not a reply.
@@ -770,10 +787,46 @@ export class RoomcastClient {
       // The backend took us out: joining it again on reconnect would go against it.
       this.rooms_.delete(f.room);
       this.clearRoomRetry(r);
-      for (const w of r.waiters.splice(0)) w.reject(new RoomcastError("left", f.reason ?? "left"));
+      const error = new RoomcastError(f.reason ?? "left", `the server took this connection out of ${f.room}`);
+      for (const w of r.waiters.splice(0)) w.reject(error);
+      this.emit("roomError", { room: f.room, error, dropped: true });
     }
     this.emit("left", { room: f.room, reason: f.reason ?? "" });
     this.emit("rooms", this.rooms);
+  }
+
+  /**
+   * `token_expiring`: a new token from getToken() goes in band with `refresh`, so the connection,
+   * its rooms and its place in them stay. Only when the refresh is refused (an `error` reply) or
+   * getToken() fails does it reconnect with a fresh token, before the server's close 4001.
+   */
+  private async onTokenExpiring(ws: WebSocketLike): Promise<void> {
+    if (!this.getToken || this.refreshing === ws) return;
+    this.refreshing = ws;
+    try {
+      let token: string | null | undefined;
+      try {
+        token = await this.getToken();
+      } catch {
+        token = undefined;
+      }
+      if (this.ws !== ws || !this.welcomed) return; // gone: the next connect gets its own token
+      if (!token) return this.refreshRefused(ws, "getToken failed");
+      const reply = await this.request({ type: "refresh", token }, false).catch((e: RoomcastError) => e);
+      if (this.ws !== ws) return;
+      if (reply instanceof RoomcastError) {
+        if (reply.code === "disconnected" || reply.code === "closed") return;
+        return this.refreshRefused(ws, `token refresh refused: ${reply.code}`);
+      }
+      this.emit("refreshed", reply as RefreshedFrame);
+    } finally {
+      if (this.refreshing === ws) this.refreshing = null;
+    }
+  }
+
+  /** The token could not be renewed in band: reconnect now, with a fresh one from getToken(). */
+  private refreshRefused(ws: WebSocketLike, reason: string): void {
+    if (this.ws === ws) this.dropSocket(CloseCode.tokenExpired, reason, true, false);
   }
 
   private onRoomMessage(m: MessageFrame): boolean {

@@ -36,7 +36,13 @@ export interface PresenceCommand {
   room: string;
   id?: RequestId;
 }
-export type Command = JoinCommand | LeaveCommand | PublishCommand | PingCommand | PresenceCommand;
+/** Replace the connection's token in band (same user); answered by `refreshed` or `error`. */
+export interface RefreshCommand {
+  type: "refresh";
+  token: string;
+  id?: RequestId;
+}
+export type Command = JoinCommand | LeaveCommand | PublishCommand | PingCommand | PresenceCommand | RefreshCommand;
 
 export interface WelcomeFrame {
   type: "welcome";
@@ -60,8 +66,19 @@ export interface LeftFrame {
   type: "left";
   room: string;
   id?: RequestId;
-  /** The server took the connection out ("unsubscribed"); no `id`. */
+  /** Set (and no `id`) when the server took the connection out of the room: "unsubscribed" (`/api/unsubscribe`), "forbidden" after a refresh. */
   reason?: string;
+}
+/** The reply to `refresh`: the new token's `exp` (seconds since the Unix epoch). */
+export interface RefreshedFrame {
+  type: "refreshed";
+  exp: number;
+  id?: RequestId;
+}
+/** The connection's token runs out in `in_ms` (then close 4001) unless it is refreshed. */
+export interface TokenExpiringFrame {
+  type: "token_expiring";
+  in_ms: number;
 }
 export interface AckFrame {
   type: "ack";
@@ -82,7 +99,9 @@ export type ErrorCode =
   | "not_joined"
   | "too_many_rooms"
   | "unavailable"
-  | "internal";
+  | "internal"
+  /** A `refresh` token that the handshake would refuse. */
+  | "invalid_token";
 export interface PresenceMember {
   user: string;
   /** The user's connections in the room, across every node. */
@@ -138,6 +157,8 @@ export type ServerFrame =
   | WelcomeFrame
   | JoinedFrame
   | LeftFrame
+  | RefreshedFrame
+  | TokenExpiringFrame
   | AckFrame
   | PongFrame
   | PresenceFrame
@@ -160,7 +181,10 @@ export const CloseCode = {
   tooLarge: 1009,
   /** Outbound queue full (a slow reader): back off. */
   tryAgainLater: 1013,
-  /** The connection's JWT expired: reconnect with a fresh token. */
+  /**
+   * The connection's JWT expired: reconnect with a fresh token. The client also closes with it
+   * when an in-band refresh was refused, before reconnecting.
+   */
   tokenExpired: 4001,
   /** The backend disconnected us (`/api/disconnect`) and asks for a reconnect. */
   reconnect: 4000,

@@ -178,11 +178,13 @@ describe("server subscriptions", () => {
   it("does not join again on reconnect a room the server took it out of", async () => {
     const c = client({ heartbeat: false });
     const ws = FakeWebSocket.last.accept({ autoReply: true });
-    void c.join("team:2");
+    const joining = c.join("team:2").catch((e: RoomcastError) => e);
     await tick(0);
     expect(c.rooms).toEqual(["team:2"]);
     ws.push({ type: "left", room: "team:2", reason: "unsubscribed" });
     expect(c.rooms).toEqual([]);
+    // A join still waiting is refused with the server's reason.
+    expect(await joining).toMatchObject({ code: "unsubscribed" });
     ws.serverClose(1006);
     await tick(500);
     const next = FakeWebSocket.last.accept({ autoReply: true });
@@ -371,5 +373,91 @@ describe("rejoin", () => {
     ws.push({ type: "joined", room: "news", id: ws.commands.at(-1)!.id });
     await expect(joined).resolves.toMatchObject({ room: "news" });
     expect(errors).toEqual(["unavailable:false", "unavailable:false", "unavailable:false"]);
+  });
+});
+
+describe("token refresh in band", () => {
+  /** A client whose getToken() gives tok1, tok2, … (or fails while `fail.now`), connected. */
+  async function connected(fail = { now: false }) {
+    let n = 0;
+    const getToken = vi.fn(async () => {
+      if (fail.now) throw new Error("session gone");
+      return `tok${++n}`;
+    });
+    const c = client({ getToken, heartbeat: false });
+    await tick(0);
+    const ws = FakeWebSocket.last.accept();
+    expect(ws.url).toBe(`${URL}?token=tok1`);
+    return { c, ws, getToken };
+  }
+  const refreshOf = (ws: FakeWebSocket) => ws.commands.find((cmd) => cmd.type === "refresh");
+
+  it("on token_expiring calls getToken() and sends refresh with the new token", async () => {
+    const { ws, getToken } = await connected();
+    expect(refreshOf(ws)).toBeUndefined();
+    ws.push({ type: "token_expiring", in_ms: 30_000 });
+    await tick(0);
+    expect(getToken).toHaveBeenCalledTimes(2);
+    expect(refreshOf(ws)).toMatchObject({ type: "refresh", token: "tok2" });
+  });
+
+  it("does not reconnect when the refresh is accepted", async () => {
+    const { c, ws } = await connected();
+    const refreshed = vi.fn();
+    c.on("refreshed", refreshed);
+    ws.push({ type: "token_expiring", in_ms: 30_000 });
+    await tick(0);
+    ws.push({ type: "refreshed", exp: 1_900_000_000, id: refreshOf(ws)!.id });
+    await tick(0);
+    expect(refreshed).toHaveBeenCalledWith(expect.objectContaining({ exp: 1_900_000_000 }));
+    await tick(600_000);
+    expect(sockets()).toBe(1);
+    expect(ws.closedWith).toBeUndefined();
+    expect(c.info.state).toBe("open");
+    expect(c.info.lastClose).toBeNull();
+  });
+
+  it("reconnects at once with a fresh token when the refresh is refused", async () => {
+    const { c, ws, getToken } = await connected();
+    ws.push({ type: "token_expiring", in_ms: 30_000 });
+    await tick(0);
+    ws.push({ type: "error", code: "invalid_token", message: "token refused: the token has expired", id: refreshOf(ws)!.id });
+    await tick(0);
+    expect(ws.closedWith?.code).toBe(4001);
+    expect(sockets()).toBe(2);
+    expect(FakeWebSocket.last.url).toBe(`${URL}?token=tok3`);
+    expect(getToken).toHaveBeenCalledTimes(3);
+    expect(c.info.lastClose).toMatchObject({ code: 4001, wasOpen: true });
+  });
+
+  it("reconnects when getToken() fails for the refresh", async () => {
+    const fail = { now: false };
+    const { ws } = await connected(fail);
+    fail.now = true;
+    ws.push({ type: "token_expiring", in_ms: 30_000 });
+    await tick(0);
+    expect(refreshOf(ws)).toBeUndefined();
+    expect(ws.closedWith?.code).toBe(4001);
+    fail.now = false;
+    await tick(500); // the reconnect's own getToken() failed: backed off, then tried again
+    expect(sockets()).toBe(2);
+  });
+
+  it("drops a room the server left with a reason instead of rejoining it", async () => {
+    const { c, ws } = await connected();
+    ws.autoReply = true;
+    c.join("lobby").catch(() => {}); // the fake answers before join() waits: settled by the left
+    void c.join("team:1");
+    expect(ws.commands.map((cmd) => cmd.room)).toEqual(["lobby", "team:1"]);
+    const errors: string[] = [];
+    c.on("roomError", (e) => e.dropped && errors.push(`${e.room}:${e.error.code}`));
+    ws.push({ type: "left", room: "lobby", reason: "forbidden" });
+    expect(errors).toEqual(["lobby:forbidden"]);
+    expect(c.roomNames).toEqual(["team:1"]);
+    ws.serverClose(1006);
+    await tick(500);
+    const next = FakeWebSocket.last.accept({ autoReply: true });
+    await tick(0);
+    expect(next.commands.filter((cmd) => cmd.type === "join").map((cmd) => cmd.room)).toEqual(["team:1"]);
   });
 });

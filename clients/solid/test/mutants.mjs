@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Checks that the unit tests have teeth: each mutant is src/client.ts with one safeguard taken
 // out (backoff, rejoin, since, the heartbeat fix, 1008 handling, close during the gap, the
-// queue bound, presence events and the presence refetch after a rejoin); the vitest suite must fail on every one of them. src/client.ts is not modified:
+// queue bound, presence events and the presence refetch after a rejoin, the in-band token
+// refresh and its fallback, a room the server left); the vitest suite must fail on every one of them. src/client.ts is not modified:
 // the mutant is written to src/client.mutant.ts and swapped in by vitest.mutant.config.ts.
 //   node test/mutants.mjs        (prints "N passed, N failed"; exits non-zero if a mutant survives)
 import { spawnSync } from "node:child_process";
@@ -54,6 +55,16 @@ const mutants = [
     "      this.rooms_.delete(f.room);\n      this.clearRoomRetry(r);", "      this.clearRoomRetry(r);"],
   ["queue: unbounded",
     "if (this.queue.length >= this.o.maxQueue) {", "if (false) {"],
+  ["refresh: token_expiring ignored",
+    "        void this.onTokenExpiring(ws);\n", ""],
+  ["refresh: an accepted refresh reconnects anyway",
+    "      this.emit(\"refreshed\", reply as RefreshedFrame);", "      this.refreshRefused(ws, \"mutant\");"],
+  ["refresh: a refused refresh does not fall back to a reconnect",
+    "        return this.refreshRefused(ws, `token refresh refused: ${reply.code}`);", "        return;"],
+  ["refresh: a getToken() failure does not fall back to a reconnect",
+    "if (!token) return this.refreshRefused(ws, \"getToken failed\");", "if (!token) return;"],
+  ["left with a reason: no roomError {dropped: true} for the app",
+    "      this.emit(\"roomError\", { room: f.room, error, dropped: true });\n", ""],
 ];
 
 let passed = 0;

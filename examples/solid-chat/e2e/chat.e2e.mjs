@@ -3,7 +3,7 @@
 //
 //   node e2e/chat.e2e.mjs             one node, embedded broker
 //   node e2e/chat.e2e.mjs --cluster   two nodes sharing rooms through their own redis-server
-//   node e2e/chat.e2e.mjs --auth      one node checking JWTs: token expiry (4001) and refusal (401)
+//   node e2e/chat.e2e.mjs --auth      one node checking JWTs: in-band refresh, its fallback, refusal (401)
 //
 // (after `npm ci`; it builds the app with vite unless E2E_SKIP_BUILD=1)
 //
@@ -29,8 +29,11 @@
 // his return (history in Redis) or sees the notice. Screenshot: e2e/screenshot-cluster.png.
 //
 // --auth: the static server also mints HS256 tokens (/token?sub=…&ttl=…); alice's expire after a
-// few seconds: the node closes her connection with 4001, the page calls getToken() again,
-// reconnects at once, rejoins and keeps chatting; mallory's tokens are signed with the wrong
+// few seconds, and the node (auth.expiry_warning_ms = 4 s) warns her page with token_expiring:
+// the page calls getToken() and refreshes in band, on the one WebSocket it opened (counted by the
+// browser), and keeps chatting past her first token's exp with no close; carol's second token is
+// signed with the wrong secret (&bad_nth=2): her refresh is refused, and only then does the page
+// close with 4001 and reconnect with a fresh token; mallory's tokens are signed with the wrong
 // secret: every handshake gets HTTP 401, which a browser only sees as a failure before `open`;
 // after a few the page says it is refused and backs off hard instead of retrying in a loop.
 // Screenshot: e2e/screenshot-refused.png.
@@ -80,7 +83,9 @@ function serveDist(port) {
     if (url.pathname === "/token") {
       const sub = url.searchParams.get("sub") || "anon";
       tokenRequests.set(sub, (tokenRequests.get(sub) || 0) + 1);
-      const secret = url.searchParams.get("bad") ? "not-the-secret" : JWT_SECRET;
+      const badNth = Number(url.searchParams.get("bad_nth") || 0); // only that request's token is bad
+      const bad = url.searchParams.get("bad") || tokenRequests.get(sub) === badNth;
+      const secret = bad ? "not-the-secret" : JWT_SECRET;
       res.writeHead(200, { "content-type": "text/plain", "cache-control": "no-store" });
       return res.end(mintJwt(sub, Number(url.searchParams.get("ttl") || 600), secret));
     }
@@ -96,6 +101,9 @@ function serveDist(port) {
 // ---- the test ---------------------------------------------------------------------------------
 
 const CLUSTER = process.argv.includes("--cluster");
+// --auth: token_expiring comes this long before a token runs out (alice's live ALICE_TTL_S)
+const WARNING_MS = 4000;
+const ALICE_TTL_S = 6;
 const AUTH = process.argv.includes("--auth");
 
 async function main() {
@@ -119,7 +127,7 @@ async function main() {
     (history ? `[history]\nrooms = [{ pattern = "e2e-*", size = 100, ttl_s = 600 }]\n` : "") +
       // presence with member_joined / member_left for the chat's room: the "who's here" list
       (!CLUSTER ? `[presence]\nrooms = [{ pattern = "e2e-*", events = true }]\n` : "") +
-      (AUTH ? `[auth]\nmode = "jwt"\njwt_secret = "${JWT_SECRET}"\nleeway_s = 0\n` : ""),
+      (AUTH ? `[auth]\nmode = "jwt"\njwt_secret = "${JWT_SECRET}"\nleeway_s = 0\nexpiry_warning_ms = ${WARNING_MS}\n` : ""),
   );
   const redisUrl = CLUSTER ? await startRedis() : null;
   const Node = class extends GatewayNode {
@@ -141,8 +149,10 @@ async function main() {
   context.setDefaultTimeout(15_000);
 
   const pageErrors = [];
+  const wsOpens = new Map(); // page label -> WebSockets the browser opened for it
   async function openPage(path, label) {
     const page = await context.newPage();
+    page.on("websocket", () => wsOpens.set(label, (wsOpens.get(label) || 0) + 1));
     page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
     page.on("console", (m) => m.type() === "error" && !/WebSocket connection/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}${path}`, { timeout: 15_000 });
@@ -207,18 +217,32 @@ async function main() {
 
   if (AUTH) {
     const tok = (sub, extra = "") => `&token_url=${encodeURIComponent(`/token?sub=${sub}${extra}`)}`;
-    const alice = await openPage(`/${q("alice", [n1.ws])}${tok("alice", "&ttl=6")}`, "alice");
+    const alice = await openPage(`/${q("alice", [n1.ws])}${tok("alice", `&ttl=${ALICE_TTL_S}`)}`, "alice");
+    const firstExpMs = Date.now() + ALICE_TTL_S * 1000; // alice's first token runs out by then
     const bob = await openPage(`/${q("bob", [n1.ws])}${tok("bob")}`, "bob");
     check("alice and bob connect with tokens and join", await allOpen([alice, bob], 15_000));
     const users = await Promise.all([alice, bob].map((p) => p.evaluate(() => window.roomcast.welcome()?.user)));
     check("welcome names the token's user", users[0] === "alice" && users[1] === "bob", JSON.stringify(users));
     await exchange(alice, bob, "with a token");
-    const lastClose = () => alice.evaluate(() => window.roomcast.info().lastClose?.code ?? null);
-    const expired = await waitFor("alice's token to expire (close 4001)", async () => (await lastClose()) === 4001, 15_000).then(() => true, () => false);
-    check("the node closes alice's connection with 4001 when her token expires", expired, `last close ${await lastClose()}`);
-    check("alice gets a new token, reconnects and rejoins", await allOpen([alice], 10_000));
-    check("getToken() was called again for the reconnect", (tokenRequests.get("alice") || 0) >= 2, `${tokenRequests.get("alice")} tokens`);
-    await exchange(alice, bob, "after the token expired");
+    const refreshes = await waitFor("alice's page to refresh in band", () => (tokenRequests.get("alice") || 0) >= 2, 15_000).then(() => true, () => false);
+    check("token_expiring: alice's page calls getToken() and refreshes in band", refreshes, `${tokenRequests.get("alice")} tokens`);
+    // past the first token's exp (plus a second of exp rounding): time itself is awaited, bounded
+    await waitFor("alice's first token's exp to pass", () => Date.now() > firstExpMs + 1000, ALICE_TTL_S * 1000 + 5000);
+    await exchange(alice, bob, "after the first token's exp");
+    const lastClose = await alice.evaluate(() => window.roomcast.info().lastClose);
+    check("no close and no reconnect: one WebSocket for alice's page", wsOpens.get("alice") === 1 && lastClose === null,
+      `${wsOpens.get("alice")} sockets, last close ${JSON.stringify(lastClose)}`);
+    const metrics = (await httpStatus(`${n1.admin}/metrics`)).body;
+    check("the node closed no connection for an expired token", /roomcast_disconnects_total\{reason="token_expired"\} 0\b/.test(metrics));
+
+    // carol's second token (the one for her first refresh) is badly signed: refused, then a reconnect
+    const carol = await openPage(`/${q("carol", [n1.ws])}${tok("carol", `&ttl=${ALICE_TTL_S}&bad_nth=2`)}`, "carol");
+    check("carol connects and joins", await allOpen([carol], 15_000));
+    const fellBack = await waitFor("carol's page to reconnect", async () => (wsOpens.get("carol") || 0) >= 2 && (await state(carol)) === "open", 15_000).then(() => true, () => false);
+    const carolClose = await carol.evaluate(() => window.roomcast.info().lastClose);
+    check("a refused refresh: the page closes with 4001 and reconnects with a fresh token", fellBack && carolClose?.code === 4001 && /refused/.test(carolClose?.reason),
+      `${wsOpens.get("carol")} sockets, last close ${JSON.stringify(carolClose)}`);
+    check("... rejoins and keeps chatting", (await allOpen([carol], 10_000)) && (await say(bob, "bob to carol"), await sees(carol, "bob to carol")));
 
     const mallory = await openPage(`/${q("mallory", [n1.ws])}${tok("mallory", "&bad=1")}`, "mallory");
     const refused = await waitFor("mallory refused", () => mallory.evaluate(() => window.roomcast.info().refused), 20_000).then(() => true, () => false);

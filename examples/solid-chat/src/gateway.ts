@@ -27,7 +27,8 @@ export function defaultName(): string {
 
 /**
  * ?token_url=/path: when the gateway checks tokens, fetch a JWT from there before every
- * connect (createRoomcast's getToken), so an expired token (close 4001) is replaced at once.
+ * connect and on every `token_expiring` (createRoomcast's getToken), so a token about to run out
+ * is refreshed in band, and an expired one (close 4001) is replaced at once.
  */
 export function tokenGetter(): (() => Promise<string>) | undefined {
   const url = new URLSearchParams(location.search).get("token_url");
