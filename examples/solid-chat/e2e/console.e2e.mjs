@@ -12,7 +12,8 @@
 // the connection count and message rates move while the load runs and fall back when it stops;
 // the room appears with its member count, and clicking it shows its members (presence) and last
 // messages (history); a member (a plain WebSocket in another page) receives what the console's
-// publish form sends. Screenshots: e2e/screenshots/console-*.png (git-ignored).
+// publish form sends; the kick form closes that member with the code and reason it names, and
+// the revoke form is accepted. Screenshots: e2e/screenshots/console-*.png (git-ignored).
 //
 // Every wait is bounded; the whole test by E2E_TIMEOUT_MS (default 180 s). It prints
 // "N passed, N failed" last and exits non-zero on failure.
@@ -112,6 +113,9 @@ async function main() {
           if (frame.type === "joined") resolve(connId);
         };
         ws.onerror = () => reject(new Error("member socket failed"));
+        ws.onclose = (e) => {
+          window.closedWith = { code: e.code, reason: e.reason };
+        };
       }),
     node.ws,
   );
@@ -139,8 +143,25 @@ async function main() {
   const inHistory = await waitFor("the message in the console's history", async () =>
     (await console_.locator(`[data-testid="room-history"] li[data-id="${published}"]`).count()) === 1, 10_000).then(() => true, () => false);
   check("... and the console shows it among the room's last messages", inHistory);
-  check("the kick/revoke place is there", await console_.getByTestId("control-placeholder").isVisible());
   await console_.screenshot({ path: join(SHOTS, "console-room.png"), fullPage: true });
+
+  // 4. the control forms: kick the member (by conn_id, no auth here) with 4403 and a reason;
+  // revoke a user's tokens (accepted by the node: 202)
+  await console_.getByTestId("kick-by").selectOption("conn_id");
+  await console_.getByTestId("kick-user").fill(memberId);
+  await console_.getByTestId("kick-code").selectOption("4403");
+  await console_.getByTestId("kick-reason").fill("bye from the console");
+  await console_.getByTestId("kick").click();
+  const closed = await waitFor("the member's socket to close", () => member.evaluate(() => window.closedWith || null), 10_000).catch(() => null);
+  check("the kick form closes the member with 4403 and the reason", closed && closed.code === 4403 && closed.reason === "bye from the console", JSON.stringify(closed));
+  const said = await waitFor("the kick result", async () => /disconnected/.test(await text("kick-result")), 10_000).then(() => true, () => false);
+  check("... and says so", said, await text("kick-result"));
+  await console_.getByTestId("revoke-user").fill("mallory");
+  await console_.getByTestId("revoke-minutes").fill("5");
+  await console_.getByTestId("revoke").click();
+  const revoked = await waitFor("the revoke result", async () => /revoked mallory/.test(await text("revoke-result")), 10_000).then(() => true, () => false);
+  check("the revoke form is accepted", revoked, await text("revoke-result"));
+  await console_.screenshot({ path: join(SHOTS, "console-control.png"), fullPage: true });
   log(`screenshots: ${SHOTS}`);
 
   check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
