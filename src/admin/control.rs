@@ -10,22 +10,14 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{bearer_matches, json_error};
+use super::{authorized, json_error};
 use crate::broker::BrokerError;
 use crate::node::{Node, RevokeError};
 use crate::protocol::{self, CommandError};
 
 /// The body of a control route, once the API key is checked; the error response otherwise.
 async fn body(node: &Node, request: Request) -> Result<axum::body::Bytes, Response> {
-    if let Some(key) = &node.config().admin.api_key
-        && !bearer_matches(request.headers(), key)
-    {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key",
-        ));
-    }
+    authorized(node, request.headers())?;
     let limit = node.config().limits.max_message_bytes;
     to_bytes(request.into_body(), limit).await.map_err(|_| {
         json_error(

@@ -79,14 +79,8 @@ async fn presence(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(key) = &node.config().admin.api_key
-        && !bearer_matches(&headers, key)
-    {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key",
-        );
+    if let Err(refused) = authorized(&node, &headers) {
+        return refused;
     }
     let answer = match RoomName::new(&room) {
         Ok(room) => node.presence_of(&room).await,
@@ -110,14 +104,8 @@ async fn presence(
 }
 
 async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Response {
-    if let Some(key) = &node.config().admin.api_key
-        && !bearer_matches(request.headers(), key)
-    {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key",
-        );
+    if let Err(refused) = authorized(&node, request.headers()) {
+        return refused;
     }
     let limit = node.config().limits.max_message_bytes;
     let body = match to_bytes(request.into_body(), limit).await {
@@ -155,6 +143,18 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(protocol::admin_error_body(code, message)))
         .unwrap_or_else(|_| status.into_response())
+}
+
+/// Every `/api` route asks for `admin.api_key` when one is set: the 401 response otherwise.
+fn authorized(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+    match &node.config().admin.api_key {
+        Some(key) if !bearer_matches(headers, key) => Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `Authorization: Bearer KEY`, compared in constant time.

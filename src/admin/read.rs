@@ -20,7 +20,7 @@ use axum::routing::get;
 use futures_util::Stream;
 use tokio::time::MissedTickBehavior;
 
-use super::{bearer_matches, json_error};
+use super::{authorized, json_error};
 use crate::broker::BrokerError;
 use crate::clock::now_ms;
 use crate::node::{HistoryQuery, Node, ReadError};
@@ -42,16 +42,10 @@ pub(super) fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
 
 /// Every route here shows what the cluster is doing (room names, user counts): the API key.
 async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    if let Some(key) = &node.config().admin.api_key
-        && !bearer_matches(request.headers(), key)
-    {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key",
-        );
+    match authorized(&node, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused,
     }
-    next.run(request).await
 }
 
 fn json(body: String) -> Response {
