@@ -10,14 +10,16 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{authorized, json_error};
+use super::{json_error, key_refusal};
 use crate::broker::BrokerError;
 use crate::node::{Node, RevokeError};
 use crate::protocol::{self, CommandError};
 
 /// The body of a control route, once the API key is checked; the error response otherwise.
 async fn body(node: &Node, request: Request) -> Result<axum::body::Bytes, Response> {
-    authorized(node, request.headers())?;
+    if let Some(refused) = key_refusal(node, request.headers()) {
+        return Err(refused);
+    }
     let limit = node.config().limits.max_message_bytes;
     to_bytes(request.into_body(), limit).await.map_err(|_| {
         json_error(

@@ -79,7 +79,7 @@ async fn presence(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorized(&node, &headers) {
+    if let Some(refused) = key_refusal(&node, &headers) {
         return refused;
     }
     let answer = match RoomName::new(&room) {
@@ -104,7 +104,7 @@ async fn presence(
 }
 
 async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Response {
-    if let Err(refused) = authorized(&node, request.headers()) {
+    if let Some(refused) = key_refusal(&node, request.headers()) {
         return refused;
     }
     let limit = node.config().limits.max_message_bytes;
@@ -145,15 +145,16 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .unwrap_or_else(|_| status.into_response())
 }
 
-/// Every `/api` route asks for `admin.api_key` when one is set: the 401 response otherwise.
-fn authorized(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+/// Every `/api` route asks for `admin.api_key` when one is set: the 401 response when the
+/// request does not carry it.
+fn key_refusal(node: &Node, headers: &HeaderMap) -> Option<Response> {
     match &node.config().admin.api_key {
-        Some(key) if !bearer_matches(headers, key) => Err(json_error(
+        Some(key) if !bearer_matches(headers, key) => Some(json_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong API key",
         )),
-        _ => Ok(()),
+        _ => None,
     }
 }
 

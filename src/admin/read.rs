@@ -20,7 +20,7 @@ use axum::routing::get;
 use futures_util::Stream;
 use tokio::time::MissedTickBehavior;
 
-use super::{authorized, json_error};
+use super::{json_error, key_refusal};
 use crate::broker::BrokerError;
 use crate::clock::now_ms;
 use crate::node::{HistoryQuery, Node, ReadError};
@@ -42,9 +42,9 @@ pub(super) fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
 
 /// Every route here shows what the cluster is doing (room names, user counts): the API key.
 async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    match authorized(&node, request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refused) => refused,
+    match key_refusal(&node, request.headers()) {
+        None => next.run(request).await,
+        Some(refused) => refused,
     }
 }
 
