@@ -54,7 +54,7 @@ const IDLE_BATCH_CAPACITY: usize = 8;
 pub fn serve(
     node: Arc<Node>,
     mut ws: Box<WebSocketStream<TcpStream>>,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
@@ -72,10 +72,12 @@ pub fn serve(
                 return;
             }
         };
-        let span = tracing::Span::current();
-        span.record("conn", session.conn_id.as_str());
-        if let Some(user) = session.user.as_deref() {
-            span.record("user", user);
+        {
+            let span = tracing::Span::current();
+            span.record("conn", session.conn_id.as_str());
+            if let Some(user) = session.user.as_deref() {
+                span.record("user", user);
+            }
         }
         // Written here rather than through the outbox, so that it leaves with the 101 response
         // (see above); nothing reaches the socket from the outbox before it.
@@ -85,13 +87,16 @@ pub fn serve(
             session.user.as_deref(),
             node.config().limits.ping_interval_ms,
         );
-        let greeted = tokio::time::timeout(
-            close_timeout,
-            ws.send(Message::Text(welcome.into_utf8_bytes())),
-        )
-        .await;
+        let greeted = matches!(
+            tokio::time::timeout(
+                close_timeout,
+                ws.send(Message::Text(welcome.into_utf8_bytes())),
+            )
+            .await,
+            Ok(Ok(()))
+        );
         uncork(&ws);
-        if !matches!(greeted, Ok(Ok(()))) {
+        if !greeted {
             let mut session = session;
             node.close_session(&mut session).await;
             node.metrics().disconnected(Disconnect::PeerGone);
@@ -160,14 +165,13 @@ where
         let mut running: Option<Running<'_>> = None;
 
         loop {
-            let flow = tokio::select! {
+            // The arms only decide; the writes they call for are awaited after the select, so
+            // that its output (a whole session, for a finished command) is not kept across
+            // them in the connection's future, which every idle connection would pay for.
+            let step = tokio::select! {
                 biased;
-                _ = &mut closed => Flow::Stop,
-                _ = &mut timer => {
-                    let flow = on_tick(&mut ws, &mut beat, closer, closed.as_mut()).await;
-                    timer.as_mut().reset(beat.deadline());
-                    flow
-                }
+                _ = &mut closed => Step::Stop,
+                _ = &mut timer => Step::Tick,
                 done = async {
                     match running.as_mut() {
                         Some(command) => command.await,
@@ -180,11 +184,9 @@ where
                     }
                     idle_state = Some(done);
                     running = None;
-                    Flow::Go
+                    Step::Go
                 }
-                received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
-                }
+                received = outbox.recv_many(&mut batch, WRITE_BATCH) => Step::Write(received),
                 rooms = outbox.server_rooms(), if running.is_none() => {
                     // Between two commands, like one: the session is the task's alone.
                     match idle_state.take() {
@@ -193,14 +195,29 @@ where
                                 node.apply_server_rooms(&mut session, rooms).await;
                                 (session, rate)
                             }));
-                            Flow::Go
+                            Step::Go
                         }
-                        None => Flow::Stop,
+                        None => Step::Stop,
                     }
                 }
                 next = ws.next(), if running.is_none() => {
                     beat.last_read = Instant::now();
-                    on_frame(node, next, &mut idle_state, &mut running, closer)
+                    match on_frame(node, next, &mut idle_state, &mut running, closer) {
+                        Flow::Go => Step::Go,
+                        Flow::Stop => Step::Stop,
+                    }
+                }
+            };
+            let flow = match step {
+                Step::Go => Flow::Go,
+                Step::Stop => Flow::Stop,
+                Step::Tick => {
+                    let flow = on_tick(&mut ws, &mut beat, closer, closed.as_mut()).await;
+                    timer.as_mut().reset(beat.deadline());
+                    flow
+                }
+                Step::Write(received) => {
+                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
                 }
             };
             if matches!(flow, Flow::Stop) {
@@ -214,9 +231,24 @@ where
             (Some(command), _) => Some(command.await.0),
             (None, state) => state.map(|(session, _)| session),
         };
-        close_handshake(&mut ws, closer, outbox.take_close_text(), close_timeout).await;
+        // Boxed: it runs once, at the end, and would otherwise size every connection's future.
+        Box::pin(close_handshake(
+            &mut ws,
+            closer,
+            outbox.take_close_text(),
+            close_timeout,
+        ))
+        .await;
         session
     }
+}
+
+/// What woke the connection loop, decided inside its select: go on, stop, or a write to make.
+enum Step {
+    Go,
+    Stop,
+    Tick,
+    Write(usize),
 }
 
 /// Whether the connection loop goes on.
@@ -353,22 +385,23 @@ where
         Due::Nothing => Flow::Go,
         Due::Close => Flow::Stop,
         Due::Ping => {
-            let ping = ws.send(Message::Ping(Bytes::new()));
+            let ping = std::pin::pin!(ws.send(Message::Ping(Bytes::new())));
             write_unless_closed(ping, closer, closed).await
         }
         Due::Warning { in_ms } => {
             // Straight to the socket, like the ping: it answers no command, so it has no place
             // in the order of replies.
             let frame = protocol::token_expiring(in_ms).into_utf8_bytes();
-            let warn = ws.send(Message::Text(frame));
+            let warn = std::pin::pin!(ws.send(Message::Text(frame)));
             write_unless_closed(warn, closer, closed).await
         }
     }
 }
 
 /// Wait for a write unless the connection closes first; a failed write means the peer is gone.
+/// The write is pinned by the caller, so its future is stored once, in the caller's.
 async fn write_unless_closed<F>(
-    write: impl Future<Output = Result<(), WsError>>,
+    write: Pin<&mut impl Future<Output = Result<(), WsError>>>,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
@@ -402,14 +435,16 @@ where
     if received == 0 {
         return Flow::Stop;
     }
-    let write = async {
-        for frame in batch.drain(..) {
-            ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+    {
+        let write = std::pin::pin!(async {
+            for frame in batch.drain(..) {
+                ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+            }
+            ws.flush().await
+        });
+        if let Flow::Stop = write_unless_closed(write, closer, closed).await {
+            return Flow::Stop;
         }
-        ws.flush().await
-    };
-    if let Flow::Stop = write_unless_closed(write, closer, closed).await {
-        return Flow::Stop;
     }
     if batch.capacity() > IDLE_BATCH_CAPACITY {
         batch.shrink_to(IDLE_BATCH_CAPACITY);

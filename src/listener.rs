@@ -204,7 +204,7 @@ impl Listener {
         ))?;
         Ok(Admission {
             _slots: (node_slot, address_slot),
-            identity,
+            identity: identity.map(Arc::new),
         })
     }
 }
@@ -296,7 +296,9 @@ impl Listener {
 struct Admission {
     /// Held, never read: dropping them frees the node-wide and per-address slots.
     _slots: (SlotGuard, AddressSlot),
-    identity: Option<Identity>,
+    /// Shared from here on: the connection's future and the session hold a pointer, not the
+    /// claims (every idle connection's future is as large as its largest state).
+    identity: Option<Arc<Identity>>,
 }
 
 /// Open connections per client address.

@@ -237,9 +237,8 @@ impl Node {
     /// first connection here.
     pub async fn open_session(
         &self,
-        identity: Option<Identity>,
+        identity: Option<Arc<Identity>>,
     ) -> Result<(Session, OutboxReceiver), BrokerError> {
-        let identity = identity.map(Arc::new);
         let user = identity.as_ref().map(|i| i.user.clone());
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, receiver) = outbox(conn, self.config.limits.outbox_messages);
