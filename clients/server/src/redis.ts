@@ -126,13 +126,13 @@ export class RoomcastRedis {
   }
 
   /** A `notification` to every connection of `user`, on every node. */
-  notify(user: string, data: unknown): Promise<RedisPublished> {
+  async notify(user: string, data: unknown): Promise<RedisPublished> {
     checkUser(user);
     return this.publishEnvelope(this.cluster ? "SPUBLISH" : "PUBLISH", this.userChannel(user), data);
   }
 
   /** A `broadcast` to every connection on every node. */
-  broadcast(data: unknown): Promise<RedisPublished> {
+  async broadcast(data: unknown): Promise<RedisPublished> {
     return this.publishEnvelope("PUBLISH", this.broadcastChannel, data);
   }
 
@@ -157,7 +157,7 @@ export class RoomcastRedis {
   }
 
   /** Shorthand for `disconnect({ user, code, reason })`. */
-  kick(user: string, options: { code?: 4000 | 4403; reason?: string } = {}): Promise<number> {
+  async kick(user: string, options: { code?: 4000 | 4403; reason?: string } = {}): Promise<number> {
     return this.disconnect({ user, ...options });
   }
 
