@@ -196,12 +196,9 @@ export function publishHook<D = unknown>(handler: Handler<PublishHookRequest<D>,
   };
 }
 
-/** Only the contract's fields, and only those that are set (an `undefined` is left out). */
+/** Only the contract's fields (JSON.stringify then leaves out those that are undefined). */
 function pick<T extends object>(answer: T, keys: string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const key of keys) {
-    const value = (answer as Record<string, unknown>)[key];
-    if (value !== undefined) out[key] = value;
-  }
+  for (const key of keys) out[key] = (answer as Record<string, unknown>)[key];
   return out;
 }
