@@ -34,3 +34,4 @@ export {
   type VerifyOptions,
 } from "./webhooks.js";
 export { isValidRoom, globMatch } from "./rooms.js";
+export { nodeHandler, type NodeHandlerOptions } from "./node-http.js";
