@@ -54,6 +54,7 @@ import {
   check,
   findBinary,
   freePort,
+  httpStatus,
   installWatchdog,
   launchBrowser,
   log,
