@@ -480,7 +480,8 @@ fn webhook_keys_have_defaults_load_and_are_validated_by_name() {
         config
     };
     on().validate().expect("a url and a secret are enough");
-    let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut Config)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|c| c.webhooks.secret.clear()), "webhooks.secret"),
         (
             Box::new(|c| c.webhooks.url = "ftp://x".into()),
