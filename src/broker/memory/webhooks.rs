@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn parked_events_keep_their_ids_when_replayed() {
+    fn taken_events_stay_pending_until_acknowledged() {
         let mut t = WebhookTable::new(WebhookSettings {
             leave_delay: Duration::ZERO,
         });
