@@ -2,7 +2,8 @@
 //! to a real HTTP backend on port 0 in the test: one event per change on a memory node and
 //! across two nodes on Redis, the leave delay cancelled by a quick rejoin, a backend that
 //! refuses for a while and then gets every event (signatures checked, no id missing), a node
-//! SIGKILLed while holding events whose batch another node delivers, and parked events listed
+//! SIGKILLed while holding events whose batch another node delivers, a dead node's users
+//! announced as leaving, and parked events listed
 //! and replayed through the admin API.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -576,6 +577,49 @@ async fn a_killed_nodes_pending_events_are_delivered_by_another() {
         "roomcast_webhook_events_delivered_total",
     );
     assert!(delivered >= 2.0, "the survivor delivered them: {delivered}");
+}
+
+#[tokio::test]
+async fn a_dead_nodes_users_leave_by_webhook_within_the_ttl() {
+    let redis = RedisServer::start();
+    let p = prefix("wh-dead");
+    let backend = Backend::start().await;
+    let toml = format!(
+        "[auth]\nmode = \"jwt\"\njwt_secret = \"{JWT_SECRET}\"\n\
+         [presence]\nttl_s = 2\nrooms = [{{ pattern = \"chat:*\" }}]\n\
+         [webhooks]\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\npoll_ms = 20\n",
+        backend.url
+    );
+    let (mut doomed, doomed_url) = BinaryOnRedis::new(&redis, &p, &toml)
+        .flag("--node-id", "doomed")
+        .spawn()
+        .await;
+    let survivor = TestNode::start(with_webhooks(
+        redis_config(&redis, &p, "survivor", 2),
+        &backend,
+    ))
+    .await;
+    let mut watcher = connect_as(&survivor.ws_url(), "watcher").await;
+    watcher.join("chat:z").await;
+    backend.accepted_count(2, "occupied, watcher joined").await;
+    let mut ghost = connect_as(&doomed_url, "ghost").await;
+    ghost.join("chat:z").await;
+    backend.accepted_count(3, "ghost joined").await;
+    doomed.0.kill().expect("SIGKILL the node");
+    let _ = doomed.0.wait();
+    drop(ghost);
+    // The survivor's next refresh of the room drops the dead node and records the departure.
+    backend.accepted_count(4, "ghost left with its node").await;
+    let events = by_id(backend.accepted());
+    assert_eq!(
+        kinds(&events),
+        [
+            k("room_occupied", None),
+            k("member_joined", Some("watcher")),
+            k("member_joined", Some("ghost")),
+            k("member_left", Some("ghost")),
+        ]
+    );
 }
 
 /// Events failing `max_attempts` times are parked, listed and replayed with their ids.
