@@ -3,8 +3,7 @@
 //! across two nodes on Redis, the leave delay cancelled by a quick rejoin, a backend that
 //! refuses for a while and then gets every event (signatures checked, no id missing), a node
 //! SIGKILLed while holding events whose batch another node delivers, a dead node's users
-//! announced as leaving, and parked events listed
-//! and replayed through the admin API.
+//! announced as leaving, and parked events listed and replayed through the admin API.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
