@@ -14,6 +14,7 @@
 //! - `hub`: local rooms and users → outboxes; synchronous.
 //! - `broker`: the broker trait, the in-process broker and the Redis broker.
 //! - `presence`: this node's users of `presence.rooms` rooms, written to the broker in batches.
+//! - `webhooks`: delivery of the brokers' webhook events to the backend (signed, retried).
 //! - `node`: hub + broker; interest, ids, publishing, dispatching broker events.
 //! - `connection`, `listener`, `admin`: the sockets.
 //!
@@ -36,6 +37,7 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -102,13 +104,20 @@ fn start_broker(
     match config.broker.kind {
         BrokerKind::Memory => {
             metrics.broker_up.set(1);
-            Ok(Box::new(MemoryBroker::new(
+            let broker = MemoryBroker::new(
                 events,
                 Duration::from_millis(config.redis.command_timeout_ms),
-            )))
+            );
+            Ok(match webhooks::settings(&config.webhooks) {
+                Some(settings) => Box::new(broker.with_webhook_events(settings)),
+                None => Box::new(broker),
+            })
         }
         BrokerKind::Redis => broker::redis::RedisBroker::start(&config.redis, events, metrics)
-            .map(|b| Box::new(b) as Box<dyn Broker>)
+            .map(|b| match webhooks::settings(&config.webhooks) {
+                Some(settings) => Box::new(b.with_webhook_events(settings)) as Box<dyn Broker>,
+                None => Box::new(b),
+            })
             .map_err(RunError::Broker),
     }
 }
@@ -172,6 +181,8 @@ pub async fn run(
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));
     let stop_stats = CancellationToken::new();
     let stats = tokio::spawn(node.clone().run_stats(stop_stats.clone()));
+    let stop_webhooks = CancellationToken::new();
+    let webhooks = tokio::spawn(node.clone().run_webhooks(stop_webhooks.clone()));
 
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -210,6 +221,9 @@ pub async fn run(
     stop_presence.cancel();
     let _ = presence.await;
     node.flush_presence().await;
+    // A batch under way finishes (or, failing, is left pending for another node).
+    stop_webhooks.cancel();
+    let _ = webhooks.await;
     // Out of the cluster's node list at once, rather than after three silent intervals.
     stop_stats.cancel();
     let _ = stats.await;

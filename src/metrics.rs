@@ -142,6 +142,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Register a component's own metrics (they render with the others).
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {

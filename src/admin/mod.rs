@@ -22,6 +22,7 @@ use crate::node::Node;
 use crate::protocol::{self, AdminRoute, ErrorCode, RoomName};
 
 mod control;
+mod webhooks;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -38,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/revoke", post(control::revoke))
         .route("/api/subscribe", post(control::subscribe))
         .route("/api/unsubscribe", post(control::unsubscribe))
+        .route("/api/webhooks/failed", get(webhooks::failed))
+        .route("/api/webhooks/replay", post(webhooks::replay))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(node)
 }

@@ -17,12 +17,15 @@ use tokio::time::Instant;
 use crate::protocol::PresenceMember;
 
 mod nodes;
+mod webhooks;
+
+pub use webhooks::WebhookTable;
 
 use super::control_table::ControlTable;
 use super::{
     BoxFuture, BrokerError, BrokerEvent, Control, ControlStore, Envelope, HistoryPage,
     HistoryStore, Position, PresenceEvent, PresenceList, PresenceStore, PresenceUpdate, PubSub,
-    Retention, Revocation, Target, Unavailable, presence_live_for,
+    Retention, Revocation, Target, Unavailable, WebhookSettings, presence_live_for,
 };
 
 /// One room's kept messages.
@@ -58,6 +61,12 @@ impl MemoryBroker {
             control: ControlTable::default(),
             publish_timeout,
         }
+    }
+
+    /// Record webhook events (`[webhooks]` with a url) from now on.
+    pub fn with_webhook_events(self, settings: WebhookSettings) -> Self {
+        self.presence_table().webhooks = Some(WebhookTable::new(settings));
+        self
     }
 
     async fn send(&self, envelope: Envelope) -> Result<(), BrokerError> {
@@ -139,6 +148,8 @@ impl RoomPresence {
 #[derive(Default)]
 pub struct PresenceTable {
     rooms: HashMap<Arc<str>, RoomPresence>,
+    /// Webhook events, decided with the presence they follow (`[webhooks]` on).
+    webhooks: Option<WebhookTable>,
 }
 
 impl PresenceTable {
@@ -208,6 +219,14 @@ impl PresenceTable {
         if room.nodes.is_empty() {
             self.rooms.remove(&update.room);
         }
+        if let Some(webhooks) = &mut self.webhooks {
+            for (user, joined) in &events {
+                match joined {
+                    true => webhooks.appear(&update.room, user),
+                    false => webhooks.vanish(&update.room, user, now),
+                }
+            }
+        }
         if !update.events {
             events.clear();
         }
@@ -221,6 +240,12 @@ impl PresenceTable {
             return (PresenceList::default(), Vec::new());
         };
         let gone = presence.reap(None, now);
+        if let Some(webhooks) = &mut self.webhooks {
+            let room: Arc<str> = Arc::from(room);
+            for user in &gone {
+                webhooks.vanish(&room, user, now);
+            }
+        }
         let list = PresenceList {
             count: presence.totals.len() as u64,
             members: presence

@@ -8,6 +8,7 @@
 mod control_table;
 pub mod memory;
 pub mod redis;
+mod webhooks;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::protocol::{Control, Envelope, Origin, Position, Revocation, Target};
+
+pub use webhooks::{
+    EVENT_TYPES, ParkedEvent, QueuedEvent, WebhookEvent, WebhookSettings, WebhookStore,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -221,6 +226,12 @@ pub trait ControlStore: Send + Sync + 'static {
 }
 
 /// Everything a node needs from its broker.
-pub trait Broker: PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore {}
+pub trait Broker:
+    PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore + WebhookStore
+{
+}
 
-impl<T: PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore> Broker for T {}
+impl<T: PubSub + HistoryStore + PresenceStore + NodeRegistry + ControlStore + WebhookStore> Broker
+    for T
+{
+}

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod load;
 mod validate;
+mod webhooks;
 
 pub use admin::AdminConfig;
+pub use webhooks::WebhooksConfig;
 
 use validate::parse_addr;
 
@@ -32,6 +34,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

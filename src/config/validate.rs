@@ -80,6 +80,8 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        self.webhooks
+            .validate(self.broker.kind == super::BrokerKind::Redis && self.redis.cluster)?;
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
             return Err(ConfigError::key(
                 "redis.url",

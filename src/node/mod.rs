@@ -43,11 +43,13 @@ mod refresh;
 mod revocations;
 mod server_subs;
 mod stats;
+mod webhooks;
 
 pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 pub use read::{HistoryQuery, ReadError};
 pub use refresh::Refreshed;
+pub use webhooks::MAX_PARKED_PAGE;
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;

@@ -449,3 +449,95 @@ fn expiry_warning_key_has_a_default_and_loads() {
     let _ = std::fs::remove_file(&dir);
     assert_eq!(loaded.expect("loads").auth.expiry_warning_ms, 750);
 }
+
+/// `[webhooks]` (issue 19): off by default, loads from the environment, and every bound is
+/// refused naming its key.
+#[test]
+fn webhook_keys_have_defaults_load_and_are_validated_by_name() {
+    let defaults = Config::default();
+    assert!(defaults.webhooks.url.is_empty(), "off by default");
+    assert_eq!(defaults.webhooks.leave_delay_ms, 0);
+    assert_eq!(defaults.webhooks.batch_size, 100);
+    assert_eq!(defaults.webhooks.max_attempts, 10);
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOMCAST_WEBHOOKS__URL", "http://127.0.0.1:1/events"),
+            ("ROOMCAST_WEBHOOKS__SECRET", "s"),
+            ("ROOMCAST_WEBHOOKS__LEAVE_DELAY_MS", "2500"),
+            ("ROOMCAST_WEBHOOKS__BATCH_SIZE", "7"),
+        ]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(config.webhooks.leave_delay_ms, 2_500);
+    assert_eq!(config.webhooks.batch_size, 7);
+
+    let on = || {
+        let mut config = Config::default();
+        config.webhooks.url = "http://backend/events".into();
+        config.webhooks.secret = "s".into();
+        config
+    };
+    on().validate().expect("a url and a secret are enough");
+    type Change = Box<dyn Fn(&mut Config)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (Box::new(|c| c.webhooks.secret.clear()), "webhooks.secret"),
+        (
+            Box::new(|c| c.webhooks.url = "ftp://x".into()),
+            "webhooks.url",
+        ),
+        (
+            Box::new(|c| c.webhooks.url = "https://backend/events".into()),
+            "webhooks.url",
+        ),
+        (
+            Box::new(|c| c.webhooks.batch_size = 0),
+            "webhooks.batch_size",
+        ),
+        (
+            Box::new(|c| c.webhooks.batch_size = 10_001),
+            "webhooks.batch_size",
+        ),
+        (
+            Box::new(|c| c.webhooks.timeout_ms = 0),
+            "webhooks.timeout_ms",
+        ),
+        (
+            Box::new(|c| c.webhooks.retry_initial_ms = 0),
+            "webhooks.retry_initial_ms",
+        ),
+        (
+            Box::new(|c| c.webhooks.retry_max_ms = 100),
+            "webhooks.retry_max_ms",
+        ),
+        (
+            Box::new(|c| c.webhooks.max_attempts = 0),
+            "webhooks.max_attempts",
+        ),
+        (
+            Box::new(|c| c.webhooks.claim_idle_ms = 35_000),
+            "webhooks.claim_idle_ms",
+        ),
+        (Box::new(|c| c.webhooks.poll_ms = 0), "webhooks.poll_ms"),
+        (
+            Box::new(|c| {
+                c.broker.kind = BrokerKind::Redis;
+                c.redis.cluster = true;
+            }),
+            "webhooks.url",
+        ),
+    ];
+    for (change, key) in cases {
+        let mut config = on();
+        change(&mut config);
+        let err = config.validate().expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    let mut off = on();
+    off.webhooks.url.clear();
+    off.webhooks.secret.clear();
+    off.webhooks.batch_size = 0;
+    off.validate()
+        .expect("bounds are not checked while webhooks are off");
+}

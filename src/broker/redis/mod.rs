@@ -33,6 +33,7 @@ mod pubsub;
 mod reconnect;
 mod subscriptions;
 mod tls;
+mod webhooks;
 
 use self::error::RedisFailure;
 use std::sync::Arc;
@@ -52,7 +53,9 @@ use self::pubsub::{PubSubTask, redacted_addr};
 use self::reconnect::{
     COMMAND_QUEUE, Channel, Demand, Shared, SubscriptionChange, run_reconnecting,
 };
-use super::{BoxFuture, BrokerError, BrokerEvent, Envelope, PubSub, Target, Unavailable};
+use super::{
+    BoxFuture, BrokerError, BrokerEvent, Envelope, PubSub, Target, Unavailable, WebhookSettings,
+};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 use crate::protocol::encode_envelope;
@@ -60,12 +63,15 @@ use crate::protocol::encode_envelope;
 pub use self::cluster::key_slot;
 pub use self::commands::FUNCTIONS;
 pub use self::reconnect::Timings;
+pub use self::webhooks::{GROUP as WEBHOOK_GROUP, leaves_key, parked_key, stream_key};
 
 pub struct RedisBroker {
     shared: Arc<Shared>,
     subscriptions: mpsc::Sender<SubscriptionChange>,
     /// Stops the pub/sub task when the broker is dropped.
     stop: CancellationToken,
+    /// Record webhook events (`[webhooks]` with a url).
+    webhooks: Option<WebhookSettings>,
 }
 
 impl RedisBroker {
@@ -148,6 +154,7 @@ impl RedisBroker {
             shared,
             subscriptions: commands_tx,
             stop,
+            webhooks: None,
         })
     }
 
@@ -203,7 +210,14 @@ impl RedisBroker {
             shared,
             subscriptions: commands_tx,
             stop,
+            webhooks: None,
         })
+    }
+
+    /// Record webhook events (`[webhooks]` with a url) from now on.
+    pub fn with_webhook_events(mut self, settings: WebhookSettings) -> Self {
+        self.webhooks = Some(settings);
+        self
     }
 
     fn channel(&self, target: &Target) -> String {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::commands::{send_calls, with_functions};
 use super::reconnect::Channel;
-use super::{RedisBroker, presence_channel};
+use super::{RedisBroker, leaves_key, presence_channel, stream_key};
 use crate::broker::{
     BoxFuture, BrokerError, PresenceList, PresenceStore, PresenceUpdate, Target, presence_live_for,
 };
@@ -45,10 +45,26 @@ impl RedisBroker {
             .arg(expire_ms)
             .arg(events)
             .arg(if update.full { "1" } else { "0" });
+        self.webhook_args(&mut cmd, &update.room);
         for (user, conns) in &update.users {
             cmd.arg(user.as_ref()).arg(*conns);
         }
         cmd
+    }
+}
+
+impl RedisBroker {
+    /// `WH_STREAM WH_LEAVES WH_DELAY_MS ROOM` of the presence functions (an empty stream:
+    /// no webhooks).
+    fn webhook_args(&self, cmd: &mut redis::Cmd, room: &str) {
+        match &self.webhooks {
+            Some(settings) => cmd
+                .arg(stream_key(&self.shared.prefix))
+                .arg(leaves_key(&self.shared.prefix))
+                .arg(settings.leave_delay.as_millis() as u64)
+                .arg(room),
+            None => cmd.arg("").arg("").arg(0).arg(room),
+        };
     }
 }
 
@@ -91,7 +107,7 @@ impl PresenceStore for RedisBroker {
             } else {
                 String::new()
             };
-            let channel = self.channel(&Target::Room(room));
+            let channel = self.channel(&Target::Room(room.clone()));
             let call = || {
                 let mut cmd = redis::cmd("FCALL");
                 cmd.arg("roomcast_presence_read")
@@ -99,6 +115,7 @@ impl PresenceStore for RedisBroker {
                     .arg(&channel)
                     .arg(&events)
                     .arg(max);
+                self.webhook_args(&mut cmd, &room);
                 cmd
             };
             let (count, members): (u64, Vec<(String, u64)>) =
