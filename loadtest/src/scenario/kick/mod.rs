@@ -25,6 +25,10 @@
 //! The run passes when every member joined, something was acknowledged, at least one action
 //! was done, every admin call answered 202, every action's victim was closed with its code,
 //! and the watchers' counts above are all zero.
+//!
+//! Also reported, not failed: a victim's new connection closed with no action pending
+//! (`victims_unexpected_closes`, and `closed while joining` among reconnect failures), i.e.
+//! an action reaching a node after the victim came back there with a fresh token.
 
 mod members;
 pub mod report;

@@ -184,7 +184,9 @@ pub struct KickReport {
     pub victims_closed_wrong: BTreeMap<String, u64>,
     /// Actions whose victim was still open at the end.
     pub victims_not_closed: u64,
-    /// Victim connections that ended with no action pending.
+    /// Victim connections that ended with no action pending, by close code: a victim's new
+    /// connection (fresh token) closed by an action meant for its previous one. Reported,
+    /// not failed: the rule under test is about the other members.
     pub victims_unexpected_closes: BTreeMap<String, u64>,
     pub victim_reconnects: u64,
     pub victim_reconnect_failures: BTreeMap<String, u64>,
@@ -301,7 +303,7 @@ impl KickReport {
             ),
             format!(
                 "victims         closed as expected {:?}  wrong code {:?}  not closed {}  \
-                 other closes {:?}",
+                 closed with no action pending {:?}",
                 self.victims_closed_expected,
                 self.victims_closed_wrong,
                 self.victims_not_closed,
