@@ -7,7 +7,9 @@
 //! - `stats`: delivery bitsets, HDR latency histograms, per-second series (pure).
 //! - `procfs`: CPU time and memory of local processes from /proc.
 //! - `client`: one connection: loopback-only resolve, source-address bind, handshake, join.
-//! - `scenario`: `fanout`, `rooms`, `connections`, `ramp`, over the `traffic` engine.
+//! - `admin`: the admin API calls of `kick` (loopback only); `token`: HS256 tokens it mints.
+//! - `scenario`: `fanout`, `rooms`, `connections`, `ramp`, over the `traffic` engine; `chaos`
+//!   (history rejoins under cuts) and `kick` (admin kicks and revocations under load).
 //! - `report`: the human summary, the JSON line and the self-contained HTML report.
 //!
 //! The binary (`src/main.rs`) owns the command line, the runtime and the watchdog; everything
@@ -17,6 +19,7 @@
 //! collection grace), and traffic only goes to loopback addresses (`client::resolve` refuses
 //! anything else).
 
+pub mod admin;
 pub mod client;
 pub mod payload;
 pub mod procfs;
@@ -24,6 +27,7 @@ pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod stats;
+pub mod token;
 
 use std::time::Duration;
 

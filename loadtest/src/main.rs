@@ -20,6 +20,10 @@
 //! # with `[history]\nrooms = [{ pattern = "chat:*", size = 10000, ttl_s = 600 }]` in --config:
 //! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws \
 //!     chaos --subscribers 200 --rate 50 --duration 30 --kill-every 5
+//! # nodes in auth.mode = "jwt" with this secret, their admin ports given with --admin:
+//! cargo run --release -p roomcast-loadtest -- --url ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws \
+//!     kick --admin http://127.0.0.1:9090,http://127.0.0.1:9091 --jwt-secret "$SECRET" \
+//!     --rooms 4 --members 20 --victims 2 --rate 100 --duration 20 --kick-every 0.5
 //! ```
 
 use std::path::PathBuf;
@@ -32,6 +36,7 @@ use roomcast_loadtest::report::{self, Report};
 use roomcast_loadtest::scenario::chaos::{self, ChaosParams, KillDist};
 use roomcast_loadtest::scenario::connections::{self, ConnectionsParams};
 use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
+use roomcast_loadtest::scenario::kick::{self, Action, KickParams};
 use roomcast_loadtest::scenario::ramp::{self, RampParams};
 use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
 
@@ -93,6 +98,69 @@ enum Scenario {
     Ramp(RampArgs),
     /// Fanout into a history room while subscribers are cut at random and rejoin with `since`.
     Chaos(ChaosArgs),
+    /// Kick and revoke victims through the admin API under load; no other member may lose,
+    /// repeat or reorder a message (nodes in auth.mode = "jwt").
+    Kick(KickArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct KickArgs {
+    /// Rooms; message k goes to room k % rooms.
+    #[arg(long, default_value_t = 4)]
+    rooms: u64,
+    /// Members per room that must receive every message (spread over the URLs).
+    #[arg(long, default_value_t = 20)]
+    members: u64,
+    /// Victims per room: kicked or revoked, then back with a fresh token.
+    #[arg(long, default_value_t = 2)]
+    victims: u64,
+    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
+    #[arg(long, default_value_t = 0)]
+    publishers: u64,
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_pub: f64,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of publishing (and of actions).
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Seconds to wait for deliveries and victims' closes in flight after the last reply.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Rooms are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "kick:")]
+    room_prefix: String,
+    /// Seconds between two actions (all victims together).
+    #[arg(long, default_value_t = 0.5)]
+    kick_every: f64,
+    /// The cycle of actions: kick (disconnect, 4000), forbid (disconnect 4403), revoke.
+    #[arg(long, value_delimiter = ',', default_value = "kick,forbid,revoke")]
+    actions: Vec<Action>,
+    /// Admin URL of a node (http://127.0.0.1:PORT); repeat or separate with commas, used in
+    /// turn.
+    #[arg(
+        long = "admin",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9090"
+    )]
+    admin_urls: Vec<String>,
+    /// The admin API key, when the nodes have one (default: $ROOMCAST_ADMIN__API_KEY).
+    #[arg(long)]
+    admin_key: Option<String>,
+    /// The nodes' auth.jwt_secret, to mint HS256 tokens (default: $ROOMCAST_AUTH__JWT_SECRET,
+    /// which keeps it out of the process list).
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// A revocation's `until`, seconds from now.
+    #[arg(long, default_value_t = 60)]
+    revoke_for: u64,
+    /// Users are PREFIX-w<i> (members), PREFIX-v<i> (victims), PREFIX-p<j> (publishers);
+    /// default: lt and the run id.
+    #[arg(long)]
+    user_prefix: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -262,6 +330,7 @@ impl Cli {
             Scenario::Connections(c) => c.hold.max(0.0) + connect + 30.0,
             Scenario::Ramp(r) => (run(&r.fanout) + 2.0) * 2.0 * ramp_rates(r).len() as f64,
             Scenario::Chaos(c) => c.duration.max(0.0) + c.drain.max(0.0) + 60.0 + connect,
+            Scenario::Kick(k) => k.duration.max(0.0) + k.drain.max(0.0) + 60.0 + connect,
         };
         secs(s, 600.0)
     }
@@ -293,6 +362,7 @@ fn main() -> ExitCode {
         Scenario::Ramp(r) => r.fanout.subscribers + 1024,
         Scenario::Rooms(r) => r.rooms * r.members + 1024,
         Scenario::Chaos(c) => c.subscribers * 2 + 1024,
+        Scenario::Kick(k) => k.rooms * (k.members + k.victims * 2) + 1024,
     };
     let fds = roomcast_loadtest::procfs::raise_nofile_limit(wanted_fds);
     if fds < wanted_fds {
@@ -322,6 +392,9 @@ fn main() -> ExitCode {
     };
     if let Scenario::Chaos(a) = &cli.scenario {
         return run_chaos(runtime, &common, a, cli.report.is_some());
+    }
+    if let Scenario::Kick(a) = &cli.scenario {
+        return run_kick(runtime, &common, a, cli.report.is_some());
     }
     let result: Result<Report, String> = runtime.block_on(async {
         match &cli.scenario {
@@ -354,7 +427,7 @@ fn main() -> ExitCode {
                     .await
                     .map(Report::Connections)
             }
-            Scenario::Chaos(_) => Err("chaos runs apart".into()),
+            Scenario::Chaos(_) | Scenario::Kick(_) => Err("chaos and kick run apart".into()),
             Scenario::Ramp(a) => {
                 let params = RampParams {
                     fanout: a.fanout.params(),
@@ -423,6 +496,62 @@ fn run_chaos(
         min_ratio: a.min_ratio,
     };
     let result = runtime.block_on(chaos::run(common, &params));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(r) => {
+            eprintln!("{}", r.text());
+            println!("{}", r.json_line());
+            if r.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("roomcast-loadtest: {e}");
+            println!("{}", serde_json::json!({ "error": e }));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `kick` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+fn run_kick(
+    runtime: tokio::runtime::Runtime,
+    common: &roomcast_loadtest::Common,
+    a: &KickArgs,
+    html: bool,
+) -> ExitCode {
+    if html {
+        eprintln!("roomcast-loadtest: kick writes no HTML report; --report is ignored");
+    }
+    let params = KickParams {
+        rooms: a.rooms,
+        members: a.members,
+        victims: a.victims,
+        publishers: a.publishers,
+        max_rate_per_pub: a.max_rate_per_pub,
+        rate: a.rate,
+        duration_s: a.duration,
+        drain_s: a.drain,
+        payload_bytes: a.payload_bytes,
+        room_prefix: a.room_prefix.clone(),
+        kick_every_s: a.kick_every,
+        actions: a.actions.clone(),
+        admin_urls: a.admin_urls.clone(),
+        admin_key: a
+            .admin_key
+            .clone()
+            .or_else(|| std::env::var("ROOMCAST_ADMIN__API_KEY").ok()),
+        jwt_secret: a
+            .jwt_secret
+            .clone()
+            .or_else(|| std::env::var("ROOMCAST_AUTH__JWT_SECRET").ok())
+            .unwrap_or_default(),
+        revoke_for_s: a.revoke_for,
+        user_prefix: a.user_prefix.clone(),
+    };
+    let result = runtime.block_on(kick::run(common, &params));
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(r) => {

@@ -1,10 +1,12 @@
 //! The scenarios. `fanout` and `rooms` describe a [`traffic::TrafficPlan`] and let the
 //! `traffic` engine run it; `ramp` repeats `fanout` at rising rates; `connections` opens and
-//! holds idle connections. Each returns a report struct; printing is `report`'s business.
+//! holds idle connections; `chaos` cuts history-room subscribers; `kick` kicks and revokes
+//! victims through the admin API and checks every other member lost nothing. Each returns a report struct; printing is `report`'s business.
 
 pub mod chaos;
 pub mod connections;
 pub mod fanout;
+pub mod kick;
 pub mod ramp;
 pub mod rooms;
 pub mod traffic;

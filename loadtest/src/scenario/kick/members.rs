@@ -1,0 +1,638 @@
+//! The tasks of a `kick` run: watchers (the members that must lose nothing), victims (kicked
+//! or revoked, then back with a fresh token), publishers (the fixed schedule, one room per
+//! message), and the kicker that calls the admin API.
+//!
+//! Owns each task's loop and its own counts; the victims' states are shared with the kicker
+//! (a victim is targeted only while live, so every action has exactly one close to wait for).
+//! Scoring and the report are `report`'s; the phases are `mod`'s.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::report::{Action, WatcherLog};
+use crate::Common;
+use crate::admin::{self, AdminEndpoint};
+use crate::client::{self, Endpoint, Ws};
+use crate::payload::{self, Incoming, Payload};
+use crate::scenario::traffic::now_us;
+use crate::schedule::Schedule;
+use crate::stats;
+use crate::token::{self, Minter};
+
+/// Everything the tasks share.
+pub(super) struct Shared {
+    pub run: u64,
+    pub rooms: u64,
+    pub room_prefix: String,
+    pub user_prefix: String,
+    pub schedule: Schedule,
+    pub payload_bytes: usize,
+    pub endpoints: Vec<Endpoint>,
+    pub minter: Minter,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub refused: AtomicU64,
+    /// Watchers' first receipts.
+    pub received: AtomicU64,
+    pub victims: Vec<Mutex<VictimState>>,
+}
+
+impl Shared {
+    pub fn room_name(&self, room: u64) -> String {
+        format!("{}{room}", self.room_prefix)
+    }
+
+    /// The room message `seq` goes to.
+    pub fn room_of(&self, seq: u64) -> u64 {
+        seq % self.rooms.max(1)
+    }
+}
+
+/// Where one victim is, as the kicker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum VictimState {
+    /// Not joined (starting or reconnecting): not a target.
+    Connecting,
+    /// Joined with a token issued at `iat` (unix seconds).
+    Live { iat: u64 },
+    /// An admin call for it went out at `at_us`; its close is awaited.
+    Targeted {
+        action: Action,
+        iat: u64,
+        at_us: u64,
+    },
+}
+
+/// `Go`: the start of publishing and the end of the actions, once set.
+pub(super) type Go = watch::Receiver<Option<(tokio::time::Instant, tokio::time::Instant)>>;
+/// A member's connect phase: its kind (0 watcher, 1 victim, 2 publisher) and time or error.
+pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
+
+/// Wait for the start; false when the run stopped first. Frames that arrive meanwhile go to
+/// `on_text`; false too when the connection ends.
+async fn wait_for_go(
+    ws: &mut Ws,
+    go: &mut Go,
+    stop: &mut watch::Receiver<bool>,
+    mut on_text: impl FnMut(&str),
+) -> Option<(tokio::time::Instant, tokio::time::Instant)> {
+    loop {
+        tokio::select! {
+            changed = go.changed() => {
+                changed.ok()?;
+                if let Some(start) = *go.borrow_and_update() {
+                    return Some(start);
+                }
+            }
+            _ = stop.changed() => return None,
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => on_text(t.as_str()),
+                Some(Ok(_)) => {}
+                _ => return None,
+            },
+        }
+    }
+}
+
+/// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
+/// and the handshake time in microseconds.
+#[allow(clippy::too_many_arguments)]
+async fn open(
+    shared: &Shared,
+    common: &Common,
+    sem: &Semaphore,
+    endpoint: &Endpoint,
+    source: Option<std::net::IpAddr>,
+    user: &str,
+    jti: &str,
+    rooms: &[String],
+) -> Result<(Ws, u64, u64), String> {
+    let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
+    let iat = token::unix_now();
+    let token = shared.minter.mint(user, iat, jti)?;
+    let connected = client::connect(
+        &token::with_token(endpoint, &token),
+        source,
+        common.handshake_timeout,
+    )
+    .await
+    .map_err(|e| e.0)?;
+    let mut ws = connected.ws;
+    for room in rooms {
+        client::join(&mut ws, room, common.handshake_timeout)
+            .await
+            .map_err(|e| e.0)?;
+    }
+    Ok((ws, iat, connected.connect_us))
+}
+
+fn close_label(frame: Option<Result<Message, impl std::fmt::Display>>) -> Option<String> {
+    match frame {
+        Some(Ok(Message::Close(f))) => {
+            Some(f.map_or("no code".into(), |f| u16::from(f.code).to_string()))
+        }
+        Some(Ok(_)) => None,
+        Some(Err(e)) => Some(format!("error: {e}")),
+        None => Some("none".into()),
+    }
+}
+
+#[derive(Default)]
+pub(super) struct WatcherResult {
+    pub log: Option<WatcherLog>,
+    /// How the server ended it, if it did.
+    pub closed: Option<String>,
+    pub server_errors: BTreeMap<String, u64>,
+    pub latency_h: Option<Histogram<u64>>,
+}
+
+/// A member that must receive every message of its room, in order, once.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn watcher(
+    i: u64,
+    room: u64,
+    common: Common,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    outcome: Outcome,
+    mut go: Go,
+    mut stop: watch::Receiver<bool>,
+) -> WatcherResult {
+    let mut r = WatcherResult::default();
+    let endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
+    let user = format!("{}-w{i}", shared.user_prefix);
+    let rooms = [shared.room_name(room)];
+    let source = client::source_address(i as usize, common.sources);
+    let opened = tokio::select! {
+        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = stop.changed() => return r,
+    };
+    let mut ws = match opened {
+        Ok((ws, _, us)) => {
+            if outcome.send((0, Ok(us))).await.is_err() {
+                return r;
+            }
+            ws
+        }
+        Err(e) => {
+            let _ = outcome.send((0, Err(e))).await;
+            return r;
+        }
+    };
+    drop(outcome);
+    let mut log = WatcherLog::new(room, shared.schedule.planned, shared.schedule.publishers);
+    let mut latency = stats::histogram();
+    let mut on_text = |text: &str, r: &mut WatcherResult| match payload::classify(text) {
+        Incoming::Message(p) if p.run == shared.run => {
+            let first = log.receive(p.seq, shared.room_of(p.seq));
+            if first {
+                stats::record(&mut latency, now_us().saturating_sub(p.t));
+                shared.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Incoming::Error { code, .. } => {
+            *r.server_errors.entry(code.into_owned()).or_default() += 1;
+        }
+        _ => {}
+    };
+    let mut early = Vec::new();
+    let started = wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await;
+    for t in &early {
+        on_text(t, &mut r);
+    }
+    if started.is_some() {
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + common.heartbeat,
+            common.heartbeat,
+        );
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    break;
+                }
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(t))) => on_text(t.as_str(), &mut r),
+                    other => if let Some(label) = close_label(other) {
+                        r.closed = Some(label);
+                        break;
+                    },
+                },
+                _ = heartbeat.tick() => {
+                    if ws.send(Message::Text("ping".into())).await.is_err() {
+                        r.closed = Some("send failed".into());
+                        break;
+                    }
+                }
+            }
+        }
+    } else {
+        r.closed = Some("before the start".into());
+    }
+    r.log = Some(log);
+    r.latency_h = Some(latency);
+    r
+}
+
+#[derive(Default)]
+pub(super) struct VictimResult {
+    pub closed_expected: BTreeMap<Action, u64>,
+    pub closed_wrong: BTreeMap<String, u64>,
+    pub unexpected: BTreeMap<String, u64>,
+    pub reconnects: u64,
+    pub reconnect_failures: BTreeMap<String, u64>,
+    pub close_h: Option<Histogram<u64>>,
+}
+
+/// A member the kicker targets: it waits for its close, checks the code, and comes back with
+/// a fresh token (the app's backend lets it in again) until the run stops.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn victim(
+    v: u64,
+    room: u64,
+    common: Common,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    outcome: Outcome,
+    mut go: Go,
+    mut stop: watch::Receiver<bool>,
+) -> VictimResult {
+    let mut r = VictimResult::default();
+    let user = format!("{}-v{v}", shared.user_prefix);
+    let rooms = [shared.room_name(room)];
+    let source = client::source_address(v as usize + 1, common.sources);
+    let n = shared.endpoints.len();
+    let mut conns = 0u64;
+    let jti = |conns: u64| format!("{user}.{conns}");
+    let endpoint = &shared.endpoints[(v as usize + 1) % n];
+    let first_jti = jti(0);
+    let opened = tokio::select! {
+        o = open(&shared, &common, &sem, endpoint, source, &user, &first_jti, &rooms) => o,
+        _ = stop.changed() => return r,
+    };
+    let mut ws = match opened {
+        Ok((ws, iat, us)) => {
+            set_state(&shared, v, VictimState::Live { iat });
+            if outcome.send((1, Ok(us))).await.is_err() {
+                return r;
+            }
+            ws
+        }
+        Err(e) => {
+            let _ = outcome.send((1, Err(e))).await;
+            return r;
+        }
+    };
+    drop(outcome);
+    let mut close_h = stats::histogram();
+    if wait_for_go(&mut ws, &mut go, &mut stop, |_| {})
+        .await
+        .is_none()
+    {
+        r.close_h = Some(close_h);
+        return r;
+    }
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    loop {
+        // ---- one connection's life: read (and drop) messages until it is closed ----
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + common.heartbeat,
+            common.heartbeat,
+        );
+        let label = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    r.close_h = Some(close_h);
+                    return r;
+                }
+                frame = ws.next() => if let Some(label) = close_label(frame) {
+                    break label;
+                },
+                _ = heartbeat.tick() => {
+                    if ws.send(Message::Text("ping".into())).await.is_err() {
+                        break "send failed".to_string();
+                    }
+                }
+            }
+        };
+        let was = {
+            let mut state = lock(&shared, v);
+            std::mem::replace(&mut *state, VictimState::Connecting)
+        };
+        match was {
+            VictimState::Targeted { action, at_us, .. } => {
+                if label == action.expected_code().to_string() {
+                    *r.closed_expected.entry(action).or_default() += 1;
+                    stats::record(&mut close_h, now_us().saturating_sub(at_us));
+                } else {
+                    let key = format!("{}→{label}", action.name());
+                    *r.closed_wrong.entry(key).or_default() += 1;
+                }
+            }
+            _ => *r.unexpected.entry(label).or_default() += 1,
+        }
+        drop(ws);
+
+        // ---- back in with a fresh token ----
+        ws = loop {
+            conns += 1;
+            let endpoint = &shared.endpoints[(v + conns) as usize % n];
+            let this_jti = jti(conns);
+            let attempt = open(
+                &shared, &common, &sem, endpoint, source, &user, &this_jti, &rooms,
+            );
+            let result = tokio::select! {
+                o = attempt => o,
+                _ = &mut stopped => {
+                    r.close_h = Some(close_h);
+                    return r;
+                }
+            };
+            match result {
+                Ok((ws, iat, _)) => {
+                    set_state(&shared, v, VictimState::Live { iat });
+                    r.reconnects += 1;
+                    break ws;
+                }
+                Err(e) => {
+                    *r.reconnect_failures.entry(e).or_default() += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = &mut stopped => {
+                            r.close_h = Some(close_h);
+                            return r;
+                        }
+                    }
+                }
+            }
+        };
+    }
+}
+
+fn lock(shared: &Shared, v: u64) -> std::sync::MutexGuard<'_, VictimState> {
+    // A poisoned lock only means a task panicked holding it; the state is still a value.
+    shared.victims[v as usize]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn set_state(shared: &Shared, v: u64, state: VictimState) {
+    *lock(shared, v) = state;
+}
+
+#[derive(Default)]
+pub(super) struct KickerResult {
+    pub done: BTreeMap<Action, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub skipped: u64,
+}
+
+/// What the kicker needs beyond the shared state.
+pub(super) struct KickPlan {
+    pub admin: Vec<AdminEndpoint>,
+    pub admin_key: Option<String>,
+    pub actions: Vec<Action>,
+    pub every: Duration,
+    pub revoke_for_s: u64,
+    pub call_timeout: Duration,
+}
+
+/// From the start to the end of the actions, every `plan.every`: the next action of the
+/// cycle on the next live victim (round robin), through the next admin URL.
+pub(super) async fn kicker(
+    shared: Arc<Shared>,
+    plan: KickPlan,
+    mut go: Go,
+    mut stop: watch::Receiver<bool>,
+) -> KickerResult {
+    let mut r = KickerResult::default();
+    let (t0, end) = loop {
+        tokio::select! {
+            changed = go.changed() => {
+                if changed.is_err() {
+                    return r;
+                }
+                if let Some(start) = *go.borrow_and_update() {
+                    break start;
+                }
+            }
+            _ = stop.changed() => return r,
+        }
+    };
+    let victims = shared.victims.len();
+    if victims == 0 || plan.actions.is_empty() || plan.admin.is_empty() {
+        return r;
+    }
+    let mut ticks = tokio::time::interval_at(t0 + plan.every, plan.every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut cursor, mut n) = (0usize, 0usize);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return r,
+            at = ticks.tick() => if at >= end { return r; },
+        }
+        let action = plan.actions[n % plan.actions.len()];
+        let now_s = token::unix_now();
+        let mut target = None;
+        for off in 0..victims {
+            let v = (cursor + off) % victims;
+            let mut state = lock(&shared, v as u64);
+            if let VictimState::Live { iat } = *state
+                // A revocation spares tokens issued in its own second.
+                && (action != Action::Revoke || iat < now_s)
+            {
+                *state = VictimState::Targeted {
+                    action,
+                    iat,
+                    at_us: now_us(),
+                };
+                target = Some((v, iat));
+                break;
+            }
+        }
+        let Some((v, iat)) = target else {
+            r.skipped += 1;
+            continue;
+        };
+        cursor = v + 1;
+        let user = format!("{}-v{v}", shared.user_prefix);
+        let (path, body) = match action {
+            Action::Kick => ("/api/disconnect", serde_json::json!({ "user": user })),
+            Action::Forbid => (
+                "/api/disconnect",
+                serde_json::json!({ "user": user, "code": 4403, "reason": "loadtest" }),
+            ),
+            Action::Revoke => (
+                "/api/revoke",
+                serde_json::json!({ "user": user, "until": now_s + plan.revoke_for_s }),
+            ),
+        };
+        let endpoint = &plan.admin[n % plan.admin.len()];
+        n += 1;
+        let status = admin::post(
+            endpoint,
+            path,
+            &body.to_string(),
+            plan.admin_key.as_deref(),
+            plan.call_timeout,
+        )
+        .await;
+        match status {
+            Ok(202) => *r.done.entry(action).or_default() += 1,
+            other => {
+                let why = match other {
+                    Ok(code) => format!("{} HTTP {code}", action.name()),
+                    Err(e) => format!("{} {e}", action.name()),
+                };
+                *r.errors.entry(why).or_default() += 1;
+                // No close to wait for (as far as this tool can tell).
+                let mut state = lock(&shared, v as u64);
+                if matches!(*state, VictimState::Targeted { .. }) {
+                    *state = VictimState::Live { iat };
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct PubResult {
+    pub acked: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Publisher `j`: joins the rooms its messages go to, then sends them on the schedule
+/// (`echo: false`) and matches replies to sends first in, first out.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn publisher(
+    j: u64,
+    common: Common,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    outcome: Outcome,
+    mut go: Go,
+    mut stop: watch::Receiver<bool>,
+) -> PubResult {
+    let mut result = PubResult::default();
+    let schedule = shared.schedule;
+    let mine: BTreeSet<u64> = schedule
+        .messages_of(j)
+        .take(shared.rooms as usize)
+        .map(|k| shared.room_of(k))
+        .collect();
+    let rooms: Vec<String> = mine.iter().map(|&r| shared.room_name(r)).collect();
+    let endpoint = &shared.endpoints[j as usize % shared.endpoints.len()];
+    let user = format!("{}-p{j}", shared.user_prefix);
+    let source = client::source_address(j as usize + 2, common.sources);
+    let opened = tokio::select! {
+        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = stop.changed() => return result,
+    };
+    let mut ws = match opened {
+        Ok((ws, _, us)) => {
+            if outcome.send((2, Ok(us))).await.is_err() {
+                return result;
+            }
+            ws
+        }
+        Err(e) => {
+            let _ = outcome.send((2, Err(e))).await;
+            return result;
+        }
+    };
+    drop(outcome);
+    let mut pending: VecDeque<u64> = VecDeque::new();
+    let on_frame =
+        |text: &str, pending: &mut VecDeque<u64>, result: &mut PubResult| match payload::classify(
+            text,
+        ) {
+            Incoming::Ack => {
+                if let Some(k) = pending.pop_front() {
+                    result.acked.push(k);
+                    shared.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Incoming::Error { code, .. } => {
+                if pending.pop_front().is_some() {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                *result.errors.entry(code.into_owned()).or_default() += 1;
+            }
+            _ => {}
+        };
+    let mut early = Vec::new();
+    let Some((t0, _)) =
+        wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await
+    else {
+        return result;
+    };
+    for t in &early {
+        on_frame(t, &mut pending, &mut result);
+    }
+    let mut outgoing = schedule.messages_of(j).peekable();
+    let due_of = |k: u64| t0 + schedule.offset(k);
+    let timer = tokio::time::sleep_until(outgoing.peek().map_or(t0, |&k| due_of(k)));
+    tokio::pin!(timer);
+    let mut sending = outgoing.peek().is_some();
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + common.heartbeat,
+        common.heartbeat,
+    );
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = &mut timer, if sending => {
+                let now = tokio::time::Instant::now();
+                while let Some(&k) = outgoing.peek() {
+                    if due_of(k) > now {
+                        break;
+                    }
+                    outgoing.next();
+                    let data = payload::encode(
+                        Payload { run: shared.run, seq: k, t: now_us() },
+                        shared.payload_bytes,
+                    );
+                    let room = shared.room_name(shared.room_of(k));
+                    let cmd = payload::publish_command(&room, &data);
+                    if ws.feed(Message::Text(cmd.into())).await.is_err() {
+                        return result;
+                    }
+                    pending.push_back(k);
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if ws.flush().await.is_err() {
+                    return result;
+                }
+                match outgoing.peek() {
+                    Some(&k) => timer.as_mut().reset(due_of(k)),
+                    None => sending = false,
+                }
+            }
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &mut pending, &mut result),
+                Some(Ok(_)) => {}
+                _ => return result,
+            },
+            _ = heartbeat.tick() => {
+                if ws.send(Message::Text("ping".into())).await.is_err() {
+                    return result;
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    result
+}
