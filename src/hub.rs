@@ -16,6 +16,9 @@ use crate::protocol::{Disconnect, Frame};
 const SHARDS: usize = 64;
 
 type Members = HashMap<ConnId, Outbox>;
+/// A user's connections, each with its token's `iat`: a user revocation closes only the
+/// connections whose token was issued before it.
+type UserMembers = HashMap<ConnId, (Outbox, Option<u64>)>;
 type RoomMembers = HashMap<ConnId, RoomMember>;
 
 /// A room member; while `gate` is set and closed, its room traffic is held back (a joining
@@ -132,7 +135,7 @@ pub struct Joined {
 
 pub struct Hub {
     rooms: Sharded<Arc<str>, RoomMembers>,
-    users: Sharded<Arc<str>, Members>,
+    users: Sharded<Arc<str>, UserMembers>,
     /// Connections by their token's `jti`, for revoking one token.
     tokens: Sharded<Arc<str>, Members>,
     /// Every connection, for broadcasts; one pseudo-entry per shard keyed by `()`.
@@ -161,18 +164,31 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a connection; returns true when it is its user's first on this node.
-    pub fn add_connection(&self, outbox: &Outbox, user: Option<&str>) -> bool {
+    /// Register a connection (with its user and its token's `iat`, when it has them); returns
+    /// true when it is its user's first on this node.
+    pub fn add_connection(&self, outbox: &Outbox, user: Option<(&str, Option<u64>)>) -> bool {
         self.conn_shard(outbox.conn())
             .insert(outbox.conn(), outbox.clone());
         match user {
-            Some(user) => {
+            Some((user, issued_at)) => {
                 let mut shard = self.users.shard(user);
                 let members = shard.entry(Arc::from(user)).or_default();
-                members.insert(outbox.conn(), outbox.clone());
+                members.insert(outbox.conn(), (outbox.clone(), issued_at));
                 members.len() == 1
             }
             None => false,
+        }
+    }
+
+    /// A connection of `user` now holds a token issued at `issued_at` (an in-band refresh).
+    pub fn retoken(&self, user: &str, conn: ConnId, issued_at: Option<u64>) {
+        if let Some((_, iat)) = self
+            .users
+            .shard(user)
+            .get_mut(user)
+            .and_then(|members| members.get_mut(&conn))
+        {
+            *iat = issued_at;
         }
     }
 
@@ -378,7 +394,7 @@ impl Hub {
         let shard = self.users.shard(user);
         let mut delivery = Delivery::default();
         if let Some(members) = shard.get(user) {
-            for outbox in members.values() {
+            for (outbox, _) in members.values() {
                 delivery.count(outbox.offer(frame.clone()));
             }
         }
@@ -410,9 +426,9 @@ impl Hub {
             return 0;
         };
         let mut closed = 0;
-        for outbox in members
+        for (outbox, _) in members
             .values()
-            .filter(|o| conn.is_none_or(|c| o.conn() == c))
+            .filter(|(o, _)| conn.is_none_or(|c| o.conn() == c))
         {
             outbox.close_with(reason, text);
             closed += 1;
@@ -420,10 +436,23 @@ impl Hub {
         closed
     }
 
+    /// Close the connections of `user` whose token was issued before `before` (unix seconds),
+    /// or carries no `iat` (it cannot show it is newer), for `reason`.
+    pub fn close_user_issued_before(&self, user: &str, before: u64, reason: Disconnect) {
+        if let Some(members) = self.users.shard(user).get(user) {
+            for (outbox, _) in members
+                .values()
+                .filter(|(_, iat)| iat.is_none_or(|iat| iat < before))
+            {
+                outbox.close_with(reason, None);
+            }
+        }
+    }
+
     /// Hand a server subscription change to every connection of `user` on this node.
     pub fn server_room_user(&self, user: &str, change: &ServerRoom) {
         if let Some(members) = self.users.shard(user).get(user) {
-            for outbox in members.values() {
+            for (outbox, _) in members.values() {
                 outbox.server_room(change.clone());
             }
         }
@@ -549,7 +578,7 @@ mod tests {
         let (a, ra) = outbox(1, 8);
         let (b, rb) = outbox(2, 8);
         let (_c, rc) = outbox(3, 8);
-        hub.add_connection(&a, Some("u1"));
+        hub.add_connection(&a, Some(("u1", None)));
         hub.add_connection(&b, None);
         hub.close_all(Disconnect::Shutdown);
         assert_eq!(ra.closer().reason(), Some(Disconnect::Shutdown));
@@ -563,8 +592,8 @@ mod tests {
         let (a, ra) = outbox(1, 8);
         let (b, rb) = outbox(2, 8);
         let (c, rc) = outbox(3, 8);
-        assert!(hub.add_connection(&a, Some("u1")));
-        assert!(!hub.add_connection(&b, Some("u1")));
+        assert!(hub.add_connection(&a, Some(("u1", None))));
+        assert!(!hub.add_connection(&b, Some(("u1", None))));
         assert!(!hub.add_connection(&c, None));
         assert_eq!(hub.deliver_user("u1", &Frame::plain_pong()).delivered, 2);
         assert_eq!(hub.deliver_all(&Frame::plain_pong()).delivered, 3);

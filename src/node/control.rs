@@ -88,8 +88,9 @@ impl Node {
     fn apply_revocation(&self, revocation: Revocation) {
         self.revocations.insert(&revocation, now_secs());
         match &revocation {
-            Revocation::User { user, .. } => {
-                self.hub.close_user(user, None, Disconnect::Revoked, None);
+            Revocation::User { user, before, .. } => {
+                self.hub
+                    .close_user_issued_before(user, *before, Disconnect::Revoked);
             }
             Revocation::Jti { jti, .. } => self.hub.close_token(jti, Disconnect::Revoked),
         }

@@ -247,7 +247,8 @@ impl Node {
         if let Some(user) = &user {
             let target = Target::User(user.clone());
             let _guard = self.interest_lock(&target).await;
-            if self.hub.add_connection(&outbox, Some(user))
+            let issued_at = identity.as_ref().and_then(|i| i.issued_at);
+            if self.hub.add_connection(&outbox, Some((user, issued_at)))
                 && let Err(err) = self.subscribe(target).await
             {
                 self.hub.remove_connection(conn, Some(user));

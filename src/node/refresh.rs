@@ -66,6 +66,18 @@ impl Node {
             session.rooms.remove(room);
             self.leave_room(room, session.conn, &who).await;
         }
+        self.hub
+            .retoken(&identity.user, session.conn, identity.issued_at);
+        let old_jti = session.identity.as_ref().and_then(|old| old.jti.clone());
+        if old_jti != identity.jti {
+            // `/api/revoke {jti}` must find the connection by the token it holds now.
+            if let Some(old) = &old_jti {
+                self.hub.remove_token(old, session.conn);
+            }
+            if let Some(new) = &identity.jti {
+                self.hub.add_token(new, &session.outbox);
+            }
+        }
         let exp = identity.exp;
         session.identity = Some(Arc::new(identity));
         Ok(Refreshed { exp, left })

@@ -242,6 +242,52 @@ async fn two_nodes_with(config: impl Fn() -> Config) -> (TestNode, TestNode) {
     (a, b)
 }
 
+/// A user revocation reaches only tokens issued before it: a connection whose token is newer
+/// (here: opened, or refreshed in band, with a token issued after the revocation's time, as a
+/// victim's reconnection on another node may be when the revocation arrives) stays open.
+#[tokio::test]
+async fn a_user_revocation_spares_connections_with_newer_tokens_also_after_a_refresh() {
+    let node = TestNode::start(jwt(test_config())).await;
+    let newer = || token_with(json!({"sub": "hal", "exp": now() + 3600, "iat": now() + 60}));
+    let mut old = connect_as(&node, &token("hal")).await;
+    let mut fresh = connect_as(&node, &newer()).await;
+    let mut refreshed = connect_as(&node, &token("hal")).await;
+    let reply = refreshed
+        .request(json!({"type": "refresh", "token": newer()}), "r")
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    for client in [&mut fresh, &mut refreshed] {
+        client.join("lobby").await;
+    }
+    revoke(&node, json!({"user": "hal", "until": now() + 600})).await;
+    assert_eq!(close_of(&mut old).await.0, 4403);
+    still_receives(&node, &mut fresh, "lobby", 1).await;
+    refreshed.recv_type("message").await;
+    still_receives(&node, &mut refreshed, "lobby", 2).await;
+    fresh.recv_type("message").await;
+}
+
+/// After an in-band refresh, `/api/revoke {jti}` finds the connection by the token it holds
+/// now, and the one it gave up no longer reaches it.
+#[tokio::test]
+async fn a_jti_revocation_follows_a_refreshed_connection_to_its_new_token() {
+    let node = TestNode::start(jwt(test_config())).await;
+    let claims = |jti: &str| json!({"sub": "ike", "exp": now() + 3600, "iat": now(), "jti": jti});
+    let mut ike = connect_as(&node, &token_with(claims("first"))).await;
+    let reply = ike
+        .request(
+            json!({"type": "refresh", "token": token_with(claims("second"))}),
+            "r",
+        )
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    ike.join("lobby").await;
+    revoke(&node, json!({"jti": "first", "until": now() + 600})).await;
+    still_receives(&node, &mut ike, "lobby", 1).await;
+    revoke(&node, json!({"jti": "second", "until": now() + 600})).await;
+    assert_eq!(close_of(&mut ike).await.0, 4403);
+}
+
 #[tokio::test]
 async fn revoking_one_jti_closes_and_refuses_that_token_only() {
     let node = TestNode::start(jwt(test_config())).await;
