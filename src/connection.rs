@@ -30,7 +30,7 @@ use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::DropReason;
 use crate::node::{Node, Session};
-use crate::outbox::{Closer, OutboxReceiver};
+use crate::outbox::{Closer, OutboxReceiver, ServerRoom};
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
@@ -146,14 +146,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     async move {
-        let limits = &node.config().limits;
-        let warning = Duration::from_millis(node.config().auth.expiry_warning_ms);
         let closer = outbox.closer();
-        let mut beat = Heartbeat::new(limits);
-        if let Some((session, _)) = &idle_state {
-            // A connection lives no longer than its token.
-            beat.retoken(session, warning);
-        }
+        let mut beat = Heartbeat::new(node.config(), idle_state.as_ref().map(|(s, _)| s));
         // One timer for every deadline; a frame only moves `last_read`, and the timer is
         // re-armed when it fires, so a busy connection does not touch the timer wheel per frame.
         let timer = tokio::time::sleep_until(beat.deadline());
@@ -179,7 +173,7 @@ where
                     }
                 }, if running.is_some() => {
                     // A `refresh` may have moved the token's expiry.
-                    if beat.retoken(&done.0, warning) {
+                    if beat.retoken(&done.0) {
                         timer.as_mut().reset(beat.deadline());
                     }
                     idle_state = Some(done);
@@ -188,24 +182,12 @@ where
                 }
                 received = outbox.recv_many(&mut batch, WRITE_BATCH) => Step::Write(received),
                 rooms = outbox.server_rooms(), if running.is_none() => {
-                    // Between two commands, like one: the session is the task's alone.
-                    match idle_state.take() {
-                        Some((mut session, rate)) => {
-                            running = Some(Box::pin(async move {
-                                node.apply_server_rooms(&mut session, rooms).await;
-                                (session, rate)
-                            }));
-                            Step::Go
-                        }
-                        None => Step::Stop,
-                    }
+                    running = apply_server_rooms(node, &mut idle_state, rooms);
+                    if running.is_some() { Step::Go } else { Step::Stop }
                 }
                 next = ws.next(), if running.is_none() => {
                     beat.last_read = Instant::now();
-                    match on_frame(node, next, &mut idle_state, &mut running, closer) {
-                        Flow::Go => Step::Go,
-                        Flow::Stop => Step::Stop,
-                    }
+                    on_frame(node, next, &mut idle_state, &mut running, closer).into()
                 }
             };
             let flow = match step {
@@ -227,9 +209,9 @@ where
 
         // A command under way finishes first (each is bounded by its own timeouts): its session
         // is what the node needs to take the connection out of its rooms.
-        let session = match (running, idle_state) {
-            (Some(command), _) => Some(command.await.0),
-            (None, state) => state.map(|(session, _)| session),
+        let session = match running {
+            Some(command) => Some(command.await.0),
+            None => idle_state.map(|(session, _)| session),
         };
         // Boxed: it runs once, at the end, and would otherwise size every connection's future.
         Box::pin(close_handshake(
@@ -251,6 +233,29 @@ enum Step {
     Write(usize),
 }
 
+impl From<Flow> for Step {
+    fn from(flow: Flow) -> Step {
+        match flow {
+            Flow::Go => Step::Go,
+            Flow::Stop => Step::Stop,
+        }
+    }
+}
+
+/// The backend changed the connection's server rooms: apply them between two commands, like
+/// one (the session is the task's alone meanwhile); `None` when the session is gone.
+fn apply_server_rooms<'a>(
+    node: &'a Node,
+    idle_state: &mut Option<(Session, MessageRate)>,
+    rooms: Vec<ServerRoom>,
+) -> Option<Running<'a>> {
+    let (mut session, rate) = idle_state.take()?;
+    Some(Box::pin(async move {
+        node.apply_server_rooms(&mut session, rooms).await;
+        (session, rate)
+    }))
+}
+
 /// Whether the connection loop goes on.
 enum Flow {
     Go,
@@ -261,6 +266,8 @@ enum Flow {
 struct Heartbeat {
     idle: Duration,
     ping_every: Duration,
+    /// `auth.expiry_warning_ms`: how long before the token's expiry `token_expiring` goes.
+    warning: Duration,
     last_read: Instant,
     next_ping: Instant,
     token: Option<TokenClock>,
@@ -290,20 +297,27 @@ impl TokenClock {
 }
 
 impl Heartbeat {
-    fn new(limits: &crate::config::LimitsConfig) -> Self {
-        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+    /// The deadlines of a connection opening now with `session`'s token, if it has one (a
+    /// connection lives no longer than its token).
+    fn new(config: &crate::config::Config, session: Option<&Session>) -> Self {
+        let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
         let last_read = Instant::now();
-        Heartbeat {
-            idle: Duration::from_millis(limits.idle_timeout_ms),
+        let mut beat = Heartbeat {
+            idle: Duration::from_millis(config.limits.idle_timeout_ms),
             ping_every,
+            warning: Duration::from_millis(config.auth.expiry_warning_ms),
             last_read,
             next_ping: last_read + ping_every,
             token: None,
+        };
+        if let Some(session) = session {
+            beat.retoken(session);
         }
+        beat
     }
 
     /// Follow the session's token: true when its expiry changed (the timer must be re-armed).
-    fn retoken(&mut self, session: &Session, warning: Duration) -> bool {
+    fn retoken(&mut self, session: &Session) -> bool {
         let Some(identity) = &session.identity else {
             return false;
         };
@@ -314,7 +328,7 @@ impl Heartbeat {
         {
             return false;
         }
-        self.token = Some(TokenClock::new(identity.expires_at, warning));
+        self.token = Some(TokenClock::new(identity.expires_at, self.warning));
         true
     }
 
