@@ -92,6 +92,8 @@ pub enum RunError {
     Broker(#[source] BrokerError),
     #[error("cannot set up authentication")]
     Auth(#[source] auth::AuthConfigError),
+    #[error("cannot compile the validation schemas")]
+    Validation(#[source] config::ConfigError),
 }
 
 fn start_broker(
@@ -163,10 +165,17 @@ pub async fn run(
     let authenticator = auth::Authenticator::from_config(&config.auth)
         .map_err(RunError::Auth)?
         .map(Arc::new);
+    let schemas = node::RoomSchemas::new(&config.validation).map_err(RunError::Validation)?;
     let metrics = Arc::new(Metrics::new());
     let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);
     let broker = start_broker(&config, events_tx, metrics.clone())?;
-    let node = Node::new(config.clone(), broker, metrics, authenticator.clone());
+    let node = Node::new(
+        config.clone(),
+        broker,
+        metrics,
+        authenticator.clone(),
+        schemas,
+    );
     let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
     let stop_presence = CancellationToken::new();
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));

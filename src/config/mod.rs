@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod admin;
+mod hooks;
 mod load;
 mod validate;
 
 pub use admin::AdminConfig;
+pub use hooks::{CompiledRule, ValidationConfig, ValidationRule};
 
 use validate::parse_addr;
 
@@ -31,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
+    pub validation: ValidationConfig,
     pub log: LogConfig,
 }
 

@@ -155,6 +155,9 @@ impl Config {
             )?;
         }
         positive("presence.ttl_s", self.presence.ttl_s)?;
+        // Compiled again by the node at start; here so that a bad schema stops the node (and
+        // `check-config`) before anything listens.
+        self.validation.compile()?;
         Ok(())
     }
 }

@@ -43,11 +43,13 @@ mod refresh;
 mod revocations;
 mod server_subs;
 mod stats;
+mod validation;
 
 pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 pub use read::{HistoryQuery, ReadError};
 pub use refresh::Refreshed;
+pub use validation::RoomSchemas;
 
 /// Capacity of the queue from the broker to the dispatcher.
 pub const BROKER_EVENT_QUEUE: usize = 65_536;
@@ -109,6 +111,8 @@ pub struct Node {
     next_msg: AtomicU64,
     /// The `history.rooms` and `presence.rooms` rules.
     policies: RoomPolicies,
+    /// The `validation.rooms` rules: checked on every publish to a room before the broker.
+    schemas: RoomSchemas,
     cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
     /// Cancelled with `stop_accepting`: what long-lived admin responses (the stats stream)
@@ -134,6 +138,7 @@ impl Node {
         broker: Box<dyn Broker>,
         metrics: Arc<Metrics>,
         authenticator: Option<Arc<Authenticator>>,
+        schemas: RoomSchemas,
     ) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let policies = RoomPolicies::new(&config);
@@ -151,6 +156,7 @@ impl Node {
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
             policies,
+            schemas,
             cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stopping: tokio_util::sync::CancellationToken::new(),
@@ -321,6 +327,7 @@ impl Node {
                 "your token does not allow publishing to this room",
             ));
         }
+        self.schemas.check(room, &data)?;
         let envelope = Envelope {
             target: Target::Room(room.clone()),
             id: self.next_message_id(),
@@ -338,7 +345,17 @@ impl Node {
         })
     }
 
-    /// Publish on behalf of a service (admin API); `from` is "server".
+    /// The `validation.rooms` check of a service's publish (admin API): rooms only, users'
+    /// notifications and broadcasts carry no room.
+    pub fn check_service_data(&self, target: &Target, data: &RawValue) -> Result<(), CommandError> {
+        match target {
+            Target::Room(room) => self.schemas.check(room, data),
+            _ => Ok(()),
+        }
+    }
+
+    /// Publish on behalf of a service (admin API); `from` is "server". The caller checks the
+    /// data with [`Node::check_service_data`] first.
     pub async fn publish_from_service(
         &self,
         target: Target,

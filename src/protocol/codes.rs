@@ -20,10 +20,12 @@ pub enum ErrorCode {
     Internal,
     /// A `refresh` token that the handshake would refuse (signature, expiry, `iss`/`aud`).
     InvalidToken,
+    /// Published data that does not match its room's JSON Schema (`validation.rooms`).
+    InvalidData,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -34,6 +36,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::InvalidToken,
+        ErrorCode::InvalidData,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidData => "invalid_data",
         }
     }
 }

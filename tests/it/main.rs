@@ -24,3 +24,4 @@ mod redis_cluster_support;
 mod redis_history;
 mod refresh;
 mod smoke;
+mod validation;
