@@ -15,7 +15,7 @@ mod load;
 mod validate;
 
 pub use admin::AdminConfig;
-pub use hooks::{CompiledRule, ValidationConfig, ValidationRule};
+pub use hooks::{CompiledRule, HooksConfig, ValidationConfig, ValidationRule};
 
 use validate::parse_addr;
 
@@ -34,6 +34,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
     pub validation: ValidationConfig,
+    pub hooks: HooksConfig,
     pub log: LogConfig,
 }
 

@@ -158,6 +158,7 @@ impl Config {
         // Compiled again by the node at start; here so that a bad schema stops the node (and
         // `check-config`) before anything listens.
         self.validation.compile()?;
+        self.hooks.validate()?;
         Ok(())
     }
 }
@@ -203,7 +204,7 @@ pub(super) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigErr
     })
 }
 
-fn http_header_name_invalid(name: &str) -> bool {
+pub(super) fn http_header_name_invalid(name: &str) -> bool {
     name.is_empty()
         || !name
             .bytes()

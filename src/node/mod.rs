@@ -24,6 +24,7 @@ use crate::clock::now_ms;
 use crate::broker::{Broker, BrokerError, Envelope, Origin, Target};
 use crate::clock::within;
 use crate::config::Config;
+use crate::hooks::{Asker, Hooks};
 use crate::hub::{Gate, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
@@ -72,6 +73,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// Who the backend's hooks are told is asking.
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            user: self.user.as_deref(),
+            conn_id: &self.conn_id,
+        }
+    }
+
     /// `from` of the messages this connection publishes, and who it is in presence.
     fn from(&self) -> String {
         match &self.user {
@@ -113,6 +122,8 @@ pub struct Node {
     policies: RoomPolicies,
     /// The `validation.rooms` rules: checked on every publish to a room before the broker.
     schemas: RoomSchemas,
+    /// The backend's join and publish hooks (`[hooks]`).
+    hooks: Arc<Hooks>,
     cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
     /// Cancelled with `stop_accepting`: what long-lived admin responses (the stats stream)
@@ -139,6 +150,7 @@ impl Node {
         metrics: Arc<Metrics>,
         authenticator: Option<Arc<Authenticator>>,
         schemas: RoomSchemas,
+        hooks: Arc<Hooks>,
     ) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let policies = RoomPolicies::new(&config);
@@ -157,6 +169,7 @@ impl Node {
             next_msg: AtomicU64::new(1),
             policies,
             schemas,
+            hooks,
             cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stopping: tokio_util::sync::CancellationToken::new(),
@@ -327,7 +340,12 @@ impl Node {
                 "your token does not allow publishing to this room",
             ));
         }
+        // The client's data first: an invalid message costs no round trip to the backend.
         self.schemas.check(room, &data)?;
+        let data = match self.hooks.publish(session.asker(), room, &data).await? {
+            Some(replacement) => self.checked_replacement(room, replacement)?,
+            None => data,
+        };
         let envelope = Envelope {
             target: Target::Room(room.clone()),
             id: self.next_message_id(),
@@ -343,6 +361,26 @@ impl Node {
         self.publish(envelope).await.map_err(|err| {
             CommandError::new(ErrorCode::Unavailable, format!("not published: {err}"))
         })
+    }
+
+    /// The publish hook's replacement data, held to the rules the client's data met: the
+    /// message size limit and the room's schema.
+    fn checked_replacement(
+        &self,
+        room: &str,
+        data: Box<RawValue>,
+    ) -> Result<Box<RawValue>, CommandError> {
+        let max = self.config.limits.max_message_bytes;
+        if data.get().len() > max {
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                format!("publish hook: the backend's data is larger than {max} bytes"),
+            ));
+        }
+        self.schemas.check(room, &data).map_err(|err| {
+            CommandError::new(err.code, format!("the backend's data: {}", err.message))
+        })?;
+        Ok(data)
     }
 
     /// The `validation.rooms` check of a service's publish (admin API): rooms only, users'

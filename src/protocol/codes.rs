@@ -22,10 +22,12 @@ pub enum ErrorCode {
     InvalidToken,
     /// Published data that does not match its room's JSON Schema (`validation.rooms`).
     InvalidData,
+    /// The backend's publish hook refused the message (`[hooks]`).
+    Rejected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -37,6 +39,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::InvalidToken,
         ErrorCode::InvalidData,
+        ErrorCode::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidData => "invalid_data",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }

@@ -13,6 +13,7 @@ mod console;
 mod control;
 mod fuzz_regressions;
 mod history;
+mod hooks;
 mod limits;
 mod presence;
 mod presence_node_loss;

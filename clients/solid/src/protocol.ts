@@ -103,7 +103,9 @@ export type ErrorCode =
   /** A `refresh` token that the handshake would refuse. */
   | "invalid_token"
   /** Published data that does not match its room's JSON Schema; `message` names the path. */
-  | "invalid_data";
+  | "invalid_data"
+  /** The backend's publish hook refused the message; `message` is its reason. */
+  | "rejected";
 export interface PresenceMember {
   user: string;
   /** The user's connections in the room, across every node. */
