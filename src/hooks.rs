@@ -15,11 +15,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
-use crate::auth::Glob;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use percent_encoding::percent_decode_str;
+use tokio_tungstenite::tungstenite::http::HeaderMap;
+
+use crate::auth::{Glob, Identity};
+use crate::clock::now_ms;
 use crate::clock::within;
 use crate::config::{Config, HooksConfig};
 use crate::metrics::{Hook, HookOutcome, Metrics};
-use crate::protocol::{CommandError, ErrorCode};
+use crate::protocol::{CommandError, ErrorCode, RoomName};
 
 /// Why a hook gave no usable answer; the node fails closed on every one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +114,71 @@ where
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// The connect hook's request body.
+#[derive(Serialize)]
+struct ConnectRequest<'a> {
+    address: String,
+    headers: BTreeMap<&'a str, String>,
+    query: BTreeMap<String, String>,
+}
+
+/// The connect hook's answer: the identity a JWT's claims would give.
+#[derive(Deserialize)]
+struct ConnectAnswer {
+    user: serde_json::Value,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+    #[serde(default)]
+    subs: Vec<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    /// Accepted, not used yet (docs/backend.md).
+    #[serde(default, rename = "info")]
+    _info: Option<serde_json::Value>,
+}
+
+impl ConnectAnswer {
+    /// The identity, or why the answer is not the contract's.
+    fn identity(self, now_s: u64) -> Result<Identity, String> {
+        let user = match self.user {
+            serde_json::Value::String(s) if !s.is_empty() => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err("`user` must be a non-empty string or a number".to_owned()),
+        };
+        let subs = self
+            .subs
+            .iter()
+            .map(|room| RoomName::new(room).map_err(|err| format!("`subs`: {}", err.message)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.exp.is_some_and(|exp| exp <= now_s) {
+            return Err("`exp` is in the past".to_owned());
+        }
+        // Without `exp` the connection lasts until it ends (or is disconnected or revoked).
+        let exp = self.exp.unwrap_or(u64::MAX);
+        Ok(Identity {
+            user: user.into(),
+            rooms: self.rooms,
+            publish: self.publish,
+            exp,
+            expires_at: exp,
+            issued_at: None,
+            jti: None,
+            subs,
+        })
+    }
+}
+
+/// Why the connect hook gave no identity: the handshake's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectRefused {
+    /// The backend answered 401 or 403: that status is the handshake's.
+    Refused(u16),
+    /// No usable answer: the handshake gets 503.
+    Unavailable(HookFailure),
+}
+
 /// Who asks: the connection's user (`None` without authentication) and its `conn_id`.
 #[derive(Clone, Copy)]
 pub struct Asker<'a> {
@@ -160,6 +232,73 @@ impl Hooks {
 
     pub fn config(&self) -> &HooksConfig {
         &self.config
+    }
+
+    /// The connect hook is configured: asked at handshakes without a valid token (or at
+    /// every one, `connect_always`).
+    pub fn connect_enabled(&self) -> bool {
+        !self.config.connect_url.is_empty()
+    }
+
+    /// The connect hook: the client's `address`, the `forward_headers` it sent and its query
+    /// parameters go to the backend, whose answer is the connection's identity.
+    pub async fn connect(
+        &self,
+        address: IpAddr,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, ConnectRefused> {
+        let body = ConnectRequest {
+            address: address.to_string(),
+            headers: self.forwarded(headers),
+            query: query.map(query_pairs).unwrap_or_default(),
+        };
+        let started = Instant::now();
+        let result = match self.post(&self.config.connect_url, &body).await {
+            Ok(Answer {
+                status: status @ (401 | 403),
+                ..
+            }) => Err(ConnectRefused::Refused(status)),
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                serde_json::from_slice::<ConnectAnswer>(&answer.body)
+                    .map_err(|err| err.to_string())
+                    .and_then(|a| a.identity(now_ms() / 1000))
+                    .map_err(|problem| ConnectRefused::Unavailable(HookFailure::BadAnswer(problem)))
+            }
+            Ok(answer) => Err(ConnectRefused::Unavailable(HookFailure::Status(
+                answer.status,
+            ))),
+            Err(failure) => Err(ConnectRefused::Unavailable(failure)),
+        };
+        let outcome = match &result {
+            Ok(_) => HookOutcome::Allowed,
+            Err(ConnectRefused::Refused(_)) => HookOutcome::Refused,
+            Err(ConnectRefused::Unavailable(failure)) => failure.outcome(),
+        };
+        self.record(Hook::Connect, outcome, started);
+        result
+    }
+
+    /// The request's `forward_headers`, by their configured (lower-case) names; several
+    /// values of one header are joined with ", " ("; " for `cookie`, as RFC 6265 has it).
+    fn forwarded<'a>(&'a self, headers: &HeaderMap) -> BTreeMap<&'a str, String> {
+        self.config
+            .forward_headers
+            .iter()
+            .filter_map(|name| {
+                let values: Vec<&str> = headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let separator = if name.eq_ignore_ascii_case("cookie") {
+                    "; "
+                } else {
+                    ", "
+                };
+                (!values.is_empty()).then(|| (name.as_str(), values.join(separator)))
+            })
+            .collect()
     }
 
     /// The join hook, for a room matching `hooks.join_rooms`: `Ok` when the backend allows
@@ -312,6 +451,24 @@ impl Hooks {
     }
 }
 
+/// `a=1&b=x%20y` as a map (form decoding: `+` is a space; a repeated name keeps its last
+/// value, a name without `=` has the value "").
+fn query_pairs(query: &str) -> BTreeMap<String, String> {
+    let decode = |s: &str| {
+        percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => (decode(name), decode(value)),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
+}
+
 fn classify(err: &reqwest::Error, timeout_ms: u64) -> HookFailure {
     if err.is_timeout() {
         HookFailure::Timeout(timeout_ms)
@@ -323,6 +480,39 @@ fn classify(err: &reqwest::Error, timeout_ms: u64) -> HookFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parameters_are_form_decoded() {
+        let pairs = query_pairs("session=a%20b&x=1+2&flag&&x2=");
+        assert_eq!(pairs.get("session").map(String::as_str), Some("a b"));
+        assert_eq!(pairs.get("x").map(String::as_str), Some("1 2"));
+        assert_eq!(pairs.get("flag").map(String::as_str), Some(""));
+        assert_eq!(pairs.len(), 4);
+    }
+
+    #[test]
+    fn a_connect_answer_becomes_an_identity_or_is_refused() {
+        let answer = |text: &str| serde_json::from_str::<ConnectAnswer>(text).expect("answer");
+        let identity = answer(r#"{"user":"alice","rooms":["chat:*"],"subs":["news"],"exp":2000}"#)
+            .identity(1000)
+            .expect("identity");
+        assert_eq!(&*identity.user, "alice");
+        assert_eq!(identity.rooms, Some(vec!["chat:*".to_owned()]));
+        assert!(identity.publish.is_none());
+        assert_eq!(identity.subs.len(), 1);
+        assert_eq!((identity.exp, identity.expires_at), (2000, 2000));
+        let forever = answer(r#"{"user":42}"#).identity(1000).expect("identity");
+        assert_eq!(&*forever.user, "42");
+        assert_eq!(forever.expires_at, u64::MAX);
+        for bad in [
+            r#"{"user":""}"#,
+            r#"{"user":null}"#,
+            r#"{"user":"a","subs":["bad room!"]}"#,
+            r#"{"user":"a","exp":999}"#,
+        ] {
+            assert!(answer(bad).identity(1000).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_publish_answer_tells_absent_data_from_null() {

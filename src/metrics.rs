@@ -78,10 +78,12 @@ pub enum Refusal {
     HandshakeFailed,
     HandshakeTimeout,
     ShuttingDown,
+    /// The connect hook gave no answer (503).
+    BackendUnavailable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Capacity,
         Refusal::RateLimited,
         Refusal::Origin,
@@ -90,6 +92,7 @@ impl Refusal {
         Refusal::HandshakeFailed,
         Refusal::HandshakeTimeout,
         Refusal::ShuttingDown,
+        Refusal::BackendUnavailable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -102,6 +105,7 @@ impl Refusal {
             Refusal::HandshakeFailed => "handshake_failed",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::BackendUnavailable => "backend_unavailable",
         }
     }
 }

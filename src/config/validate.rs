@@ -159,6 +159,15 @@ impl Config {
         // `check-config`) before anything listens.
         self.validation.compile()?;
         self.hooks.validate()?;
+        if !self.hooks.connect_url.is_empty()
+            && self.hooks.timeout_ms >= self.server.handshake_timeout_ms
+        {
+            return Err(ConfigError::key(
+                "hooks.timeout_ms",
+                "must be below server.handshake_timeout_ms with a connect hook, or a slow \
+                 backend's handshake is dropped instead of answered with 503",
+            ));
+        }
         Ok(())
     }
 }

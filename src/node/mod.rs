@@ -203,6 +203,11 @@ impl Node {
         &self.metrics
     }
 
+    /// The backend's hooks; the listener asks the connect hook.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
     pub fn hub(&self) -> &Hub {
         &self.hub
     }

@@ -280,7 +280,14 @@ fn hook_keys_have_their_defaults_and_bad_values_are_named() {
     assert_eq!(hooks.max_in_flight, 256);
 
     type Edit = fn(&mut Config);
-    let cases: [(Edit, &str); 9] = [
+    let cases: [(Edit, &str); 10] = [
+        (
+            |c| {
+                c.hooks.connect_url = "http://backend/connect".into();
+                c.hooks.timeout_ms = c.server.handshake_timeout_ms;
+            },
+            "hooks.timeout_ms",
+        ),
         (|c| c.hooks.timeout_ms = 0, "hooks.timeout_ms"),
         (|c| c.hooks.max_in_flight = 0, "hooks.max_in_flight"),
         (

@@ -14,6 +14,7 @@ mod control;
 mod fuzz_regressions;
 mod history;
 mod hooks;
+mod hooks_connect;
 mod limits;
 mod presence;
 mod presence_node_loss;
