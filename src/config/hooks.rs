@@ -69,6 +69,10 @@ fn compile_schema(path: &Path) -> Result<jsonschema::Validator, String> {
     jsonschema::validator_for(&schema).map_err(|err| format!("is not a valid JSON Schema: {err}"))
 }
 
+/// The largest `hooks.max_in_flight`: far above what one node should send a backend at once,
+/// far below what a semaphore can count.
+const MAX_IN_FLIGHT: usize = 100_000;
+
 /// The backend's hooks: HTTP POSTs the node makes at a connect, a join or a publish
 /// (docs/backend.md). An empty URL turns its hook off.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,10 +161,10 @@ impl HooksConfig {
                 "must be greater than 0",
             ));
         }
-        if self.max_in_flight == 0 {
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
             return Err(ConfigError::key(
                 "hooks.max_in_flight",
-                "must be greater than 0",
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
             ));
         }
         Ok(())

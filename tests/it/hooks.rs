@@ -280,7 +280,8 @@ fn hook_keys_have_their_defaults_and_bad_values_are_named() {
     assert_eq!(hooks.max_in_flight, 256);
 
     type Edit = fn(&mut Config);
-    let cases: [(Edit, &str); 10] = [
+    let cases: [(Edit, &str); 11] = [
+        (|c| c.hooks.max_in_flight = 100_001, "hooks.max_in_flight"),
         (
             |c| {
                 c.hooks.connect_url = "http://backend/connect".into();
