@@ -130,16 +130,21 @@ impl Listener {
 /// client sends no frame before the `101`), as tungstenite has it.
 async fn read_request(tcp: &mut TcpStream, max: usize) -> Result<Request, Refusal> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = tcp
-            .read(&mut chunk)
-            .await
-            .map_err(|_| Refusal::HandshakeFailed)?;
-        if n == 0 || buf.len() + n > max {
+        if buf.len() >= max {
             return Err(Refusal::HandshakeFailed);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        // Never past `max`: reserve what is left (at most 4 KiB at a time) and read into it.
+        buf.reserve((max - buf.len()).min(4096));
+        let room = (max - buf.len()).min(buf.capacity() - buf.len());
+        let n = (&mut *tcp)
+            .take(room as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(|_| Refusal::HandshakeFailed)?;
+        if n == 0 {
+            return Err(Refusal::HandshakeFailed);
+        }
         match Request::try_parse(&buf) {
             Ok(None) => continue,
             Ok(Some((size, request))) if size == buf.len() => return Ok(request),

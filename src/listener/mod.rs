@@ -143,7 +143,9 @@ impl Listener {
                 }
             };
             let ws = if node.hooks().connect_enabled() {
-                let handshake = self.hooked_handshake(tcp, peer);
+                // Boxed: this state is needed only during the handshake, and unboxed it would
+                // size the state every connection holds for its whole life.
+                let handshake = Box::pin(self.hooked_handshake(tcp, peer));
                 match tokio::time::timeout(self.handshake_timeout, handshake).await {
                     Err(_) => {
                         node.metrics().refused(Refusal::HandshakeTimeout);

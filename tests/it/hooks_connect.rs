@@ -246,3 +246,26 @@ async fn a_backend_answer_off_the_contract_is_a_503() {
     }
     assert_eq!(calls(&node, "failed").await, 4.0);
 }
+
+#[tokio::test]
+async fn an_upgrade_request_above_max_message_bytes_is_dropped_unasked() {
+    let backend = sessions().await;
+    let mut config = hooked(test_config(), &backend);
+    config.limits.max_message_bytes = 1024;
+    let node = TestNode::start(config).await;
+    let mut request = node.ws_url().into_client_request().expect("request");
+    let big = format!("session={}", "x".repeat(2000));
+    request
+        .headers_mut()
+        .insert("cookie", big.parse().expect("header"));
+    let result = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("the node answers or closes in time");
+    assert!(result.is_err(), "refused");
+    assert!(backend.seen().is_empty(), "the backend was not asked");
+    // A request that fits is served.
+    let alice = open(&node.ws_url(), &[("cookie", "session=alice")])
+        .await
+        .expect("alice");
+    assert_eq!(alice.welcome["user"], "alice");
+}
