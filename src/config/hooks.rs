@@ -128,8 +128,8 @@ impl HooksConfig {
         ] {
             if !url.is_empty() && rooms.is_empty() {
                 return Err(ConfigError::key(
-                    &format!("hooks.{key}_rooms"),
-                    format!("is empty, so hooks.{key}_url would never be called"),
+                    &format!("hooks.{key}_url"),
+                    format!("is never called: hooks.{key}_rooms is empty"),
                 ));
             }
             for (i, pattern) in rooms.iter().enumerate() {

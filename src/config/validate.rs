@@ -155,9 +155,6 @@ impl Config {
             )?;
         }
         positive("presence.ttl_s", self.presence.ttl_s)?;
-        // Compiled again by the node at start; here so that a bad schema stops the node (and
-        // `check-config`) before anything listens.
-        self.validation.compile()?;
         self.hooks.validate()?;
         if !self.hooks.connect_url.is_empty()
             && self.hooks.timeout_ms >= self.server.handshake_timeout_ms
@@ -168,6 +165,10 @@ impl Config {
                  backend's handshake is dropped instead of answered with 503",
             ));
         }
+        // Last, since no stand-in makes a file readable (`check-config` names the keys before
+        // it). Compiled again by the node at start; here so that a bad schema stops the node
+        // (and `check-config`) before anything listens.
+        self.validation.compile()?;
         Ok(())
     }
 }

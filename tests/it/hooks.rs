@@ -305,7 +305,7 @@ fn hook_keys_have_their_defaults_and_bad_values_are_named() {
         ),
         (
             |c| c.hooks.join_url = "http://backend/join".into(),
-            "hooks.join_rooms",
+            "hooks.join_url",
         ),
         (
             |c| {
