@@ -11,6 +11,7 @@
 //! - `outbox`: the bounded per-connection queue and its close signal.
 //! - `limits`: per-connection rate decisions.
 //! - `auth`: token verification and room permission patterns.
+//! - `hooks`: the backend's connect, join and publish hooks (HTTP), bounded and timed.
 //! - `hub`: local rooms and users → outboxes; synchronous.
 //! - `broker`: the broker trait, the in-process broker and the Redis broker.
 //! - `presence`: this node's users of `presence.rooms` rooms, written to the broker in batches.
@@ -29,6 +30,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod hooks;
 pub mod hub;
 pub mod limits;
 pub mod listener;
@@ -94,6 +96,10 @@ pub enum RunError {
     Broker(#[source] BrokerError),
     #[error("cannot set up authentication")]
     Auth(#[source] auth::AuthConfigError),
+    #[error("cannot compile the validation schemas")]
+    Validation(#[source] config::ConfigError),
+    #[error("cannot set up the backend hooks")]
+    Hooks(#[source] hooks::HooksError),
 }
 
 fn start_broker(
@@ -172,10 +178,19 @@ pub async fn run(
     let authenticator = auth::Authenticator::from_config(&config.auth)
         .map_err(RunError::Auth)?
         .map(Arc::new);
+    let schemas = node::RoomSchemas::new(&config.validation).map_err(RunError::Validation)?;
     let metrics = Arc::new(Metrics::new());
+    let hooks = Arc::new(hooks::Hooks::new(&config, metrics.clone()).map_err(RunError::Hooks)?);
     let (events_tx, events_rx) = mpsc::channel(BROKER_EVENT_QUEUE);
     let broker = start_broker(&config, events_tx, metrics.clone())?;
-    let node = Node::new(config.clone(), broker, metrics, authenticator.clone());
+    let node = Node::new(
+        config.clone(),
+        broker,
+        metrics,
+        authenticator.clone(),
+        schemas,
+        hooks,
+    );
     let dispatcher = tokio::spawn(node.clone().dispatch(events_rx));
     let stop_presence = CancellationToken::new();
     let presence = tokio::spawn(node.clone().run_presence(stop_presence.clone()));

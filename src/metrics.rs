@@ -5,12 +5,67 @@
 //! for `/metrics` is here too.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::auth::AuthFailure;
 use crate::protocol::{CommandKind, Disconnect, ErrorCode};
+
+/// A backend hook (`[hooks]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Join,
+    Publish,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Connect, Hook::Join, Hook::Publish];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Join => "join",
+            Hook::Publish => "publish",
+        }
+    }
+}
+
+/// How a hook call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// The backend allowed (connect: named a user).
+    Allowed,
+    /// The backend refused (`allow: false`; connect: 401/403).
+    Refused,
+    /// No answer within `hooks.timeout_ms`.
+    Timeout,
+    /// Unreachable, a status other than 2xx/401/403, or an answer that is not the contract's.
+    Failed,
+    /// `hooks.max_in_flight` requests were already waiting: not sent.
+    Overloaded,
+}
+
+impl HookOutcome {
+    pub const ALL: [HookOutcome; 5] = [
+        HookOutcome::Allowed,
+        HookOutcome::Refused,
+        HookOutcome::Timeout,
+        HookOutcome::Failed,
+        HookOutcome::Overloaded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HookOutcome::Allowed => "allowed",
+            HookOutcome::Refused => "refused",
+            HookOutcome::Timeout => "timeout",
+            HookOutcome::Failed => "failed",
+            HookOutcome::Overloaded => "overloaded",
+        }
+    }
+}
 
 /// Why a handshake was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,10 +78,12 @@ pub enum Refusal {
     HandshakeFailed,
     HandshakeTimeout,
     ShuttingDown,
+    /// The connect hook gave no answer (503).
+    BackendUnavailable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Capacity,
         Refusal::RateLimited,
         Refusal::Origin,
@@ -35,6 +92,7 @@ impl Refusal {
         Refusal::HandshakeFailed,
         Refusal::HandshakeTimeout,
         Refusal::ShuttingDown,
+        Refusal::BackendUnavailable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +105,7 @@ impl Refusal {
             Refusal::HandshakeFailed => "handshake_failed",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::BackendUnavailable => "backend_unavailable",
         }
     }
 }
@@ -129,6 +188,8 @@ pub struct Metrics {
     pub history_caught_up: IntCounter,
     pub presence_writes: IntCounter,
     pub presence_room_writes: IntCounter,
+    hook_latency: HistogramVec,
+    hook_calls: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -302,7 +363,22 @@ impl Metrics {
                 "roomcast_presence_room_writes_total",
                 "Rooms carried by those batches (one per room per batch)",
             ),
+            hook_latency: hook_latency(&registry),
+            hook_calls: hook_calls(&registry),
             registry,
+        }
+    }
+
+    /// A hook call ended with `outcome` after `seconds` (an overloaded one was never sent and
+    /// is not timed).
+    pub fn hook_called(&self, hook: Hook, outcome: HookOutcome, seconds: Option<f64>) {
+        self.hook_calls
+            .with_label_values(&[hook.label(), outcome.label()])
+            .inc();
+        if let Some(seconds) = seconds {
+            self.hook_latency
+                .with_label_values(&[hook.label()])
+                .observe(seconds);
         }
     }
 
@@ -362,6 +438,36 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+fn hook_latency(registry: &Registry) -> HistogramVec {
+    let name = "roomcast_hook_seconds";
+    let opts = HistogramOpts::new(name, "Time from a hook request to its answer, by hook")
+        .buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &["hook"]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    for hook in Hook::ALL {
+        h.with_label_values(&[hook.label()]);
+    }
+    h
+}
+
+fn hook_calls(registry: &Registry) -> IntCounterVec {
+    let name = "roomcast_hook_calls_total";
+    let opts = Opts::new(name, "Hook calls, by hook and outcome");
+    let c = IntCounterVec::new(opts, &["hook", "outcome"])
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    for hook in Hook::ALL {
+        for outcome in HookOutcome::ALL {
+            c.with_label_values(&[hook.label(), outcome.label()]);
+        }
+    }
+    c
 }
 
 #[cfg(test)]

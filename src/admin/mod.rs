@@ -125,6 +125,9 @@ async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Respons
         Ok(decoded) => decoded,
         Err(err) => return json_error(StatusCode::BAD_REQUEST, err.code.as_str(), &err.message),
     };
+    if let Err(err) = node.check_service_data(&target, &data) {
+        return json_error(StatusCode::BAD_REQUEST, err.code.as_str(), &err.message);
+    }
     match node.publish_from_service(target, data).await {
         Ok(id) => (
             StatusCode::ACCEPTED,

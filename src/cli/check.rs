@@ -29,6 +29,10 @@ const STAND_INS: &[(&str, &str)] = &[
     ("redis.urls[]", "redis://127.0.0.1:6379"),
     ("history.rooms[].pattern", "*"),
     ("presence.rooms[].pattern", "*"),
+    ("validation.rooms[].pattern", "*"),
+    ("hooks.join_rooms[]", "*"),
+    ("hooks.publish_rooms[]", "*"),
+    ("hooks.forward_headers[]", "cookie"),
 ];
 
 pub fn check_config(args: &CheckArgs) -> Result<(), Failure> {
@@ -178,6 +182,32 @@ mod tests {
             "{problems:#?}"
         );
         stood_in.validate().expect("every key stood in for");
+    }
+
+    #[test]
+    fn hook_keys_are_named_and_a_bad_schema_file_last() {
+        let mut config = Config::default();
+        config.validation.rooms = vec![roomcast::config::ValidationRule {
+            pattern: "chat:*".into(),
+            schema_file: "/nonexistent/chat.json".into(),
+        }];
+        config.hooks.join_url = "http://backend/join".into();
+        config.hooks.publish_url = "https://backend/publish".into();
+        config.hooks.forward_headers = vec!["bad header".into()];
+        config.hooks.timeout_ms = 0;
+        let (problems, _) = every_problem(&config);
+        let named: Vec<_> = problems.iter().filter_map(|p| named_key(p)).collect();
+        assert_eq!(
+            named,
+            [
+                "hooks.publish_url",
+                "hooks.join_url",
+                "hooks.forward_headers[0]",
+                "hooks.timeout_ms",
+                "validation.rooms[0].schema_file",
+            ],
+            "{problems:#?}"
+        );
     }
 
     #[test]

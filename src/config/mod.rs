@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod admin;
+mod hooks;
 mod load;
 mod validate;
 mod webhooks;
 
 pub use admin::AdminConfig;
+pub use hooks::{CompiledRule, HooksConfig, ValidationConfig, ValidationRule};
 pub use webhooks::WebhooksConfig;
 
 use validate::parse_addr;
@@ -33,6 +35,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
+    pub validation: ValidationConfig,
+    pub hooks: HooksConfig,
     pub log: LogConfig,
     pub webhooks: WebhooksConfig,
 }

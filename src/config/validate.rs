@@ -157,6 +157,20 @@ impl Config {
             )?;
         }
         positive("presence.ttl_s", self.presence.ttl_s)?;
+        self.hooks.validate()?;
+        if !self.hooks.connect_url.is_empty()
+            && self.hooks.timeout_ms >= self.server.handshake_timeout_ms
+        {
+            return Err(ConfigError::key(
+                "hooks.timeout_ms",
+                "must be below server.handshake_timeout_ms with a connect hook, or a slow \
+                 backend's handshake is dropped instead of answered with 503",
+            ));
+        }
+        // Last, since no stand-in makes a file readable (`check-config` names the keys before
+        // it). Compiled again by the node at start; here so that a bad schema stops the node
+        // (and `check-config`) before anything listens.
+        self.validation.compile()?;
         Ok(())
     }
 }
@@ -202,7 +216,7 @@ pub(super) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigErr
     })
 }
 
-fn http_header_name_invalid(name: &str) -> bool {
+pub(super) fn http_header_name_invalid(name: &str) -> bool {
     name.is_empty()
         || !name
             .bytes()

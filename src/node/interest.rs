@@ -52,6 +52,10 @@ impl Node {
             // Already live in the room: there is nothing to replay that it has not been sent.
             return Ok(JoinOutcome::default());
         }
+        if !by_server {
+            // The backend's own joins (server subscriptions) are not asked again.
+            self.hooks.join(session.asker(), room).await?;
+        }
         let room = room.as_arc();
         let policy = self.policies.for_room(room);
         let wants_replay = since.is_some() || history.is_some_and(|n| n > 0);

@@ -24,6 +24,7 @@ use crate::clock::now_ms;
 use crate::broker::{Broker, BrokerError, Envelope, Origin, Target};
 use crate::clock::within;
 use crate::config::Config;
+use crate::hooks::{Asker, Hooks};
 use crate::hub::{Gate, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox, OutboxReceiver, outbox};
@@ -43,12 +44,14 @@ mod refresh;
 mod revocations;
 mod server_subs;
 mod stats;
+mod validation;
 mod webhooks;
 
 pub use control::RevokeError;
 pub use policy::{RoomPolicy, RoomPresence};
 pub use read::{HistoryQuery, ReadError};
 pub use refresh::Refreshed;
+pub use validation::RoomSchemas;
 pub use webhooks::MAX_PARKED_PAGE;
 
 /// Capacity of the queue from the broker to the dispatcher.
@@ -72,6 +75,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// Who the backend's hooks are told is asking.
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            user: self.user.as_deref(),
+            conn_id: &self.conn_id,
+        }
+    }
+
     /// `from` of the messages this connection publishes, and who it is in presence.
     fn from(&self) -> String {
         match &self.user {
@@ -111,6 +122,10 @@ pub struct Node {
     next_msg: AtomicU64,
     /// The `history.rooms` and `presence.rooms` rules.
     policies: RoomPolicies,
+    /// The `validation.rooms` rules: checked on every publish to a room before the broker.
+    schemas: RoomSchemas,
+    /// The backend's join and publish hooks (`[hooks]`).
+    hooks: Arc<Hooks>,
     cursors: std::sync::Mutex<HashMap<Arc<str>, RoomCursor>>,
     accepting: AtomicBool,
     /// Cancelled with `stop_accepting`: what long-lived admin responses (the stats stream)
@@ -136,6 +151,8 @@ impl Node {
         broker: Box<dyn Broker>,
         metrics: Arc<Metrics>,
         authenticator: Option<Arc<Authenticator>>,
+        schemas: RoomSchemas,
+        hooks: Arc<Hooks>,
     ) -> Arc<Node> {
         let instance = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let policies = RoomPolicies::new(&config);
@@ -153,6 +170,8 @@ impl Node {
             next_conn: AtomicU64::new(1),
             next_msg: AtomicU64::new(1),
             policies,
+            schemas,
+            hooks,
             cursors: std::sync::Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stopping: tokio_util::sync::CancellationToken::new(),
@@ -184,6 +203,11 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The backend's hooks; the listener asks the connect hook.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub fn hub(&self) -> &Hub {
@@ -323,6 +347,12 @@ impl Node {
                 "your token does not allow publishing to this room",
             ));
         }
+        // The client's data first: an invalid message costs no round trip to the backend.
+        self.schemas.check(room, &data)?;
+        let data = match self.hooks.publish(session.asker(), room, &data).await? {
+            Some(replacement) => self.checked_replacement(room, replacement)?,
+            None => data,
+        };
         let envelope = Envelope {
             target: Target::Room(room.clone()),
             id: self.next_message_id(),
@@ -340,7 +370,37 @@ impl Node {
         })
     }
 
-    /// Publish on behalf of a service (admin API); `from` is "server".
+    /// The publish hook's replacement data, held to the rules the client's data met: the
+    /// message size limit and the room's schema.
+    fn checked_replacement(
+        &self,
+        room: &str,
+        data: Box<RawValue>,
+    ) -> Result<Box<RawValue>, CommandError> {
+        let max = self.config.limits.max_message_bytes;
+        if data.get().len() > max {
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                format!("publish hook: the backend's data is larger than {max} bytes"),
+            ));
+        }
+        self.schemas.check(room, &data).map_err(|err| {
+            CommandError::new(err.code, format!("the backend's data: {}", err.message))
+        })?;
+        Ok(data)
+    }
+
+    /// The `validation.rooms` check of a service's publish (admin API): rooms only, users'
+    /// notifications and broadcasts carry no room.
+    pub fn check_service_data(&self, target: &Target, data: &RawValue) -> Result<(), CommandError> {
+        match target {
+            Target::Room(room) => self.schemas.check(room, data),
+            _ => Ok(()),
+        }
+    }
+
+    /// Publish on behalf of a service (admin API); `from` is "server". The caller checks the
+    /// data with [`Node::check_service_data`] first.
     pub async fn publish_from_service(
         &self,
         target: Target,

@@ -20,10 +20,14 @@ pub enum ErrorCode {
     Internal,
     /// A `refresh` token that the handshake would refuse (signature, expiry, `iss`/`aud`).
     InvalidToken,
+    /// Published data that does not match its room's JSON Schema (`validation.rooms`).
+    InvalidData,
+    /// The backend's publish hook refused the message (`[hooks]`).
+    Rejected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -34,6 +38,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::InvalidToken,
+        ErrorCode::InvalidData,
+        ErrorCode::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +54,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidData => "invalid_data",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }

@@ -101,7 +101,11 @@ export type ErrorCode =
   | "unavailable"
   | "internal"
   /** A `refresh` token that the handshake would refuse. */
-  | "invalid_token";
+  | "invalid_token"
+  /** Published data that does not match its room's JSON Schema; `message` names the path. */
+  | "invalid_data"
+  /** The backend's publish hook refused the message; `message` is its reason. */
+  | "rejected";
 export interface PresenceMember {
   user: string;
   /** The user's connections in the room, across every node. */

@@ -30,6 +30,8 @@ use crate::connection;
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
+mod hooked;
+
 /// How often forgotten per-address limiter entries are purged.
 const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
@@ -140,21 +142,46 @@ impl Listener {
                     Err(error_response(status, message))
                 }
             };
-            let handshake =
-                tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(self.ws_config));
-            let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-                Err(_) => {
-                    node.metrics().refused(Refusal::HandshakeTimeout);
-                    debug!(%peer, "handshake timed out");
-                    return;
+            let ws = if node.hooks().connect_enabled() {
+                // Boxed: this state is needed only during the handshake, and unboxed it would
+                // size the state every connection holds for its whole life.
+                let handshake = Box::pin(self.hooked_handshake(tcp, peer));
+                match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Err(_) => {
+                        node.metrics().refused(Refusal::HandshakeTimeout);
+                        debug!(%peer, "handshake timed out");
+                        return;
+                    }
+                    Ok(Err(reason)) => {
+                        node.metrics().refused(reason);
+                        debug!(%peer, reason = reason.label(), "handshake refused");
+                        return;
+                    }
+                    Ok(Ok((ws, admission))) => {
+                        admitted = Some(admission);
+                        ws
+                    }
                 }
-                Ok(Err(err)) => {
-                    node.metrics()
-                        .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
-                    debug!(%peer, %err, "handshake refused");
-                    return;
+            } else {
+                let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+                    tcp,
+                    check,
+                    Some(self.ws_config),
+                );
+                match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Err(_) => {
+                        node.metrics().refused(Refusal::HandshakeTimeout);
+                        debug!(%peer, "handshake timed out");
+                        return;
+                    }
+                    Ok(Err(err)) => {
+                        node.metrics()
+                            .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
+                        debug!(%peer, %err, "handshake refused");
+                        return;
+                    }
+                    Ok(Ok(ws)) => ws,
                 }
-                Ok(Ok(ws)) => ws,
             };
             // `admitted` keeps the address slots until the connection ends; only the identity
             // moves on (taken in place, so the state holds one admission, not two).
@@ -171,6 +198,14 @@ impl Listener {
     /// Every check of a handshake, in the order docs/protocol.md gives; the admission holds the
     /// slots it took.
     fn admit(&self, request: &Request, peer: SocketAddr) -> Result<Admission, Refused> {
+        let client = self.screen(request, peer)?;
+        let identity = self.authenticate(request)?;
+        self.admission(client, identity)
+    }
+
+    /// The checks before the identity: path, `Origin`, the per-address handshake rate.
+    /// Returns the client address.
+    fn screen(&self, request: &Request, peer: SocketAddr) -> Result<IpAddr, Refused> {
         let config = self.node.config();
         let client = self.client_ip(request, peer.ip());
         if request.uri().path() != config.server.path {
@@ -184,7 +219,11 @@ impl Listener {
                 "too many connections from this address",
             ));
         }
-        let identity = self.authenticate(request)?;
+        Ok(client)
+    }
+
+    /// The checks after the identity: shutdown, and the slots (per address, per node).
+    fn admission(&self, client: IpAddr, identity: Option<Identity>) -> Result<Admission, Refused> {
         if !self.node.is_accepting() {
             return Err((
                 Refusal::ShuttingDown,
