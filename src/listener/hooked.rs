@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Admission, Listener, Refused, error_response};
-use crate::auth::{AuthFailure, token_from_request};
+use crate::auth::token_from_request;
 use crate::hooks::ConnectRefused;
 use crate::metrics::Refusal;
 
@@ -111,14 +111,7 @@ impl Listener {
                         }
                     })?;
                 // A user revocation in force (`/api/revoke {user}`) holds whoever vouches.
-                if self.node.is_revoked(&identity) {
-                    self.node.metrics().auth_failed(AuthFailure::Revoked);
-                    return Err((
-                        Refusal::Unauthorized,
-                        StatusCode::UNAUTHORIZED,
-                        "user revoked",
-                    ));
-                }
+                self.refuse_if_revoked(&identity, "user revoked")?;
                 identity
             }
         };

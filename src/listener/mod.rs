@@ -278,6 +278,15 @@ impl Listener {
         }
     }
 
+    /// 401 (with `body`) for an identity a revocation in force covers, counted as revoked.
+    fn refuse_if_revoked(&self, identity: &Identity, body: &'static str) -> Result<(), Refused> {
+        if !self.node.is_revoked(identity) {
+            return Ok(());
+        }
+        self.node.metrics().auth_failed(AuthFailure::Revoked);
+        Err((Refusal::Unauthorized, StatusCode::UNAUTHORIZED, body))
+    }
+
     /// The identity of the request's token; `None` without authentication.
     fn authenticate(&self, request: &Request) -> Result<Option<Identity>, Refused> {
         let Some(authenticator) = &self.authenticator else {
@@ -302,14 +311,7 @@ impl Listener {
                 "missing, expired or invalid token",
             )
         })?;
-        if self.node.is_revoked(&identity) {
-            self.node.metrics().auth_failed(AuthFailure::Revoked);
-            return Err((
-                Refusal::Unauthorized,
-                StatusCode::UNAUTHORIZED,
-                "token revoked",
-            ));
-        }
+        self.refuse_if_revoked(&identity, "token revoked")?;
         Ok(Some(identity))
     }
 
