@@ -19,7 +19,7 @@
 //! `recovered: false` and messages published during the gap are lost.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::Common;
 use crate::client::{self, Endpoint, Ws};
 use crate::payload::{self, Incoming, Payload};
+use crate::scenario::publish::{Go, PubResult, Publishing};
 use crate::scenario::traffic::{self, CpuReport, new_run_id, now_us};
 use crate::schedule::Schedule;
 use crate::stats::{self, Insert, Percentiles, Seen, round3};
@@ -323,16 +324,11 @@ pub fn score(mut seen: Seen, acked: &[u64]) -> (u64, u64) {
 }
 
 struct Shared {
-    run: u64,
+    publishing: Publishing,
     room: String,
-    schedule: Schedule,
-    payload_bytes: usize,
     kill_every_s: f64,
     kill_dist: KillDist,
     endpoints: Vec<Endpoint>,
-    sent: AtomicU64,
-    acked: AtomicU64,
-    refused: AtomicU64,
     received: AtomicU64,
 }
 
@@ -354,13 +350,6 @@ struct SubResult {
     latency_h: Option<Histogram<u64>>,
 }
 
-#[derive(Default)]
-struct PubResult {
-    acked: Vec<u64>,
-    errors: BTreeMap<String, u64>,
-}
-
-type Go = watch::Receiver<Option<(tokio::time::Instant, tokio::time::Instant)>>;
 type Outcome = Result<u64, String>;
 
 pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, String> {
@@ -376,16 +365,11 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     )?;
     let endpoints = traffic::resolve_all(&common.urls).await?;
     let shared = Arc::new(Shared {
-        run: new_run_id(),
+        publishing: Publishing::new(new_run_id(), schedule, params.payload_bytes),
         room: params.room.clone(),
-        schedule,
-        payload_bytes: params.payload_bytes,
         kill_every_s: params.kill_every_s,
         kill_dist: params.kill_dist,
         endpoints,
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
         received: AtomicU64::new(0),
     });
     let subs = params.subscribers;
@@ -486,9 +470,9 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = tokio::time::Instant::now();
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let acked = shared.acked.load(Ordering::Relaxed);
-        let replied = acked + shared.refused.load(Ordering::Relaxed);
+        let sent = shared.publishing.sent.load(Ordering::Relaxed);
+        let acked = shared.publishing.acked.load(Ordering::Relaxed);
+        let replied = acked + shared.publishing.refused.load(Ordering::Relaxed);
         let received = shared.received.load(Ordering::Relaxed);
         bar.set_position(now.saturating_duration_since(t0).as_millis() as u64);
         bar.set_message(format!(
@@ -592,7 +576,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
         kill_every_s: params.kill_every_s,
         kill_dist: params.kill_dist,
         planned_msgs: schedule.planned,
-        sent_msgs: shared.sent.load(Ordering::Relaxed),
+        sent_msgs: shared.publishing.sent.load(Ordering::Relaxed),
         acked_msgs: acked.len() as u64,
         publish_errors,
         expected_deliveries: expected,
@@ -676,7 +660,7 @@ impl SubState {
         match payload::classify(text) {
             Incoming::Message(p) => {
                 self.note_id(text);
-                if p.run != shared.run {
+                if p.run != shared.publishing.run {
                     self.result.foreign += 1;
                     return;
                 }
@@ -733,7 +717,7 @@ async fn subscriber(
     mut stop: watch::Receiver<bool>,
 ) -> SubResult {
     let source = client::source_address(i as usize, common.sources);
-    let mut rng = Rng::new(shared.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut rng = Rng::new(shared.publishing.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let first_endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
     let setup = async {
         let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
@@ -763,7 +747,7 @@ async fn subscriber(
     };
     drop(outcome);
     let mut st = SubState {
-        seen: Seen::new(shared.schedule.planned),
+        seen: Seen::new(shared.publishing.schedule.planned),
         last_id: None,
         pending_first: None,
         result: SubResult {
@@ -857,7 +841,7 @@ async fn subscriber(
                 let cmd = join_command(
                     &shared.room,
                     st.last_id.as_deref(),
-                    Some(shared.schedule.planned),
+                    Some(shared.publishing.schedule.planned),
                 );
                 let mut early: Vec<String> = Vec::new();
                 let reply = join_since(&mut ws, cmd, common.handshake_timeout, |t| {
@@ -911,7 +895,6 @@ async fn publisher(
     mut go: Go,
     mut stop: watch::Receiver<bool>,
 ) -> PubResult {
-    let mut result = PubResult::default();
     let endpoint = &shared.endpoints[0];
     let source = client::source_address(member as usize, common.sources);
     let setup = async {
@@ -925,116 +908,28 @@ async fn publisher(
             .map_err(|e| e.0)?;
         Ok::<_, String>((ws, connected.connect_us))
     };
-    let mut ws = tokio::select! {
+    let ws = tokio::select! {
         r = setup => match r {
             Ok((ws, us)) => {
                 if outcome.send((member, Ok(us))).await.is_err() {
-                    return result;
+                    return PubResult::default();
                 }
                 ws
             }
             Err(e) => {
                 let _ = outcome.send((member, Err(e))).await;
-                return result;
+                return PubResult::default();
             }
         },
-        _ = stop.changed() => return result,
+        _ = stop.changed() => return PubResult::default(),
     };
     drop(outcome);
-    let mut pending: VecDeque<u64> = VecDeque::new();
-    let on_frame = |text: &str, pending: &mut VecDeque<u64>, result: &mut PubResult| {
-        match payload::classify(text) {
-            Incoming::Ack => {
-                if let Some(k) = pending.pop_front() {
-                    result.acked.push(k);
-                    shared.acked.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Incoming::Error { code, .. } => {
-                // Replies come in command order: this one answers the oldest publish.
-                if pending.pop_front().is_some() {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                *result.errors.entry(code.into_owned()).or_default() += 1;
-            }
-            _ => {}
-        }
-    };
-    let t0 = loop {
-        tokio::select! {
-            changed = go.changed() => {
-                if changed.is_err() {
-                    return result;
-                }
-                if let Some((t0, _)) = *go.borrow_and_update() {
-                    break t0;
-                }
-            }
-            _ = stop.changed() => return result,
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &mut pending, &mut result),
-                Some(Ok(_)) => {}
-                _ => return result,
-            },
-        }
-    };
-    let schedule = shared.schedule;
-    let mut outgoing = schedule.messages_of(j).peekable();
-    let due_of = |k: u64| t0 + schedule.offset(k);
-    let timer = tokio::time::sleep_until(outgoing.peek().map_or(t0, |&k| due_of(k)));
-    tokio::pin!(timer);
-    let mut sending = outgoing.peek().is_some();
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + common.heartbeat,
-        common.heartbeat,
-    );
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = &mut timer, if sending => {
-                let now = tokio::time::Instant::now();
-                while let Some(&k) = outgoing.peek() {
-                    if due_of(k) > now {
-                        break;
-                    }
-                    outgoing.next();
-                    let data = payload::encode(
-                        Payload { run: shared.run, seq: k, t: now_us() },
-                        shared.payload_bytes,
-                    );
-                    if ws
-                        .feed(Message::Text(payload::publish_command(&shared.room, &data).into()))
-                        .await
-                        .is_err()
-                    {
-                        return result;
-                    }
-                    pending.push_back(k);
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                if ws.flush().await.is_err() {
-                    return result;
-                }
-                match outgoing.peek() {
-                    Some(&k) => timer.as_mut().reset(due_of(k)),
-                    None => sending = false,
-                }
-            }
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &mut pending, &mut result),
-                Some(Ok(_)) => {}
-                _ => return result,
-            },
-            _ = heartbeat.tick() => {
-                if ws.send(Message::Text("ping".into())).await.is_err() {
-                    return result;
-                }
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-    result
+    shared
+        .publishing
+        .publisher(j, ws, common.heartbeat, &mut go, &mut stop, |_| {
+            Cow::Borrowed(shared.room.as_str())
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod connections;
 pub mod fanout;
 pub mod kick;
+pub(crate) mod publish;
 pub mod ramp;
 pub mod rooms;
 pub mod traffic;

@@ -6,7 +6,8 @@
 //! (a victim is targeted only while live, so every action has exactly one close to wait for).
 //! Scoring and the report are `report`'s; the phases are `mod`'s.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,25 +22,20 @@ use super::report::{Action, WatcherLog};
 use crate::Common;
 use crate::admin::{self, AdminEndpoint};
 use crate::client::{self, Endpoint, Ws};
-use crate::payload::{self, Incoming, Payload};
+use crate::payload::{self, Incoming};
+use crate::scenario::publish::{Go, PubResult, Publishing, wait_for_go};
 use crate::scenario::traffic::now_us;
-use crate::schedule::Schedule;
 use crate::stats;
 use crate::token::{self, Minter};
 
 /// Everything the tasks share.
 pub(super) struct Shared {
-    pub run: u64,
+    pub publishing: Publishing,
     pub rooms: u64,
     pub room_prefix: String,
     pub user_prefix: String,
-    pub schedule: Schedule,
-    pub payload_bytes: usize,
     pub endpoints: Vec<Endpoint>,
     pub minter: Minter,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub refused: AtomicU64,
     /// Watchers' first receipts.
     pub received: AtomicU64,
     pub victims: Vec<Mutex<VictimState>>,
@@ -71,36 +67,8 @@ pub(super) enum VictimState {
     },
 }
 
-/// `Go`: the start of publishing and the end of the actions, once set.
-pub(super) type Go = watch::Receiver<Option<(tokio::time::Instant, tokio::time::Instant)>>;
 /// A member's connect phase: its kind (0 watcher, 1 victim, 2 publisher) and time or error.
 pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
-
-/// Wait for the start; false when the run stopped first. Frames that arrive meanwhile go to
-/// `on_text`; false too when the connection ends.
-async fn wait_for_go(
-    ws: &mut Ws,
-    go: &mut Go,
-    stop: &mut watch::Receiver<bool>,
-    mut on_text: impl FnMut(&str),
-) -> Option<(tokio::time::Instant, tokio::time::Instant)> {
-    loop {
-        tokio::select! {
-            changed = go.changed() => {
-                changed.ok()?;
-                if let Some(start) = *go.borrow_and_update() {
-                    return Some(start);
-                }
-            }
-            _ = stop.changed() => return None,
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_text(t.as_str()),
-                Some(Ok(_)) => {}
-                _ => return None,
-            },
-        }
-    }
-}
 
 /// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
 /// and the handshake time in microseconds.
@@ -188,10 +156,14 @@ pub(super) async fn watcher(
         }
     };
     drop(outcome);
-    let mut log = WatcherLog::new(room, shared.schedule.planned, shared.schedule.publishers);
+    let mut log = WatcherLog::new(
+        room,
+        shared.publishing.schedule.planned,
+        shared.publishing.schedule.publishers,
+    );
     let mut latency = stats::histogram();
     let mut on_text = |text: &str, r: &mut WatcherResult| match payload::classify(text) {
-        Incoming::Message(p) if p.run == shared.run => {
+        Incoming::Message(p) if p.run == shared.publishing.run => {
             let first = log.receive(p.seq, shared.room_of(p.seq));
             if first {
                 stats::record(&mut latency, now_us().saturating_sub(p.t));
@@ -507,12 +479,6 @@ pub(super) async fn kicker(
     }
 }
 
-#[derive(Default)]
-pub(super) struct PubResult {
-    pub acked: Vec<u64>,
-    pub errors: BTreeMap<String, u64>,
-}
-
 /// Publisher `j`: joins the rooms its messages go to, then sends them on the schedule
 /// (`echo: false`) and matches replies to sends first in, first out.
 #[allow(clippy::too_many_arguments)]
@@ -525,8 +491,7 @@ pub(super) async fn publisher(
     mut go: Go,
     mut stop: watch::Receiver<bool>,
 ) -> PubResult {
-    let mut result = PubResult::default();
-    let schedule = shared.schedule;
+    let schedule = shared.publishing.schedule;
     let mine: BTreeSet<u64> = schedule
         .messages_of(j)
         .take(shared.rooms as usize)
@@ -538,101 +503,25 @@ pub(super) async fn publisher(
     let source = client::source_address(j as usize + 2, common.sources);
     let opened = tokio::select! {
         o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
-        _ = stop.changed() => return result,
+        _ = stop.changed() => return PubResult::default(),
     };
-    let mut ws = match opened {
+    let ws = match opened {
         Ok((ws, _, us)) => {
             if outcome.send((2, Ok(us))).await.is_err() {
-                return result;
+                return PubResult::default();
             }
             ws
         }
         Err(e) => {
             let _ = outcome.send((2, Err(e))).await;
-            return result;
+            return PubResult::default();
         }
     };
     drop(outcome);
-    let mut pending: VecDeque<u64> = VecDeque::new();
-    let on_frame =
-        |text: &str, pending: &mut VecDeque<u64>, result: &mut PubResult| match payload::classify(
-            text,
-        ) {
-            Incoming::Ack => {
-                if let Some(k) = pending.pop_front() {
-                    result.acked.push(k);
-                    shared.acked.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Incoming::Error { code, .. } => {
-                if pending.pop_front().is_some() {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                *result.errors.entry(code.into_owned()).or_default() += 1;
-            }
-            _ => {}
-        };
-    let mut early = Vec::new();
-    let Some((t0, _)) =
-        wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await
-    else {
-        return result;
-    };
-    for t in &early {
-        on_frame(t, &mut pending, &mut result);
-    }
-    let mut outgoing = schedule.messages_of(j).peekable();
-    let due_of = |k: u64| t0 + schedule.offset(k);
-    let timer = tokio::time::sleep_until(outgoing.peek().map_or(t0, |&k| due_of(k)));
-    tokio::pin!(timer);
-    let mut sending = outgoing.peek().is_some();
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + common.heartbeat,
-        common.heartbeat,
-    );
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = &mut timer, if sending => {
-                let now = tokio::time::Instant::now();
-                while let Some(&k) = outgoing.peek() {
-                    if due_of(k) > now {
-                        break;
-                    }
-                    outgoing.next();
-                    let data = payload::encode(
-                        Payload { run: shared.run, seq: k, t: now_us() },
-                        shared.payload_bytes,
-                    );
-                    let room = shared.room_name(shared.room_of(k));
-                    let cmd = payload::publish_command(&room, &data);
-                    if ws.feed(Message::Text(cmd.into())).await.is_err() {
-                        return result;
-                    }
-                    pending.push_back(k);
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                if ws.flush().await.is_err() {
-                    return result;
-                }
-                match outgoing.peek() {
-                    Some(&k) => timer.as_mut().reset(due_of(k)),
-                    None => sending = false,
-                }
-            }
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &mut pending, &mut result),
-                Some(Ok(_)) => {}
-                _ => return result,
-            },
-            _ = heartbeat.tick() => {
-                if ws.send(Message::Text("ping".into())).await.is_err() {
-                    return result;
-                }
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-    result
+    shared
+        .publishing
+        .publisher(j, ws, common.heartbeat, &mut go, &mut stop, |k| {
+            Cow::Owned(shared.room_name(shared.room_of(k)))
+        })
+        .await
 }

@@ -46,6 +46,7 @@ use self::members::{KickPlan, Shared, VictimState};
 pub use self::report::{Action, KickReport};
 use crate::Common;
 use crate::payload;
+use crate::scenario::publish::{PubResult, Publishing};
 use crate::scenario::traffic::{self, new_run_id};
 use crate::schedule::Schedule;
 use crate::stats::{self, Percentiles, round3};
@@ -155,20 +156,15 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let (watchers, victims) = (params.rooms * params.members, params.rooms * params.victims);
     let lifetime = (params.duration_s + params.drain_s).max(0.0) as u64 + 3_600;
     let shared = Arc::new(Shared {
-        run,
+        publishing: Publishing::new(run, schedule, params.payload_bytes),
         rooms: params.rooms,
         room_prefix: params.room_prefix.clone(),
         user_prefix: params
             .user_prefix
             .clone()
             .unwrap_or_else(|| format!("lt{run:x}")),
-        schedule,
-        payload_bytes: params.payload_bytes,
         endpoints,
         minter: Minter::new(&params.jwt_secret, lifetime),
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
         received: AtomicU64::new(0),
         victims: (0..victims)
             .map(|_| Mutex::new(VictimState::Connecting))
@@ -204,7 +200,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         let room = v / params.victims;
         victim_tasks.push(tokio::spawn(members::victim(v, room, c, s, m, o, g, st)));
     }
-    let mut pub_tasks: Vec<JoinHandle<members::PubResult>> = Vec::new();
+    let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
     for j in 0..schedule.publishers {
         let (c, s, m, o, g, st) = spawn_args();
         pub_tasks.push(tokio::spawn(members::publisher(j, c, s, m, o, g, st)));
@@ -296,8 +292,9 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = tokio::time::Instant::now();
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let replied = shared.acked.load(Ordering::Relaxed) + shared.refused.load(Ordering::Relaxed);
+        let sent = shared.publishing.sent.load(Ordering::Relaxed);
+        let replied = shared.publishing.acked.load(Ordering::Relaxed)
+            + shared.publishing.refused.load(Ordering::Relaxed);
         let received = shared.received.load(Ordering::Relaxed);
         bar.set_position(now.saturating_duration_since(t0).as_millis() as u64);
         bar.set_message(format!(
@@ -344,7 +341,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         kick_every_s: params.kick_every_s,
         actions: params.actions.clone(),
         planned_msgs: schedule.planned,
-        sent_msgs: shared.sent.load(Ordering::Relaxed),
+        sent_msgs: shared.publishing.sent.load(Ordering::Relaxed),
         victims_not_closed: not_closed,
         connect_ms: Percentiles::of(&connect_h),
         connect_phase_s: round3(connect_phase_s),
