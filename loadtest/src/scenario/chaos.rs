@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::Common;
 use crate::client::{self, Endpoint, Ws};
 use crate::payload::{self, Incoming, Payload};
+use crate::scenario::footer;
 use crate::scenario::publish::{Go, PubResult, Publishing};
 use crate::scenario::traffic::{self, CpuReport, new_run_id, now_us};
 use crate::schedule::Schedule;
@@ -217,18 +218,12 @@ impl ChaosReport {
             pct("latency ms", &self.latency_ms),
             pct("connect ms", &self.connect_ms),
         ];
-        if !self.connect_errors.is_empty() || !self.server_errors.is_empty() {
-            lines.push(format!(
-                "errors         connect {:?}  server {:?}",
-                self.connect_errors, self.server_errors
-            ));
-        }
-        if !self.cpu.watched_s.is_empty() {
-            lines.push(format!(
-                "cpu            watched {:?} s, loadtest {:?} s over {} s",
-                self.cpu.watched_s, self.cpu.loadtest_s, self.cpu.window_s
-            ));
-        }
+        lines.extend(footer::error_and_cpu_lines(
+            14,
+            &self.connect_errors,
+            &self.server_errors,
+            &self.cpu,
+        ));
         lines.join("\n")
     }
 }

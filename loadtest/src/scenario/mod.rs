@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod connections;
 pub mod fanout;
+pub(crate) mod footer;
 pub mod kick;
 pub(crate) mod publish;
 pub mod ramp;
