@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::Common;
 use crate::client::{self, Endpoint, Ws};
 use crate::payload::{self, Incoming, Payload};
+use crate::scenario::connect_phase::{self, Connects};
 use crate::scenario::footer;
 use crate::scenario::publish::{Go, PubResult, Publishing};
 use crate::scenario::traffic::{self, CpuReport, new_run_id, now_us};
@@ -374,7 +375,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
     let (go_tx, go_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (outcome_tx, mut outcome_rx) = mpsc::channel::<(u64, Outcome)>(members as usize);
+    let (outcome_tx, outcome_rx) = mpsc::channel::<(u64, Outcome)>(members as usize);
     let connect_start = Instant::now();
     let mut sub_tasks: Vec<JoinHandle<SubResult>> = Vec::with_capacity(subs as usize);
     let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
@@ -402,33 +403,19 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
         )));
     }
     drop(outcome_tx);
-    let mut connect_h = stats::histogram();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut subs_joined, mut pubs_joined, mut settled) = (0u64, 0u64, 0u64);
+    let (mut subs_joined, mut pubs_joined) = (0u64, 0u64);
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
-    while settled < members {
-        match tokio::time::timeout_at(deadline, outcome_rx.recv()).await {
-            Ok(Some((i, Ok(us)))) => {
-                stats::record(&mut connect_h, us);
-                if i < subs {
-                    subs_joined += 1;
-                } else {
-                    pubs_joined += 1;
-                }
-            }
-            Ok(Some((_, Err(e)))) => *connect_errors.entry(e).or_default() += 1,
-            Ok(None) => break,
-            Err(_) => {
-                outcome_rx.close();
-                *connect_errors
-                    .entry("connect phase timed out".into())
-                    .or_default() += members - settled;
-                break;
-            }
+    let Connects {
+        connect_h,
+        errors: connect_errors,
+    } = connect_phase::gather(outcome_rx, members, deadline, |i| {
+        if i < subs {
+            subs_joined += 1;
+        } else {
+            pubs_joined += 1;
         }
-        settled += 1;
-    }
-    drop(outcome_rx);
+    })
+    .await;
     let connect_phase_s = connect_start.elapsed().as_secs_f64();
     crate::note(
         common,

@@ -46,6 +46,7 @@ use self::members::{KickPlan, Shared, VictimState};
 pub use self::report::{Action, KickReport};
 use crate::Common;
 use crate::payload;
+use crate::scenario::connect_phase::{self, Connects};
 use crate::scenario::publish::{PubResult, Publishing};
 use crate::scenario::traffic::{self, new_run_id};
 use crate::schedule::Schedule;
@@ -176,7 +177,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
     let (go_tx, go_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (outcome_tx, mut outcome_rx) = mpsc::channel(members as usize);
+    let (outcome_tx, outcome_rx) = mpsc::channel(members as usize);
     let connect_start = Instant::now();
     let spawn_args = || {
         (
@@ -206,29 +207,15 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         pub_tasks.push(tokio::spawn(members::publisher(j, c, s, m, o, g, st)));
     }
     drop(outcome_tx);
-    let mut connect_h = stats::histogram();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut joined = [0u64; 3];
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
-    let mut settled = 0u64;
-    while settled < members {
-        match tokio::time::timeout_at(deadline, outcome_rx.recv()).await {
-            Ok(Some((kind, Ok(us)))) => {
-                stats::record(&mut connect_h, us);
-                joined[kind as usize % 3] += 1;
-            }
-            Ok(Some((_, Err(e)))) => *connect_errors.entry(e).or_default() += 1,
-            Ok(None) => break,
-            Err(_) => {
-                *connect_errors
-                    .entry("connect phase timed out".into())
-                    .or_default() += members - settled;
-                break;
-            }
-        }
-        settled += 1;
-    }
-    drop(outcome_rx);
+    let Connects {
+        connect_h,
+        errors: connect_errors,
+    } = connect_phase::gather(outcome_rx, members, deadline, |kind: u8| {
+        joined[kind as usize % 3] += 1;
+    })
+    .await;
     let connect_phase_s = connect_start.elapsed().as_secs_f64();
     let [watchers_joined, victims_joined, pubs_joined] = joined;
     crate::note(
