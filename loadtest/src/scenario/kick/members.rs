@@ -70,6 +70,16 @@ pub(super) enum VictimState {
 /// A member's connect phase: its kind (0 watcher, 1 victim, 2 publisher) and time or error.
 pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
 
+/// What every member task (watcher, victim, publisher) is given besides its number and room.
+pub(super) struct Member {
+    pub common: Common,
+    pub shared: Arc<Shared>,
+    pub sem: Arc<Semaphore>,
+    pub outcome: Outcome,
+    pub go: Go,
+    pub stop: watch::Receiver<bool>,
+}
+
 /// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
 /// and the handshake time in microseconds.
 #[allow(clippy::too_many_arguments)]
@@ -102,6 +112,26 @@ async fn open(
     Ok((ws, iat, connected.connect_us))
 }
 
+/// Report a member's first connection to the connect phase as `kind` (see [`Outcome`]); the
+/// socket when it opened and the connect phase still listens. The sender is dropped here, so
+/// the connect phase hears from each member once.
+async fn reported(
+    opened: Result<(Ws, u64, u64), String>,
+    kind: u8,
+    outcome: Outcome,
+) -> Option<Ws> {
+    match opened {
+        Ok((ws, _, us)) => {
+            outcome.send((kind, Ok(us))).await.ok()?;
+            Some(ws)
+        }
+        Err(e) => {
+            let _ = outcome.send((kind, Err(e))).await;
+            None
+        }
+    }
+}
+
 fn close_label(frame: Option<Result<Message, impl std::fmt::Display>>) -> Option<String> {
     match frame {
         Some(Ok(Message::Close(f))) => {
@@ -123,51 +153,31 @@ pub(super) struct WatcherResult {
 }
 
 /// A member that must receive every message of its room, in order, once.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn watcher(
-    i: u64,
-    room: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> WatcherResult {
+pub(super) async fn watcher(i: u64, room: u64, mut m: Member) -> WatcherResult {
     let mut r = WatcherResult::default();
-    let endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
-    let user = format!("{}-w{i}", shared.user_prefix);
-    let rooms = [shared.room_name(room)];
-    let source = client::source_address(i as usize, common.sources);
+    let endpoint = &m.shared.endpoints[i as usize % m.shared.endpoints.len()];
+    let user = format!("{}-w{i}", m.shared.user_prefix);
+    let rooms = [m.shared.room_name(room)];
+    let source = client::source_address(i as usize, m.common.sources);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
-        _ = stop.changed() => return r,
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = m.stop.changed() => return r,
     };
-    let mut ws = match opened {
-        Ok((ws, _, us)) => {
-            if outcome.send((0, Ok(us))).await.is_err() {
-                return r;
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((0, Err(e))).await;
-            return r;
-        }
+    let Some(mut ws) = reported(opened, 0, m.outcome).await else {
+        return r;
     };
-    drop(outcome);
     let mut log = WatcherLog::new(
         room,
-        shared.publishing.schedule.planned,
-        shared.publishing.schedule.publishers,
+        m.shared.publishing.schedule.planned,
+        m.shared.publishing.schedule.publishers,
     );
     let mut latency = stats::histogram();
     let mut on_text = |text: &str, r: &mut WatcherResult| match payload::classify(text) {
-        Incoming::Message(p) if p.run == shared.publishing.run => {
-            let first = log.receive(p.seq, shared.room_of(p.seq));
+        Incoming::Message(p) if p.run == m.shared.publishing.run => {
+            let first = log.receive(p.seq, m.shared.room_of(p.seq));
             if first {
                 stats::record(&mut latency, now_us().saturating_sub(p.t));
-                shared.received.fetch_add(1, Ordering::Relaxed);
+                m.shared.received.fetch_add(1, Ordering::Relaxed);
             }
         }
         Incoming::Error { code, .. } => {
@@ -176,19 +186,22 @@ pub(super) async fn watcher(
         _ => {}
     };
     let mut early = Vec::new();
-    let started = wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await;
+    let started = wait_for_go(&mut ws, &mut m.go, &mut m.stop, |t| {
+        early.push(t.to_owned())
+    })
+    .await;
     for t in &early {
         on_text(t, &mut r);
     }
     if started.is_some() {
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + common.heartbeat,
-            common.heartbeat,
+            tokio::time::Instant::now() + m.common.heartbeat,
+            m.common.heartbeat,
         );
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => {
+                _ = m.stop.changed() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                     break;
                 }
@@ -227,59 +240,41 @@ pub(super) struct VictimResult {
 
 /// A member the kicker targets: it waits for its close, checks the code, and comes back with
 /// a fresh token (the app's backend lets it in again) until the run stops.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn victim(
-    v: u64,
-    room: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> VictimResult {
+pub(super) async fn victim(v: u64, room: u64, mut m: Member) -> VictimResult {
     let mut r = VictimResult::default();
-    let user = format!("{}-v{v}", shared.user_prefix);
-    let rooms = [shared.room_name(room)];
-    let source = client::source_address(v as usize + 1, common.sources);
-    let n = shared.endpoints.len();
+    let user = format!("{}-v{v}", m.shared.user_prefix);
+    let rooms = [m.shared.room_name(room)];
+    let source = client::source_address(v as usize + 1, m.common.sources);
+    let n = m.shared.endpoints.len();
     let mut conns = 0u64;
     let jti = |conns: u64| format!("{user}.{conns}");
-    let endpoint = &shared.endpoints[(v as usize + 1) % n];
+    let endpoint = &m.shared.endpoints[(v as usize + 1) % n];
     let first_jti = jti(0);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &first_jti, &rooms) => o,
-        _ = stop.changed() => return r,
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &first_jti, &rooms) => o,
+        _ = m.stop.changed() => return r,
     };
-    let mut ws = match opened {
-        Ok((ws, iat, us)) => {
-            set_state(&shared, v, VictimState::Live { iat });
-            if outcome.send((1, Ok(us))).await.is_err() {
-                return r;
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((1, Err(e))).await;
-            return r;
-        }
+    if let Ok((_, iat, _)) = &opened {
+        set_state(&m.shared, v, VictimState::Live { iat: *iat });
+    }
+    let Some(mut ws) = reported(opened, 1, m.outcome).await else {
+        return r;
     };
-    drop(outcome);
     let mut close_h = stats::histogram();
-    if wait_for_go(&mut ws, &mut go, &mut stop, |_| {})
+    if wait_for_go(&mut ws, &mut m.go, &mut m.stop, |_| {})
         .await
         .is_none()
     {
         r.close_h = Some(close_h);
         return r;
     }
-    let stopped = stop.changed();
+    let stopped = m.stop.changed();
     tokio::pin!(stopped);
     loop {
         // ---- one connection's life: read (and drop) messages until it is closed ----
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + common.heartbeat,
-            common.heartbeat,
+            tokio::time::Instant::now() + m.common.heartbeat,
+            m.common.heartbeat,
         );
         let label = loop {
             tokio::select! {
@@ -300,7 +295,7 @@ pub(super) async fn victim(
             }
         };
         let was = {
-            let mut state = lock(&shared, v);
+            let mut state = lock(&m.shared, v);
             std::mem::replace(&mut *state, VictimState::Connecting)
         };
         match was {
@@ -320,10 +315,10 @@ pub(super) async fn victim(
         // ---- back in with a fresh token ----
         ws = loop {
             conns += 1;
-            let endpoint = &shared.endpoints[(v + conns) as usize % n];
+            let endpoint = &m.shared.endpoints[(v + conns) as usize % n];
             let this_jti = jti(conns);
             let attempt = open(
-                &shared, &common, &sem, endpoint, source, &user, &this_jti, &rooms,
+                &m.shared, &m.common, &m.sem, endpoint, source, &user, &this_jti, &rooms,
             );
             let result = tokio::select! {
                 o = attempt => o,
@@ -334,7 +329,7 @@ pub(super) async fn victim(
             };
             match result {
                 Ok((ws, iat, _)) => {
-                    set_state(&shared, v, VictimState::Live { iat });
+                    set_state(&m.shared, v, VictimState::Live { iat });
                     r.reconnects += 1;
                     break ws;
                 }
@@ -481,47 +476,28 @@ pub(super) async fn kicker(
 
 /// Publisher `j`: joins the rooms its messages go to, then sends them on the schedule
 /// (`echo: false`) and matches replies to sends first in, first out.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn publisher(
-    j: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> PubResult {
-    let schedule = shared.publishing.schedule;
+pub(super) async fn publisher(j: u64, mut m: Member) -> PubResult {
+    let schedule = m.shared.publishing.schedule;
     let mine: BTreeSet<u64> = schedule
         .messages_of(j)
-        .take(shared.rooms as usize)
-        .map(|k| shared.room_of(k))
+        .take(m.shared.rooms as usize)
+        .map(|k| m.shared.room_of(k))
         .collect();
-    let rooms: Vec<String> = mine.iter().map(|&r| shared.room_name(r)).collect();
-    let endpoint = &shared.endpoints[j as usize % shared.endpoints.len()];
-    let user = format!("{}-p{j}", shared.user_prefix);
-    let source = client::source_address(j as usize + 2, common.sources);
+    let rooms: Vec<String> = mine.iter().map(|&r| m.shared.room_name(r)).collect();
+    let endpoint = &m.shared.endpoints[j as usize % m.shared.endpoints.len()];
+    let user = format!("{}-p{j}", m.shared.user_prefix);
+    let source = client::source_address(j as usize + 2, m.common.sources);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
-        _ = stop.changed() => return PubResult::default(),
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = m.stop.changed() => return PubResult::default(),
     };
-    let ws = match opened {
-        Ok((ws, _, us)) => {
-            if outcome.send((2, Ok(us))).await.is_err() {
-                return PubResult::default();
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((2, Err(e))).await;
-            return PubResult::default();
-        }
+    let Some(ws) = reported(opened, 2, m.outcome).await else {
+        return PubResult::default();
     };
-    drop(outcome);
-    shared
+    m.shared
         .publishing
-        .publisher(j, ws, common.heartbeat, &mut go, &mut stop, |k| {
-            Cow::Owned(shared.room_name(shared.room_of(k)))
+        .publisher(j, ws, m.common.heartbeat, &mut m.go, &mut m.stop, |k| {
+            Cow::Owned(m.shared.room_name(m.shared.room_of(k)))
         })
         .await
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use self::members::{KickPlan, Shared, VictimState};
+use self::members::{KickPlan, Member, Shared, VictimState};
 pub use self::report::{Action, KickReport};
 use crate::Common;
 use crate::payload;
@@ -179,32 +179,27 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let (stop_tx, stop_rx) = watch::channel(false);
     let (outcome_tx, outcome_rx) = mpsc::channel(members as usize);
     let connect_start = Instant::now();
-    let spawn_args = || {
-        (
-            common.clone(),
-            shared.clone(),
-            sem.clone(),
-            outcome_tx.clone(),
-            go_rx.clone(),
-            stop_rx.clone(),
-        )
+    let member = || Member {
+        common: common.clone(),
+        shared: shared.clone(),
+        sem: sem.clone(),
+        outcome: outcome_tx.clone(),
+        go: go_rx.clone(),
+        stop: stop_rx.clone(),
     };
     let mut watcher_tasks: Vec<JoinHandle<members::WatcherResult>> = Vec::new();
     for i in 0..watchers {
-        let (c, s, m, o, g, st) = spawn_args();
         let room = i / params.members;
-        watcher_tasks.push(tokio::spawn(members::watcher(i, room, c, s, m, o, g, st)));
+        watcher_tasks.push(tokio::spawn(members::watcher(i, room, member())));
     }
     let mut victim_tasks: Vec<JoinHandle<members::VictimResult>> = Vec::new();
     for v in 0..victims {
-        let (c, s, m, o, g, st) = spawn_args();
         let room = v / params.victims;
-        victim_tasks.push(tokio::spawn(members::victim(v, room, c, s, m, o, g, st)));
+        victim_tasks.push(tokio::spawn(members::victim(v, room, member())));
     }
     let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
     for j in 0..schedule.publishers {
-        let (c, s, m, o, g, st) = spawn_args();
-        pub_tasks.push(tokio::spawn(members::publisher(j, c, s, m, o, g, st)));
+        pub_tasks.push(tokio::spawn(members::publisher(j, member())));
     }
     drop(outcome_tx);
     let mut joined = [0u64; 3];
