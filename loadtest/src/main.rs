@@ -472,16 +472,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `chaos` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+/// `chaos` prints its own report (see `self_reported`).
 fn run_chaos(
     runtime: tokio::runtime::Runtime,
     common: &roomcast_loadtest::Common,
     a: &ChaosArgs,
     html: bool,
 ) -> ExitCode {
-    if html {
-        eprintln!("roomcast-loadtest: chaos writes no HTML report; --report is ignored");
-    }
     let params = ChaosParams {
         subscribers: a.subscribers,
         publishers: a.publishers,
@@ -495,36 +492,19 @@ fn run_chaos(
         kill_dist: a.kill_dist,
         min_ratio: a.min_ratio,
     };
-    let result = runtime.block_on(chaos::run(common, &params));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(r) => {
-            eprintln!("{}", r.text());
-            println!("{}", r.json_line());
-            if r.pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("roomcast-loadtest: {e}");
-            println!("{}", serde_json::json!({ "error": e }));
-            ExitCode::from(2)
-        }
-    }
+    let run = chaos::run(common, &params);
+    self_reported(runtime, "chaos", html, run, |r| {
+        (r.text(), r.json_line(), r.pass)
+    })
 }
 
-/// `kick` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+/// `kick` prints its own report (see `self_reported`).
 fn run_kick(
     runtime: tokio::runtime::Runtime,
     common: &roomcast_loadtest::Common,
     a: &KickArgs,
     html: bool,
 ) -> ExitCode {
-    if html {
-        eprintln!("roomcast-loadtest: kick writes no HTML report; --report is ignored");
-    }
     let params = KickParams {
         rooms: a.rooms,
         members: a.members,
@@ -551,13 +531,33 @@ fn run_kick(
         revoke_for_s: a.revoke_for,
         user_prefix: a.user_prefix.clone(),
     };
-    let result = runtime.block_on(kick::run(common, &params));
+    let run = kick::run(common, &params);
+    self_reported(runtime, "kick", html, run, |r| {
+        (r.text(), r.json_line(), r.pass)
+    })
+}
+
+/// Run a scenario that prints its own report: its text on stderr and one JSON line on stdout
+/// (no HTML page, so `--report` is only warned about). `show` gives the text, the JSON line
+/// and whether it passed. Exit 0 on a pass, 1 on a fail, 2 when the run could not be made.
+fn self_reported<R>(
+    runtime: tokio::runtime::Runtime,
+    name: &str,
+    html: bool,
+    run: impl std::future::Future<Output = Result<R, String>>,
+    show: impl FnOnce(&R) -> (String, String, bool),
+) -> ExitCode {
+    if html {
+        eprintln!("roomcast-loadtest: {name} writes no HTML report; --report is ignored");
+    }
+    let result = runtime.block_on(run);
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(r) => {
-            eprintln!("{}", r.text());
-            println!("{}", r.json_line());
-            if r.pass {
+            let (text, json_line, pass) = show(&r);
+            eprintln!("{text}");
+            println!("{json_line}");
+            if pass {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
