@@ -39,6 +39,7 @@ use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
 use roomcast_loadtest::scenario::kick::{self, Action, KickParams};
 use roomcast_loadtest::scenario::ramp::{self, RampParams};
 use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
+use roomcast_loadtest::schedule::ScheduleParams;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -239,10 +240,12 @@ impl FanoutArgs {
     fn params(&self) -> FanoutParams {
         FanoutParams {
             subscribers: self.subscribers,
-            publishers: self.publishers,
-            max_rate_per_pub: self.max_rate_per_pub,
-            rate: self.rate,
-            duration_s: self.duration,
+            schedule: schedule(
+                self.publishers,
+                self.max_rate_per_pub,
+                self.rate,
+                self.duration,
+            ),
             drain_s: self.drain,
             payload_bytes: self.payload_bytes,
             room: self.room.clone(),
@@ -481,10 +484,7 @@ fn run_chaos(
 ) -> ExitCode {
     let params = ChaosParams {
         subscribers: a.subscribers,
-        publishers: a.publishers,
-        max_rate_per_pub: a.max_rate_per_pub,
-        rate: a.rate,
-        duration_s: a.duration,
+        schedule: schedule(a.publishers, a.max_rate_per_pub, a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room: a.room.clone(),
@@ -509,10 +509,7 @@ fn run_kick(
         rooms: a.rooms,
         members: a.members,
         victims: a.victims,
-        publishers: a.publishers,
-        max_rate_per_pub: a.max_rate_per_pub,
-        rate: a.rate,
-        duration_s: a.duration,
+        schedule: schedule(a.publishers, a.max_rate_per_pub, a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room_prefix: a.room_prefix.clone(),
@@ -535,6 +532,16 @@ fn run_kick(
     self_reported(runtime, "kick", html, run, |r| {
         (r.text(), r.json_line(), r.pass)
     })
+}
+
+/// A scenario's schedule parameters from its command-line values.
+fn schedule(publishers: u64, max_rate_per_pub: f64, rate: f64, duration_s: f64) -> ScheduleParams {
+    ScheduleParams {
+        publishers,
+        max_rate_per_pub,
+        rate,
+        duration_s,
+    }
 }
 
 /// Run a scenario that prints its own report: its text on stderr and one JSON line on stdout

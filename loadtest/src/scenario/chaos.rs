@@ -38,7 +38,7 @@ use crate::scenario::connect_phase::{self, Connects};
 use crate::scenario::footer;
 use crate::scenario::publish::{Go, PubResult, Publishing};
 use crate::scenario::traffic::{self, CpuReport, new_run_id, now_us};
-use crate::schedule::Schedule;
+use crate::schedule::ScheduleParams;
 use crate::stats::{self, Insert, Percentiles, Seen, round3};
 
 /// How the time to the next cut is drawn.
@@ -65,12 +65,7 @@ impl std::str::FromStr for KillDist {
 #[derive(Clone, Debug)]
 pub struct ChaosParams {
     pub subscribers: u64,
-    /// 0: as few as keep each under `max_rate_per_pub`.
-    pub publishers: u64,
-    pub max_rate_per_pub: f64,
-    /// Messages per second, all publishers together.
-    pub rate: f64,
-    pub duration_s: f64,
+    pub schedule: ScheduleParams,
     /// Seconds to wait after the last ack for deliveries and replays still in flight.
     pub drain_s: f64,
     pub payload_bytes: usize,
@@ -86,10 +81,7 @@ impl Default for ChaosParams {
     fn default() -> Self {
         ChaosParams {
             subscribers: 200,
-            publishers: 0,
-            max_rate_per_pub: 20.0,
-            rate: 50.0,
-            duration_s: 30.0,
+            schedule: ScheduleParams::new(50.0, 30.0),
             drain_s: 10.0,
             payload_bytes: 100,
             room: "chat:chaos".into(),
@@ -353,12 +345,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
         return Err("need at least one subscriber".into());
     }
     payload::check_room(&params.room)?;
-    let schedule = Schedule::new(
-        params.rate,
-        params.duration_s,
-        params.publishers,
-        params.max_rate_per_pub,
-    )?;
+    let schedule = params.schedule.schedule()?;
     let endpoints = traffic::resolve_all(&common.urls).await?;
     let shared = Arc::new(Shared {
         publishing: Publishing::new(new_run_id(), schedule, params.payload_bytes),
@@ -439,11 +426,11 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     // ---- publish, cut, reconnect ----
     let cpu_before = traffic::cpu_snapshot(&common.pids);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
-    let cuts_end = t0 + Duration::from_secs_f64(params.duration_s);
+    let cuts_end = t0 + Duration::from_secs_f64(params.schedule.duration_s);
     let _ = go_tx.send(Some((t0, cuts_end)));
     let bar = crate::progress_bar(
         common.progress,
-        (params.duration_s * 1000.0) as u64,
+        (params.schedule.duration_s * 1000.0) as u64,
         "chaos",
     );
     let publish_deadline = cuts_end + Duration::from_secs(30);
@@ -554,7 +541,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
         publishers: schedule.publishers,
         publishers_joined: pubs_joined,
         rate_msgs_per_s: schedule.rate,
-        duration_s: params.duration_s,
+        duration_s: params.schedule.duration_s,
         kill_every_s: params.kill_every_s,
         kill_dist: params.kill_dist,
         planned_msgs: schedule.planned,

@@ -49,7 +49,7 @@ use crate::payload;
 use crate::scenario::connect_phase::{self, Connects};
 use crate::scenario::publish::{PubResult, Publishing};
 use crate::scenario::traffic::{self, new_run_id};
-use crate::schedule::Schedule;
+use crate::schedule::ScheduleParams;
 use crate::stats::{self, Percentiles, round3};
 use crate::token::Minter;
 
@@ -60,12 +60,7 @@ pub struct KickParams {
     pub members: u64,
     /// Victims per room.
     pub victims: u64,
-    /// 0: as few as keep each under `max_rate_per_pub`.
-    pub publishers: u64,
-    pub max_rate_per_pub: f64,
-    /// Messages per second, all publishers together.
-    pub rate: f64,
-    pub duration_s: f64,
+    pub schedule: ScheduleParams,
     /// Seconds to wait after the last reply for deliveries and closes in flight.
     pub drain_s: f64,
     pub payload_bytes: usize,
@@ -93,10 +88,7 @@ impl Default for KickParams {
             rooms: 4,
             members: 20,
             victims: 2,
-            publishers: 0,
-            max_rate_per_pub: 20.0,
-            rate: 100.0,
-            duration_s: 20.0,
+            schedule: ScheduleParams::new(100.0, 20.0),
             drain_s: 10.0,
             payload_bytes: 100,
             room_prefix: "kick:".into(),
@@ -139,12 +131,7 @@ fn check(params: &KickParams) -> Result<(), String> {
 
 pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, String> {
     check(params)?;
-    let schedule = Schedule::new(
-        params.rate,
-        params.duration_s,
-        params.publishers,
-        params.max_rate_per_pub,
-    )?;
+    let schedule = params.schedule.schedule()?;
     let endpoints = traffic::resolve_all(&common.urls).await?;
     let mut admin = Vec::new();
     for url in &params.admin_urls {
@@ -155,7 +142,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     }
     let run = new_run_id();
     let (watchers, victims) = (params.rooms * params.members, params.rooms * params.victims);
-    let lifetime = (params.duration_s + params.drain_s).max(0.0) as u64 + 3_600;
+    let lifetime = (params.schedule.duration_s + params.drain_s).max(0.0) as u64 + 3_600;
     let shared = Arc::new(Shared {
         publishing: Publishing::new(run, schedule, params.payload_bytes),
         rooms: params.rooms,
@@ -253,9 +240,13 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     ));
     let cpu_before = traffic::cpu_snapshot(&common.pids);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
-    let end = t0 + Duration::from_secs_f64(params.duration_s);
+    let end = t0 + Duration::from_secs_f64(params.schedule.duration_s);
     let _ = go_tx.send(Some((t0, end)));
-    let bar = crate::progress_bar(common.progress, (params.duration_s * 1000.0) as u64, "kick");
+    let bar = crate::progress_bar(
+        common.progress,
+        (params.schedule.duration_s * 1000.0) as u64,
+        "kick",
+    );
     let publish_deadline = end + Duration::from_secs(30);
     let drain_for = Duration::from_secs_f64(params.drain_s.max(0.0));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -319,7 +310,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         publishers: schedule.publishers,
         publishers_joined: pubs_joined,
         rate_msgs_per_s: schedule.rate,
-        duration_s: params.duration_s,
+        duration_s: params.schedule.duration_s,
         kick_every_s: params.kick_every_s,
         actions: params.actions.clone(),
         planned_msgs: schedule.planned,
