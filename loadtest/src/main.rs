@@ -97,7 +97,8 @@ enum Scenario {
     Connections(ConnectionsArgs),
     /// Fanout at rising rates; reports the highest passing rate.
     Ramp(RampArgs),
-    /// Fanout into a history room while subscribers are cut at random and rejoin with `since`.
+    /// Fanout into a history room while subscribers are cut at random and rejoin with `since`
+    /// (publishers on the first URL).
     Chaos(ChaosArgs),
     /// Kick and revoke victims through the admin API under load; no other member may lose,
     /// repeat or reorder a message (nodes in auth.mode = "jwt").
@@ -115,11 +116,8 @@ struct KickArgs {
     /// Victims per room: kicked or revoked, then back with a fresh token.
     #[arg(long, default_value_t = 2)]
     victims: u64,
-    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -168,11 +166,8 @@ struct KickArgs {
 struct ChaosArgs {
     #[arg(long, default_value_t = 200)]
     subscribers: u64,
-    /// Publishing connections (on the first URL); 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
@@ -198,6 +193,29 @@ struct ChaosArgs {
     min_ratio: f64,
 }
 
+/// The publishing connections of `fanout`, `chaos` and `kick`.
+#[derive(Args, Debug, Clone)]
+struct PublisherArgs {
+    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
+    #[arg(long, default_value_t = 0)]
+    publishers: u64,
+    /// Upper bound of one publisher's rate, msg/s (roomcast allows 50 per connection).
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_pub: f64,
+}
+
+impl PublisherArgs {
+    /// The schedule of `rate` msg/s for `duration_s` seconds from these publishers.
+    fn schedule(&self, rate: f64, duration_s: f64) -> ScheduleParams {
+        ScheduleParams {
+            publishers: self.publishers,
+            max_rate_per_pub: self.max_rate_per_pub,
+            rate,
+            duration_s,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct Criteria {
     /// Lowest delivery ratio that passes.
@@ -212,12 +230,8 @@ struct Criteria {
 struct FanoutArgs {
     #[arg(long, default_value_t = 1000)]
     subscribers: u64,
-    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    /// Upper bound of one publisher's rate, msg/s (roomcast allows 50 per connection).
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -240,12 +254,7 @@ impl FanoutArgs {
     fn params(&self) -> FanoutParams {
         FanoutParams {
             subscribers: self.subscribers,
-            schedule: schedule(
-                self.publishers,
-                self.max_rate_per_pub,
-                self.rate,
-                self.duration,
-            ),
+            schedule: self.publishers.schedule(self.rate, self.duration),
             drain_s: self.drain,
             payload_bytes: self.payload_bytes,
             room: self.room.clone(),
@@ -484,7 +493,7 @@ fn run_chaos(
 ) -> ExitCode {
     let params = ChaosParams {
         subscribers: a.subscribers,
-        schedule: schedule(a.publishers, a.max_rate_per_pub, a.rate, a.duration),
+        schedule: a.publishers.schedule(a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room: a.room.clone(),
@@ -509,7 +518,7 @@ fn run_kick(
         rooms: a.rooms,
         members: a.members,
         victims: a.victims,
-        schedule: schedule(a.publishers, a.max_rate_per_pub, a.rate, a.duration),
+        schedule: a.publishers.schedule(a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room_prefix: a.room_prefix.clone(),
@@ -532,16 +541,6 @@ fn run_kick(
     self_reported(runtime, "kick", html, run, |r| {
         (r.text(), r.json_line(), r.pass)
     })
-}
-
-/// A scenario's schedule parameters from its command-line values.
-fn schedule(publishers: u64, max_rate_per_pub: f64, rate: f64, duration_s: f64) -> ScheduleParams {
-    ScheduleParams {
-        publishers,
-        max_rate_per_pub,
-        rate,
-        duration_s,
-    }
 }
 
 /// Run a scenario that prints its own report: its text on stderr and one JSON line on stdout
