@@ -39,7 +39,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Common;
-use crate::client::{self, Endpoint};
+use crate::client::{self, Endpoint, Ws};
 use crate::payload;
 use crate::scenario::connect_phase::{self, Connects};
 use crate::scenario::publish::{Go, PubResult, Publishing};
@@ -345,6 +345,46 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     })
 }
 
+/// A member's first connection: connect to `endpoint` (holding a connect permit), join the
+/// room, and report the outcome to the connect phase as member `who`. `None` when the run
+/// stopped first, the connection failed, or the connect phase no longer listens.
+async fn first_join(
+    who: u64,
+    endpoint: &Endpoint,
+    common: &Common,
+    shared: &Shared,
+    sem: &Semaphore,
+    outcome: mpsc::Sender<(u64, Outcome)>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Ws> {
+    let source = client::source_address(who as usize, common.sources);
+    let setup = async {
+        let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
+        let connected = client::connect(endpoint, source, common.handshake_timeout)
+            .await
+            .map_err(|e| e.0)?;
+        let mut ws = connected.ws;
+        client::join(&mut ws, &shared.room, common.handshake_timeout)
+            .await
+            .map_err(|e| e.0)?;
+        Ok::<_, String>((ws, connected.connect_us))
+    };
+    let opened = tokio::select! {
+        r = setup => r,
+        _ = stop.changed() => return None,
+    };
+    match opened {
+        Ok((ws, us)) => {
+            outcome.send((who, Ok(us))).await.ok()?;
+            Some(ws)
+        }
+        Err(e) => {
+            let _ = outcome.send((who, Err(e))).await;
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     j: u64,
@@ -357,34 +397,10 @@ async fn publisher(
     mut stop: watch::Receiver<bool>,
 ) -> PubResult {
     let endpoint = &shared.endpoints[0];
-    let source = client::source_address(member as usize, common.sources);
-    let setup = async {
-        let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
-        let connected = client::connect(endpoint, source, common.handshake_timeout)
-            .await
-            .map_err(|e| e.0)?;
-        let mut ws = connected.ws;
-        client::join(&mut ws, &shared.room, common.handshake_timeout)
-            .await
-            .map_err(|e| e.0)?;
-        Ok::<_, String>((ws, connected.connect_us))
+    let Some(ws) = first_join(member, endpoint, &common, &shared, &sem, outcome, &mut stop).await
+    else {
+        return PubResult::default();
     };
-    let ws = tokio::select! {
-        r = setup => match r {
-            Ok((ws, us)) => {
-                if outcome.send((member, Ok(us))).await.is_err() {
-                    return PubResult::default();
-                }
-                ws
-            }
-            Err(e) => {
-                let _ = outcome.send((member, Err(e))).await;
-                return PubResult::default();
-            }
-        },
-        _ = stop.changed() => return PubResult::default(),
-    };
-    drop(outcome);
     shared
         .publishing
         .publisher(j, ws, common.heartbeat, &mut go, &mut stop, |_| {

@@ -23,7 +23,7 @@ use crate::scenario::publish::Go;
 use crate::scenario::traffic::now_us;
 use crate::stats::{self, Insert, Seen};
 
-use super::{KillDist, Outcome, Shared};
+use super::{KillDist, Outcome, Shared, first_join};
 
 /// A small deterministic generator (SplitMix64): enough randomness for cut times and URL
 /// choice without a dependency.
@@ -117,20 +117,20 @@ pub fn score(mut seen: Seen, acked: &[u64]) -> (u64, u64) {
 
 #[derive(Default)]
 pub(super) struct SubResult {
-    pub seen: Option<Seen>,
-    pub duplicates: u64,
-    pub foreign: u64,
-    pub kills: u64,
-    pub lost: u64,
-    pub reconnects: u64,
-    pub reconnect_failures: BTreeMap<String, u64>,
-    pub not_recovered: u64,
-    pub without_since: u64,
-    pub replayed: u64,
-    pub server_errors: BTreeMap<String, u64>,
-    pub joined_h: Option<Histogram<u64>>,
-    pub first_h: Option<Histogram<u64>>,
-    pub latency_h: Option<Histogram<u64>>,
+    pub(super) seen: Option<Seen>,
+    pub(super) duplicates: u64,
+    pub(super) foreign: u64,
+    pub(super) kills: u64,
+    pub(super) lost: u64,
+    pub(super) reconnects: u64,
+    pub(super) reconnect_failures: BTreeMap<String, u64>,
+    pub(super) not_recovered: u64,
+    pub(super) without_since: u64,
+    pub(super) replayed: u64,
+    pub(super) server_errors: BTreeMap<String, u64>,
+    pub(super) joined_h: Option<Histogram<u64>>,
+    pub(super) first_h: Option<Histogram<u64>>,
+    pub(super) latency_h: Option<Histogram<u64>>,
 }
 
 /// Reset the connection (no close frame) so the server sees an abrupt loss.
@@ -245,33 +245,19 @@ pub(super) async fn subscriber(
     let source = client::source_address(i as usize, common.sources);
     let mut rng = Rng::new(shared.publishing.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let first_endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
-    let setup = async {
-        let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
-        let connected = client::connect(first_endpoint, source, common.handshake_timeout)
-            .await
-            .map_err(|e| e.0)?;
-        let mut ws = connected.ws;
-        client::join(&mut ws, &shared.room, common.handshake_timeout)
-            .await
-            .map_err(|e| e.0)?;
-        Ok::<_, String>((ws, connected.connect_us))
+    let Some(mut ws) = first_join(
+        i,
+        first_endpoint,
+        &common,
+        &shared,
+        &sem,
+        outcome,
+        &mut stop,
+    )
+    .await
+    else {
+        return SubResult::default();
     };
-    let mut ws = tokio::select! {
-        r = setup => match r {
-            Ok((ws, us)) => {
-                if outcome.send((i, Ok(us))).await.is_err() {
-                    return SubResult::default();
-                }
-                ws
-            }
-            Err(e) => {
-                let _ = outcome.send((i, Err(e))).await;
-                return SubResult::default();
-            }
-        },
-        _ = stop.changed() => return SubResult::default(),
-    };
-    drop(outcome);
     let mut st = SubState {
         seen: Seen::new(shared.publishing.schedule.planned),
         last_id: None,
