@@ -1,15 +1,78 @@
-//! The connect phase that `chaos` and `kick` share: gathering each member's connect outcome
-//! until all have answered or the phase's deadline passes.
+//! The connect phase that `chaos` and `kick` share: what each member task is handed (the
+//! connect permits, the outcome channel, the start and stop signals), and gathering each
+//! member's connect outcome until all have answered or the phase's deadline passes.
 //!
-//! Owns that wait and its counts; spawning the members and deciding whether enough joined are
-//! the scenarios' own.
+//! Owns those channels, that wait and its counts; spawning the members and deciding whether
+//! enough joined are the scenarios' own.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::Common;
+use crate::scenario::publish::Go;
 use crate::stats;
+
+/// What every member task is given besides its number: the run's settings and shared state
+/// `S`, the connect permits, where to report its connect outcome (as `K`), and the start and
+/// stop signals.
+pub(crate) struct Member<S, K> {
+    pub common: Common,
+    pub shared: Arc<S>,
+    pub sem: Arc<Semaphore>,
+    pub outcome: mpsc::Sender<(K, Result<u64, String>)>,
+    pub go: Go,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl<S, K> Clone for Member<S, K> {
+    fn clone(&self) -> Self {
+        Member {
+            common: self.common.clone(),
+            shared: self.shared.clone(),
+            sem: self.sem.clone(),
+            outcome: self.outcome.clone(),
+            go: self.go.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// The run's ends of its members' channels.
+pub(crate) struct Signals<K> {
+    pub outcome_rx: mpsc::Receiver<(K, Result<u64, String>)>,
+    pub go_tx: watch::Sender<Option<(tokio::time::Instant, tokio::time::Instant)>>,
+    pub stop_tx: watch::Sender<bool>,
+}
+
+/// The template every member task clones (`common.connect_concurrency` handshakes at once,
+/// room in the outcome channel for `members`) and the run's ends of the channels. Drop the
+/// template once the tasks are spawned, so that [`gather`] ends when they all answered.
+pub(crate) fn members<S, K>(
+    common: &Common,
+    shared: &Arc<S>,
+    members: u64,
+) -> (Member<S, K>, Signals<K>) {
+    let (go_tx, go) = watch::channel(None);
+    let (stop_tx, stop) = watch::channel(false);
+    let (outcome, outcome_rx) = mpsc::channel(members.max(1) as usize);
+    let member = Member {
+        common: common.clone(),
+        shared: shared.clone(),
+        sem: Arc::new(Semaphore::new(common.connect_concurrency.max(1))),
+        outcome,
+        go,
+        stop,
+    };
+    let signals = Signals {
+        outcome_rx,
+        go_tx,
+        stop_tx,
+    };
+    (member, signals)
+}
 
 /// What the connect phase gathered: the handshake times of the members that joined and the
 /// count of each error the others met.

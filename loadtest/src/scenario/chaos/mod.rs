@@ -42,7 +42,7 @@ use crate::Common;
 use crate::client::{self, Endpoint, Ws};
 use crate::payload;
 use crate::scenario::connect_phase::{self, Connects};
-use crate::scenario::publish::{Go, PubResult, Publishing};
+use crate::scenario::publish::{PubResult, Publishing};
 use crate::scenario::traffic::{self, new_run_id};
 use crate::schedule::ScheduleParams;
 use crate::stats::{self, Percentiles, round3};
@@ -108,6 +108,8 @@ struct Shared {
 }
 
 type Outcome = Result<u64, String>;
+/// What every subscriber and publisher task is given besides its number.
+type Member = connect_phase::Member<Shared, u64>;
 
 pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, String> {
     if params.subscribers == 0 {
@@ -128,43 +130,23 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     let members = subs + schedule.publishers;
 
     // ---- connect and join ----
-    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
-    let (go_tx, go_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (outcome_tx, outcome_rx) = mpsc::channel::<(u64, Outcome)>(members as usize);
+    let (member, signals) = connect_phase::members(common, &shared, members);
     let connect_start = Instant::now();
     let mut sub_tasks: Vec<JoinHandle<SubResult>> = Vec::with_capacity(subs as usize);
     let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
     for i in 0..subs {
-        sub_tasks.push(tokio::spawn(subscriber(
-            i,
-            common.clone(),
-            shared.clone(),
-            sem.clone(),
-            outcome_tx.clone(),
-            go_rx.clone(),
-            stop_rx.clone(),
-        )));
+        sub_tasks.push(tokio::spawn(subscriber(i, member.clone())));
     }
     for j in 0..schedule.publishers {
-        pub_tasks.push(tokio::spawn(publisher(
-            j,
-            subs + j,
-            common.clone(),
-            shared.clone(),
-            sem.clone(),
-            outcome_tx.clone(),
-            go_rx.clone(),
-            stop_rx.clone(),
-        )));
+        pub_tasks.push(tokio::spawn(publisher(j, subs + j, member.clone())));
     }
-    drop(outcome_tx);
+    drop(member);
     let (mut subs_joined, mut pubs_joined) = (0u64, 0u64);
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
     let Connects {
         connect_h,
         errors: connect_errors,
-    } = connect_phase::gather(outcome_rx, members, deadline, |i| {
+    } = connect_phase::gather(signals.outcome_rx, members, deadline, |i| {
         if i < subs {
             subs_joined += 1;
         } else {
@@ -182,7 +164,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
         ),
     );
     if subs_joined == 0 || pubs_joined < schedule.publishers {
-        let _ = stop_tx.send(true);
+        let _ = signals.stop_tx.send(true);
         traffic::collect(sub_tasks, Duration::from_secs(5)).await;
         traffic::collect(pub_tasks, Duration::from_secs(5)).await;
         return Err(format!(
@@ -196,7 +178,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     let cpu_before = traffic::cpu_snapshot(&common.pids);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let cuts_end = t0 + Duration::from_secs_f64(params.schedule.duration_s);
-    let _ = go_tx.send(Some((t0, cuts_end)));
+    let _ = signals.go_tx.send(Some((t0, cuts_end)));
     let bar = crate::progress_bar(
         common.progress,
         (params.schedule.duration_s * 1000.0) as u64,
@@ -231,7 +213,7 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     }
     bar.finish_and_clear();
     let cpu_after = traffic::cpu_snapshot(&common.pids);
-    let _ = stop_tx.send(true);
+    let _ = signals.stop_tx.send(true);
     let sub_results = traffic::collect(sub_tasks, Duration::from_secs(10)).await;
     let pub_results = traffic::collect(pub_tasks, Duration::from_secs(5)).await;
 
@@ -385,26 +367,25 @@ async fn first_join(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publisher(
-    j: u64,
-    member: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: mpsc::Sender<(u64, Outcome)>,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> PubResult {
-    let endpoint = &shared.endpoints[0];
-    let Some(ws) = first_join(member, endpoint, &common, &shared, &sem, outcome, &mut stop).await
+async fn publisher(j: u64, member: u64, mut m: Member) -> PubResult {
+    let endpoint = &m.shared.endpoints[0];
+    let Some(ws) = first_join(
+        member,
+        endpoint,
+        &m.common,
+        &m.shared,
+        &m.sem,
+        m.outcome,
+        &mut m.stop,
+    )
+    .await
     else {
         return PubResult::default();
     };
-    shared
+    m.shared
         .publishing
-        .publisher(j, ws, common.heartbeat, &mut go, &mut stop, |_| {
-            Cow::Borrowed(shared.room.as_str())
+        .publisher(j, ws, m.common.heartbeat, &mut m.go, &mut m.stop, |_| {
+            Cow::Borrowed(m.shared.room.as_str())
         })
         .await
 }

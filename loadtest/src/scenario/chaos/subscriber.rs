@@ -6,24 +6,20 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::Common;
 use crate::client::{self, Ws};
 use crate::payload::{self, Incoming, Payload};
-use crate::scenario::publish::Go;
 use crate::scenario::traffic::now_us;
 use crate::stats::{self, Insert, Seen};
 
-use super::{KillDist, Outcome, Shared, first_join};
+use super::{KillDist, Member, Shared, first_join};
 
 /// A small deterministic generator (SplitMix64): enough randomness for cut times and URL
 /// choice without a dependency.
@@ -233,33 +229,25 @@ impl SubState {
     }
 }
 
-pub(super) async fn subscriber(
-    i: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: mpsc::Sender<(u64, Outcome)>,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> SubResult {
-    let source = client::source_address(i as usize, common.sources);
-    let mut rng = Rng::new(shared.publishing.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let first_endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
+pub(super) async fn subscriber(i: u64, mut m: Member) -> SubResult {
+    let source = client::source_address(i as usize, m.common.sources);
+    let mut rng = Rng::new(m.shared.publishing.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let first_endpoint = &m.shared.endpoints[i as usize % m.shared.endpoints.len()];
     let Some(mut ws) = first_join(
         i,
         first_endpoint,
-        &common,
-        &shared,
-        &sem,
-        outcome,
-        &mut stop,
+        &m.common,
+        &m.shared,
+        &m.sem,
+        m.outcome,
+        &mut m.stop,
     )
     .await
     else {
         return SubResult::default();
     };
     let mut st = SubState {
-        seen: Seen::new(shared.publishing.schedule.planned),
+        seen: Seen::new(m.shared.publishing.schedule.planned),
         last_id: None,
         pending_first: None,
         result: SubResult {
@@ -277,17 +265,17 @@ pub(super) async fn subscriber(
     // ---- wait for the start ----
     let cuts_end = loop {
         tokio::select! {
-            changed = go.changed() => {
+            changed = m.go.changed() => {
                 if changed.is_err() {
                     return finish(st);
                 }
-                if let Some((_, end)) = *go.borrow_and_update() {
+                if let Some((_, end)) = *m.go.borrow_and_update() {
                     break end;
                 }
             }
-            _ = stop.changed() => return finish(st),
+            _ = m.stop.changed() => return finish(st),
             frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => st.on_text(&shared, t.as_str()),
+                Some(Ok(Message::Text(t))) => st.on_text(&m.shared, t.as_str()),
                 Some(Ok(_)) => {}
                 _ => {
                     st.result.lost += 1;
@@ -297,20 +285,20 @@ pub(super) async fn subscriber(
         }
     };
 
-    let stopped = stop.changed();
+    let stopped = m.stop.changed();
     tokio::pin!(stopped);
     let far = cuts_end + Duration::from_secs(86_400);
     loop {
         // ---- one connection's life ----
-        let kill_at = kill_delay(shared.kill_dist, shared.kill_every_s, rng.unit())
+        let kill_at = kill_delay(m.shared.kill_dist, m.shared.kill_every_s, rng.unit())
             .map(|d| tokio::time::Instant::now() + d)
             .filter(|&at| at < cuts_end)
             .unwrap_or(far);
         let kill = tokio::time::sleep_until(kill_at);
         tokio::pin!(kill);
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + common.heartbeat,
-            common.heartbeat,
+            tokio::time::Instant::now() + m.common.heartbeat,
+            m.common.heartbeat,
         );
         let cut_now = loop {
             tokio::select! {
@@ -321,7 +309,7 @@ pub(super) async fn subscriber(
                 }
                 _ = &mut kill => break true,
                 frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(t))) => st.on_text(&shared, t.as_str()),
+                    Some(Ok(Message::Text(t))) => st.on_text(&m.shared, t.as_str()),
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break false,
                     Some(Ok(_)) => {}
                 },
@@ -343,20 +331,20 @@ pub(super) async fn subscriber(
         let start_us = now_us();
         let started = Instant::now();
         ws = loop {
-            let endpoint = &shared.endpoints[rng.below(shared.endpoints.len())];
+            let endpoint = &m.shared.endpoints[rng.below(m.shared.endpoints.len())];
             let attempt = async {
-                let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
-                let mut ws = client::connect(endpoint, source, common.handshake_timeout)
+                let _permit = m.sem.acquire().await.map_err(|e| e.to_string())?;
+                let mut ws = client::connect(endpoint, source, m.common.handshake_timeout)
                     .await
                     .map_err(|e| e.0)?
                     .ws;
                 let cmd = join_command(
-                    &shared.room,
+                    &m.shared.room,
                     st.last_id.as_deref(),
-                    Some(shared.publishing.schedule.planned),
+                    Some(m.shared.publishing.schedule.planned),
                 );
                 let mut early: Vec<String> = Vec::new();
-                let reply = join_since(&mut ws, cmd, common.handshake_timeout, |t| {
+                let reply = join_since(&mut ws, cmd, m.common.handshake_timeout, |t| {
                     early.push(t.to_owned())
                 })
                 .await?;
@@ -380,7 +368,7 @@ pub(super) async fn subscriber(
                     st.result.replayed += history.unwrap_or(0);
                     st.pending_first = Some(start_us);
                     for t in &early {
-                        st.on_text(&shared, t);
+                        st.on_text(&m.shared, t);
                     }
                     break ws;
                 }

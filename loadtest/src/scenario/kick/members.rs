@@ -23,6 +23,7 @@ use crate::Common;
 use crate::admin::{self, AdminEndpoint};
 use crate::client::{self, Endpoint, Ws};
 use crate::payload::{self, Incoming};
+use crate::scenario::connect_phase;
 use crate::scenario::publish::{Go, PubResult, Publishing, wait_for_go};
 use crate::scenario::traffic::now_us;
 use crate::stats;
@@ -71,14 +72,7 @@ pub(super) enum VictimState {
 pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
 
 /// What every member task (watcher, victim, publisher) is given besides its number and room.
-pub(super) struct Member {
-    pub common: Common,
-    pub shared: Arc<Shared>,
-    pub sem: Arc<Semaphore>,
-    pub outcome: Outcome,
-    pub go: Go,
-    pub stop: watch::Receiver<bool>,
-}
+pub(super) type Member = connect_phase::Member<Shared, u8>;
 
 /// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
 /// and the handshake time in microseconds.

@@ -39,10 +39,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::members::{KickPlan, Member, Shared, VictimState};
+use self::members::{KickPlan, Shared, VictimState};
 pub use self::report::{Action, KickReport};
 use crate::Common;
 use crate::payload;
@@ -161,40 +161,29 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let members = watchers + victims + schedule.publishers;
 
     // ---- connect and join ----
-    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
-    let (go_tx, go_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (outcome_tx, outcome_rx) = mpsc::channel(members as usize);
+    let (member, signals) = connect_phase::members(common, &shared, members);
     let connect_start = Instant::now();
-    let member = || Member {
-        common: common.clone(),
-        shared: shared.clone(),
-        sem: sem.clone(),
-        outcome: outcome_tx.clone(),
-        go: go_rx.clone(),
-        stop: stop_rx.clone(),
-    };
     let mut watcher_tasks: Vec<JoinHandle<members::WatcherResult>> = Vec::new();
     for i in 0..watchers {
         let room = i / params.members;
-        watcher_tasks.push(tokio::spawn(members::watcher(i, room, member())));
+        watcher_tasks.push(tokio::spawn(members::watcher(i, room, member.clone())));
     }
     let mut victim_tasks: Vec<JoinHandle<members::VictimResult>> = Vec::new();
     for v in 0..victims {
         let room = v / params.victims;
-        victim_tasks.push(tokio::spawn(members::victim(v, room, member())));
+        victim_tasks.push(tokio::spawn(members::victim(v, room, member.clone())));
     }
     let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
     for j in 0..schedule.publishers {
-        pub_tasks.push(tokio::spawn(members::publisher(j, member())));
+        pub_tasks.push(tokio::spawn(members::publisher(j, member.clone())));
     }
-    drop(outcome_tx);
+    drop(member.outcome);
     let mut joined = [0u64; 3];
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
     let Connects {
         connect_h,
         errors: connect_errors,
-    } = connect_phase::gather(outcome_rx, members, deadline, |kind: u8| {
+    } = connect_phase::gather(signals.outcome_rx, members, deadline, |kind: u8| {
         joined[kind as usize % 3] += 1;
     })
     .await;
@@ -212,7 +201,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         let _ = stop_tx.send(true);
     };
     if watchers_joined == 0 || pubs_joined < schedule.publishers {
-        stop_all(&stop_tx);
+        stop_all(&signals.stop_tx);
         traffic::collect(watcher_tasks, Duration::from_secs(5)).await;
         traffic::collect(victim_tasks, Duration::from_secs(5)).await;
         traffic::collect(pub_tasks, Duration::from_secs(5)).await;
@@ -235,13 +224,13 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let kicker = tokio::spawn(members::kicker(
         shared.clone(),
         plan,
-        go_rx.clone(),
-        stop_rx.clone(),
+        member.go.clone(),
+        member.stop.clone(),
     ));
     let cpu_before = traffic::cpu_snapshot(&common.pids);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let end = t0 + Duration::from_secs_f64(params.schedule.duration_s);
-    let _ = go_tx.send(Some((t0, end)));
+    let _ = signals.go_tx.send(Some((t0, end)));
     let bar = crate::progress_bar(
         common.progress,
         (params.schedule.duration_s * 1000.0) as u64,
@@ -289,7 +278,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     bar.finish_and_clear();
     let cpu_after = traffic::cpu_snapshot(&common.pids);
     let not_closed = targeted();
-    stop_all(&stop_tx);
+    stop_all(&signals.stop_tx);
     let kicked = traffic::collect(vec![kicker], Duration::from_secs(5)).await;
     let watcher_results = traffic::collect(watcher_tasks, Duration::from_secs(10)).await;
     let victim_results = traffic::collect(victim_tasks, Duration::from_secs(5)).await;
