@@ -22,9 +22,29 @@ pub(crate) struct Member<S, K> {
     pub common: Common,
     pub shared: Arc<S>,
     pub sem: Arc<Semaphore>,
-    pub outcome: mpsc::Sender<(K, Result<u64, String>)>,
+    /// Taken by [`Member::report`]: each member answers once.
+    pub outcome: Option<mpsc::Sender<(K, Result<u64, String>)>>,
     pub go: Go,
     pub stop: watch::Receiver<bool>,
+}
+
+impl<S, K> Member<S, K> {
+    /// Report this member's first connection (`opened`: the socket and its handshake time in
+    /// µs, or why not) to the connect phase as `who`, and let go of the sender. The socket
+    /// when it opened and the connect phase still listens.
+    pub async fn report<W>(&mut self, who: K, opened: Result<(W, u64), String>) -> Option<W> {
+        let outcome = self.outcome.take()?;
+        match opened {
+            Ok((ws, us)) => {
+                outcome.send((who, Ok(us))).await.ok()?;
+                Some(ws)
+            }
+            Err(e) => {
+                let _ = outcome.send((who, Err(e))).await;
+                None
+            }
+        }
+    }
 }
 
 impl<S, K> Clone for Member<S, K> {
@@ -62,7 +82,7 @@ pub(crate) fn members<S, K>(
         common: common.clone(),
         shared: shared.clone(),
         sem: Arc::new(Semaphore::new(common.connect_concurrency.max(1))),
-        outcome,
+        outcome: Some(outcome),
         go,
         stop,
     };

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Common;
@@ -107,7 +106,6 @@ struct Shared {
     received: AtomicU64,
 }
 
-type Outcome = Result<u64, String>;
 /// What every subscriber and publisher task is given besides its number.
 type Member = connect_phase::Member<Shared, u64>;
 
@@ -327,19 +325,13 @@ pub async fn run(common: &Common, params: &ChaosParams) -> Result<ChaosReport, S
     })
 }
 
-/// A member's first connection: connect to `endpoint` (holding a connect permit), join the
+/// A member's first connection: connect to endpoint number `endpoint` (holding a connect permit), join the
 /// room, and report the outcome to the connect phase as member `who`. `None` when the run
 /// stopped first, the connection failed, or the connect phase no longer listens.
-async fn first_join(
-    who: u64,
-    endpoint: &Endpoint,
-    common: &Common,
-    shared: &Shared,
-    sem: &Semaphore,
-    outcome: mpsc::Sender<(u64, Outcome)>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<Ws> {
-    let source = client::source_address(who as usize, common.sources);
+async fn first_join(who: u64, endpoint: usize, m: &mut Member) -> Option<Ws> {
+    let endpoint = &m.shared.endpoints[endpoint];
+    let source = client::source_address(who as usize, m.common.sources);
+    let (common, shared, sem) = (&m.common, &m.shared, &m.sem);
     let setup = async {
         let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
         let connected = client::connect(endpoint, source, common.handshake_timeout)
@@ -353,33 +345,13 @@ async fn first_join(
     };
     let opened = tokio::select! {
         r = setup => r,
-        _ = stop.changed() => return None,
+        _ = m.stop.changed() => return None,
     };
-    match opened {
-        Ok((ws, us)) => {
-            outcome.send((who, Ok(us))).await.ok()?;
-            Some(ws)
-        }
-        Err(e) => {
-            let _ = outcome.send((who, Err(e))).await;
-            None
-        }
-    }
+    m.report(who, opened).await
 }
 
 async fn publisher(j: u64, member: u64, mut m: Member) -> PubResult {
-    let endpoint = &m.shared.endpoints[0];
-    let Some(ws) = first_join(
-        member,
-        endpoint,
-        &m.common,
-        &m.shared,
-        &m.sem,
-        m.outcome,
-        &mut m.stop,
-    )
-    .await
-    else {
+    let Some(ws) = first_join(member, 0, &mut m).await else {
         return PubResult::default();
     };
     m.shared

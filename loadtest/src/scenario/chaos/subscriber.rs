@@ -232,18 +232,8 @@ impl SubState {
 pub(super) async fn subscriber(i: u64, mut m: Member) -> SubResult {
     let source = client::source_address(i as usize, m.common.sources);
     let mut rng = Rng::new(m.shared.publishing.run ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let first_endpoint = &m.shared.endpoints[i as usize % m.shared.endpoints.len()];
-    let Some(mut ws) = first_join(
-        i,
-        first_endpoint,
-        &m.common,
-        &m.shared,
-        &m.sem,
-        m.outcome,
-        &mut m.stop,
-    )
-    .await
-    else {
+    let first_endpoint = i as usize % m.shared.endpoints.len();
+    let Some(mut ws) = first_join(i, first_endpoint, &mut m).await else {
         return SubResult::default();
     };
     let mut st = SubState {

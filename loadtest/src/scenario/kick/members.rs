@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::{Action, WatcherLog};
@@ -68,10 +68,8 @@ pub(super) enum VictimState {
     },
 }
 
-/// A member's connect phase: its kind (0 watcher, 1 victim, 2 publisher) and time or error.
-pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
-
-/// What every member task (watcher, victim, publisher) is given besides its number and room.
+/// What every member task (watcher, victim, publisher) is given besides its number and room;
+/// it reports its connect outcome as its kind: 0 watcher, 1 victim, 2 publisher.
 pub(super) type Member = connect_phase::Member<Shared, u8>;
 
 /// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
@@ -106,26 +104,6 @@ async fn open(
     Ok((ws, iat, connected.connect_us))
 }
 
-/// Report a member's first connection to the connect phase as `kind` (see [`Outcome`]); the
-/// socket when it opened and the connect phase still listens. The sender is dropped here, so
-/// the connect phase hears from each member once.
-async fn reported(
-    opened: Result<(Ws, u64, u64), String>,
-    kind: u8,
-    outcome: Outcome,
-) -> Option<Ws> {
-    match opened {
-        Ok((ws, _, us)) => {
-            outcome.send((kind, Ok(us))).await.ok()?;
-            Some(ws)
-        }
-        Err(e) => {
-            let _ = outcome.send((kind, Err(e))).await;
-            None
-        }
-    }
-}
-
 fn close_label(frame: Option<Result<Message, impl std::fmt::Display>>) -> Option<String> {
     match frame {
         Some(Ok(Message::Close(f))) => {
@@ -157,7 +135,7 @@ pub(super) async fn watcher(i: u64, room: u64, mut m: Member) -> WatcherResult {
         o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
         _ = m.stop.changed() => return r,
     };
-    let Some(mut ws) = reported(opened, 0, m.outcome).await else {
+    let Some(mut ws) = m.report(0, opened.map(|(ws, _, us)| (ws, us))).await else {
         return r;
     };
     let mut log = WatcherLog::new(
@@ -251,7 +229,7 @@ pub(super) async fn victim(v: u64, room: u64, mut m: Member) -> VictimResult {
     if let Ok((_, iat, _)) = &opened {
         set_state(&m.shared, v, VictimState::Live { iat: *iat });
     }
-    let Some(mut ws) = reported(opened, 1, m.outcome).await else {
+    let Some(mut ws) = m.report(1, opened.map(|(ws, _, us)| (ws, us))).await else {
         return r;
     };
     let mut close_h = stats::histogram();
@@ -485,7 +463,7 @@ pub(super) async fn publisher(j: u64, mut m: Member) -> PubResult {
         o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
         _ = m.stop.changed() => return PubResult::default(),
     };
-    let Some(ws) = reported(opened, 2, m.outcome).await else {
+    let Some(ws) = m.report(2, opened.map(|(ws, _, us)| (ws, us))).await else {
         return PubResult::default();
     };
     m.shared

@@ -161,7 +161,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let members = watchers + victims + schedule.publishers;
 
     // ---- connect and join ----
-    let (member, signals) = connect_phase::members(common, &shared, members);
+    let (mut member, signals) = connect_phase::members(common, &shared, members);
     let connect_start = Instant::now();
     let mut watcher_tasks: Vec<JoinHandle<members::WatcherResult>> = Vec::new();
     for i in 0..watchers {
@@ -177,7 +177,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     for j in 0..schedule.publishers {
         pub_tasks.push(tokio::spawn(members::publisher(j, member.clone())));
     }
-    drop(member.outcome);
+    member.outcome = None;
     let mut joined = [0u64; 3];
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
     let Connects {
