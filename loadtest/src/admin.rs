@@ -2,7 +2,7 @@
 //! docs/protocol.md "Admin HTTP API"): a minimal HTTP/1.1 client over one TCP connection per
 //! call, to loopback addresses only, bounded by a timeout.
 //!
-//! Owns resolving an admin URL (`http://HOST:PORT`, loopback only, like `client::resolve`)
+//! Owns parsing an admin URL (`http://HOST:PORT`; `client::resolve_loopback` resolves it)
 //! and reading the status line back. What to send and when is the scenario's business.
 
 use std::net::SocketAddr;
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::client;
 
 /// The most of a reply that is read: the admin routes answer `{}` or a short error.
 const MAX_REPLY_BYTES: u64 = 16 * 1024;
@@ -35,27 +37,7 @@ pub async fn resolve(url: &str) -> Result<AdminEndpoint, String> {
             "{url}: give the admin address only (http://HOST:PORT)"
         ));
     }
-    let host = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut first = None;
-    for addr in tokio::net::lookup_host(host.as_str())
-        .await
-        .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
-    {
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "{url}: {} is not a loopback address; this tool only targets 127.0.0.0/8 or ::1",
-                addr.ip()
-            ));
-        }
-        if first.is_none() || addr.is_ipv4() {
-            first = Some(addr);
-        }
-    }
-    let addr = first.ok_or_else(|| format!("{url}: {host} resolves to nothing"))?;
+    let (host, addr) = client::resolve_loopback(url, authority).await?;
     Ok(AdminEndpoint {
         url: url.to_owned(),
         addr,

@@ -37,6 +37,20 @@ pub async fn resolve(url: &str) -> Result<Endpoint, String> {
         .strip_prefix("ws://")
         .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
+    let (_, addr) = resolve_loopback(url, authority).await?;
+    Ok(Endpoint {
+        url: url.to_owned(),
+        addr,
+    })
+}
+
+/// Resolve `authority` (`HOST` or `HOST:PORT`, port 80 when none) of `url` and refuse anything
+/// outside the loopback range: this tool only ever talks to servers on this machine. Returns
+/// `HOST:PORT` and the address to use (the first IPv4 one, else the first).
+pub(crate) async fn resolve_loopback(
+    url: &str,
+    authority: &str,
+) -> Result<(String, SocketAddr), String> {
     let host_port = if authority.contains(':') {
         authority.to_owned()
     } else {
@@ -58,10 +72,7 @@ pub async fn resolve(url: &str) -> Result<Endpoint, String> {
         }
     }
     let addr = first.ok_or_else(|| format!("{url}: {host_port} resolves to nothing"))?;
-    Ok(Endpoint {
-        url: url.to_owned(),
-        addr,
-    })
+    Ok((host_port, addr))
 }
 
 /// Source address number `i` of `count` (127.0.0.1, 127.0.0.2, ...); `None` lets the kernel

@@ -39,6 +39,7 @@ use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
 use roomcast_loadtest::scenario::kick::{self, Action, KickParams};
 use roomcast_loadtest::scenario::ramp::{self, RampParams};
 use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
+use roomcast_loadtest::schedule::ScheduleParams;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,7 +97,8 @@ enum Scenario {
     Connections(ConnectionsArgs),
     /// Fanout at rising rates; reports the highest passing rate.
     Ramp(RampArgs),
-    /// Fanout into a history room while subscribers are cut at random and rejoin with `since`.
+    /// Fanout into a history room while subscribers are cut at random and rejoin with `since`
+    /// (publishers on the first URL).
     Chaos(ChaosArgs),
     /// Kick and revoke victims through the admin API under load; no other member may lose,
     /// repeat or reorder a message (nodes in auth.mode = "jwt").
@@ -114,11 +116,8 @@ struct KickArgs {
     /// Victims per room: kicked or revoked, then back with a fresh token.
     #[arg(long, default_value_t = 2)]
     victims: u64,
-    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -167,11 +166,8 @@ struct KickArgs {
 struct ChaosArgs {
     #[arg(long, default_value_t = 200)]
     subscribers: u64,
-    /// Publishing connections (on the first URL); 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
@@ -197,6 +193,29 @@ struct ChaosArgs {
     min_ratio: f64,
 }
 
+/// The publishing connections of `fanout`, `chaos` and `kick`.
+#[derive(Args, Debug, Clone)]
+struct PublisherArgs {
+    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
+    #[arg(long, default_value_t = 0)]
+    publishers: u64,
+    /// Upper bound of one publisher's rate, msg/s (roomcast allows 50 per connection).
+    #[arg(long, default_value_t = 20.0)]
+    max_rate_per_pub: f64,
+}
+
+impl PublisherArgs {
+    /// The schedule of `rate` msg/s for `duration_s` seconds from these publishers.
+    fn schedule(&self, rate: f64, duration_s: f64) -> ScheduleParams {
+        ScheduleParams {
+            publishers: self.publishers,
+            max_rate_per_pub: self.max_rate_per_pub,
+            rate,
+            duration_s,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct Criteria {
     /// Lowest delivery ratio that passes.
@@ -211,12 +230,8 @@ struct Criteria {
 struct FanoutArgs {
     #[arg(long, default_value_t = 1000)]
     subscribers: u64,
-    /// Publishing connections; 0 = as few as keep each under --max-rate-per-pub.
-    #[arg(long, default_value_t = 0)]
-    publishers: u64,
-    /// Upper bound of one publisher's rate, msg/s (roomcast allows 50 per connection).
-    #[arg(long, default_value_t = 20.0)]
-    max_rate_per_pub: f64,
+    #[command(flatten)]
+    publishers: PublisherArgs,
     /// Messages per second, all publishers together.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -239,10 +254,7 @@ impl FanoutArgs {
     fn params(&self) -> FanoutParams {
         FanoutParams {
             subscribers: self.subscribers,
-            publishers: self.publishers,
-            max_rate_per_pub: self.max_rate_per_pub,
-            rate: self.rate,
-            duration_s: self.duration,
+            schedule: self.publishers.schedule(self.rate, self.duration),
             drain_s: self.drain,
             payload_bytes: self.payload_bytes,
             room: self.room.clone(),
@@ -472,22 +484,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `chaos` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+/// `chaos` prints its own report (see `self_reported`).
 fn run_chaos(
     runtime: tokio::runtime::Runtime,
     common: &roomcast_loadtest::Common,
     a: &ChaosArgs,
     html: bool,
 ) -> ExitCode {
-    if html {
-        eprintln!("roomcast-loadtest: chaos writes no HTML report; --report is ignored");
-    }
     let params = ChaosParams {
         subscribers: a.subscribers,
-        publishers: a.publishers,
-        max_rate_per_pub: a.max_rate_per_pub,
-        rate: a.rate,
-        duration_s: a.duration,
+        schedule: a.publishers.schedule(a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room: a.room.clone(),
@@ -495,44 +501,24 @@ fn run_chaos(
         kill_dist: a.kill_dist,
         min_ratio: a.min_ratio,
     };
-    let result = runtime.block_on(chaos::run(common, &params));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(r) => {
-            eprintln!("{}", r.text());
-            println!("{}", r.json_line());
-            if r.pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("roomcast-loadtest: {e}");
-            println!("{}", serde_json::json!({ "error": e }));
-            ExitCode::from(2)
-        }
-    }
+    let run = chaos::run(common, &params);
+    self_reported(runtime, "chaos", html, run, |r| {
+        (r.text(), r.json_line(), r.pass)
+    })
 }
 
-/// `kick` prints its own report (text on stderr, one JSON line on stdout); no HTML page.
+/// `kick` prints its own report (see `self_reported`).
 fn run_kick(
     runtime: tokio::runtime::Runtime,
     common: &roomcast_loadtest::Common,
     a: &KickArgs,
     html: bool,
 ) -> ExitCode {
-    if html {
-        eprintln!("roomcast-loadtest: kick writes no HTML report; --report is ignored");
-    }
     let params = KickParams {
         rooms: a.rooms,
         members: a.members,
         victims: a.victims,
-        publishers: a.publishers,
-        max_rate_per_pub: a.max_rate_per_pub,
-        rate: a.rate,
-        duration_s: a.duration,
+        schedule: a.publishers.schedule(a.rate, a.duration),
         drain_s: a.drain,
         payload_bytes: a.payload_bytes,
         room_prefix: a.room_prefix.clone(),
@@ -551,13 +537,33 @@ fn run_kick(
         revoke_for_s: a.revoke_for,
         user_prefix: a.user_prefix.clone(),
     };
-    let result = runtime.block_on(kick::run(common, &params));
+    let run = kick::run(common, &params);
+    self_reported(runtime, "kick", html, run, |r| {
+        (r.text(), r.json_line(), r.pass)
+    })
+}
+
+/// Run a scenario that prints its own report: its text on stderr and one JSON line on stdout
+/// (no HTML page, so `--report` is only warned about). `show` gives the text, the JSON line
+/// and whether it passed. Exit 0 on a pass, 1 on a fail, 2 when the run could not be made.
+fn self_reported<R>(
+    runtime: tokio::runtime::Runtime,
+    name: &str,
+    html: bool,
+    run: impl std::future::Future<Output = Result<R, String>>,
+    show: impl FnOnce(&R) -> (String, String, bool),
+) -> ExitCode {
+    if html {
+        eprintln!("roomcast-loadtest: {name} writes no HTML report; --report is ignored");
+    }
+    let result = runtime.block_on(run);
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(r) => {
-            eprintln!("{}", r.text());
-            println!("{}", r.json_line());
-            if r.pass {
+            let (text, json_line, pass) = show(&r);
+            eprintln!("{text}");
+            println!("{json_line}");
+            if pass {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

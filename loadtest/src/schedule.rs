@@ -7,6 +7,41 @@
 
 use std::time::Duration;
 
+/// The publishing part of a scenario's parameters (`fanout`, `chaos`, `kick`): what
+/// [`Schedule::new`] is given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScheduleParams {
+    /// 0: as few as keep each under `max_rate_per_pub`.
+    pub publishers: u64,
+    /// Upper bound of one publisher's rate (roomcast allows 50 msg/s per connection).
+    pub max_rate_per_pub: f64,
+    /// Messages per second, all publishers together.
+    pub rate: f64,
+    pub duration_s: f64,
+}
+
+impl ScheduleParams {
+    /// `rate` msg/s for `duration_s` seconds from as few publishers as keep each at or under
+    /// 20 msg/s.
+    pub fn new(rate: f64, duration_s: f64) -> ScheduleParams {
+        ScheduleParams {
+            publishers: 0,
+            max_rate_per_pub: 20.0,
+            rate,
+            duration_s,
+        }
+    }
+
+    pub fn schedule(&self) -> Result<Schedule, String> {
+        Schedule::new(
+            self.rate,
+            self.duration_s,
+            self.publishers,
+            self.max_rate_per_pub,
+        )
+    }
+}
+
 /// A fixed-rate plan of `planned` messages spread over `publishers` connections.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {

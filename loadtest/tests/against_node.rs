@@ -11,6 +11,7 @@ use roomcast_loadtest::scenario::connections::{self, ConnectionsParams};
 use roomcast_loadtest::scenario::fanout::{self, FanoutParams};
 use roomcast_loadtest::scenario::ramp::{self, RampParams};
 use roomcast_loadtest::scenario::rooms::{self, RoomsParams};
+use roomcast_loadtest::schedule::ScheduleParams;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -78,8 +79,7 @@ async fn tiny_fanout_delivers_everything() {
     let node = Node::start().await;
     let params = FanoutParams {
         subscribers: 20,
-        rate: 100.0,
-        duration_s: 1.0,
+        schedule: ScheduleParams::new(100.0, 1.0),
         drain_s: 5.0,
         ..FanoutParams::default()
     };
@@ -156,7 +156,7 @@ async fn ramp_reports_the_highest_passing_step() {
     let params = RampParams {
         fanout: FanoutParams {
             subscribers: 10,
-            duration_s: 0.5,
+            schedule: ScheduleParams::new(100.0, 0.5),
             drain_s: 3.0,
             ..FanoutParams::default()
         },

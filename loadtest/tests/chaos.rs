@@ -8,6 +8,7 @@ use roomcast::config::{Config, HistoryRule};
 use roomcast::{Listeners, run};
 use roomcast_loadtest::Common;
 use roomcast_loadtest::scenario::chaos::{self, ChaosParams, KillDist};
+use roomcast_loadtest::schedule::ScheduleParams;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -44,8 +45,7 @@ async fn chaos_rejoins_with_since_and_misses_nothing_acknowledged() {
     };
     let params = ChaosParams {
         subscribers: 10,
-        rate: 100.0,
-        duration_s: 2.0,
+        schedule: ScheduleParams::new(100.0, 2.0),
         drain_s: 5.0,
         kill_every_s: 0.4,
         kill_dist: KillDist::Uniform,

@@ -12,6 +12,7 @@ use roomcast::config::{AuthMode, BrokerKind, Config};
 use roomcast::{Listeners, run};
 use roomcast_loadtest::Common;
 use roomcast_loadtest::scenario::kick::{self, Action, KickParams};
+use roomcast_loadtest::schedule::ScheduleParams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -158,8 +159,7 @@ async fn kicks_and_revocations_under_load_lose_no_other_members_messages() {
         rooms: 2,
         members: 4,
         victims: 2,
-        rate: 60.0,
-        duration_s: 3.0,
+        schedule: ScheduleParams::new(60.0, 3.0),
         drain_s: 5.0,
         kick_every_s: 0.1,
         admin_urls: vec![a.admin.clone(), b.admin.clone()],
@@ -232,8 +232,7 @@ async fn a_kicked_member_that_is_no_victim_fails_the_run() {
         rooms: 1,
         members: 3,
         victims: 1,
-        rate: 40.0,
-        duration_s: 2.0,
+        schedule: ScheduleParams::new(40.0, 2.0),
         drain_s: 3.0,
         kick_every_s: 0.2,
         actions: vec![Action::Kick],

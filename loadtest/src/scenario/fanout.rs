@@ -7,18 +7,12 @@
 
 use crate::Common;
 use crate::scenario::traffic::{self, Layout, TrafficPlan, TrafficReport};
-use crate::schedule::Schedule;
+use crate::schedule::ScheduleParams;
 
 #[derive(Clone, Debug)]
 pub struct FanoutParams {
     pub subscribers: u64,
-    /// 0: as few as keep each under `max_rate_per_pub`.
-    pub publishers: u64,
-    /// Upper bound of one publisher's rate (roomcast allows 50 msg/s per connection).
-    pub max_rate_per_pub: f64,
-    /// Messages per second, all publishers together.
-    pub rate: f64,
-    pub duration_s: f64,
+    pub schedule: ScheduleParams,
     /// Seconds to wait after the last send for deliveries still in flight.
     pub drain_s: f64,
     pub payload_bytes: usize,
@@ -31,10 +25,7 @@ impl Default for FanoutParams {
     fn default() -> Self {
         FanoutParams {
             subscribers: 1000,
-            publishers: 0,
-            max_rate_per_pub: 20.0,
-            rate: 100.0,
-            duration_s: 10.0,
+            schedule: ScheduleParams::new(100.0, 10.0),
             drain_s: 5.0,
             payload_bytes: 100,
             room: "bench".into(),
@@ -50,12 +41,7 @@ impl FanoutParams {
             return Err("need at least one subscriber".into());
         }
         crate::payload::check_room(&self.room)?;
-        let schedule = Schedule::new(
-            self.rate,
-            self.duration_s,
-            self.publishers,
-            self.max_rate_per_pub,
-        )?;
+        let schedule = self.schedule.schedule()?;
         Ok(TrafficPlan {
             scenario: "fanout",
             layout: Layout::Fanout {
@@ -63,7 +49,7 @@ impl FanoutParams {
             },
             schedule,
             room_prefix: self.room.clone(),
-            duration_s: self.duration_s,
+            duration_s: self.schedule.duration_s,
             drain_s: self.drain_s.max(0.0),
             payload_bytes: self.payload_bytes,
             min_ratio: self.min_ratio,

@@ -4,9 +4,12 @@
 //! victims through the admin API and checks every other member lost nothing. Each returns a report struct; printing is `report`'s business.
 
 pub mod chaos;
+pub(crate) mod connect_phase;
 pub mod connections;
 pub mod fanout;
+pub(crate) mod footer;
 pub mod kick;
+pub(crate) mod publish;
 pub mod ramp;
 pub mod rooms;
 pub mod traffic;

@@ -74,10 +74,8 @@ pub async fn run(common: &Common, params: &RampParams) -> Result<RampReport, Str
     'ramp: for &rate in &params.rates {
         let attempts = if params.retry { 2 } else { 1 };
         for attempt in 1..=attempts {
-            let step_params = FanoutParams {
-                rate,
-                ..params.fanout.clone()
-            };
+            let mut step_params = params.fanout.clone();
+            step_params.schedule.rate = rate;
             crate::note(
                 common,
                 &format!(

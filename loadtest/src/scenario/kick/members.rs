@@ -6,7 +6,8 @@
 //! (a victim is targeted only while live, so every action has exactly one close to wait for).
 //! Scoring and the report are `report`'s; the phases are `mod`'s.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,32 +15,28 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::{Action, WatcherLog};
 use crate::Common;
 use crate::admin::{self, AdminEndpoint};
 use crate::client::{self, Endpoint, Ws};
-use crate::payload::{self, Incoming, Payload};
+use crate::payload::{self, Incoming};
+use crate::scenario::connect_phase;
+use crate::scenario::publish::{Go, PubResult, Publishing, wait_for_go};
 use crate::scenario::traffic::now_us;
-use crate::schedule::Schedule;
 use crate::stats;
 use crate::token::{self, Minter};
 
 /// Everything the tasks share.
 pub(super) struct Shared {
-    pub run: u64,
+    pub publishing: Publishing,
     pub rooms: u64,
     pub room_prefix: String,
     pub user_prefix: String,
-    pub schedule: Schedule,
-    pub payload_bytes: usize,
     pub endpoints: Vec<Endpoint>,
     pub minter: Minter,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub refused: AtomicU64,
     /// Watchers' first receipts.
     pub received: AtomicU64,
     pub victims: Vec<Mutex<VictimState>>,
@@ -71,36 +68,9 @@ pub(super) enum VictimState {
     },
 }
 
-/// `Go`: the start of publishing and the end of the actions, once set.
-pub(super) type Go = watch::Receiver<Option<(tokio::time::Instant, tokio::time::Instant)>>;
-/// A member's connect phase: its kind (0 watcher, 1 victim, 2 publisher) and time or error.
-pub(super) type Outcome = mpsc::Sender<(u8, Result<u64, String>)>;
-
-/// Wait for the start; false when the run stopped first. Frames that arrive meanwhile go to
-/// `on_text`; false too when the connection ends.
-async fn wait_for_go(
-    ws: &mut Ws,
-    go: &mut Go,
-    stop: &mut watch::Receiver<bool>,
-    mut on_text: impl FnMut(&str),
-) -> Option<(tokio::time::Instant, tokio::time::Instant)> {
-    loop {
-        tokio::select! {
-            changed = go.changed() => {
-                changed.ok()?;
-                if let Some(start) = *go.borrow_and_update() {
-                    return Some(start);
-                }
-            }
-            _ = stop.changed() => return None,
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_text(t.as_str()),
-                Some(Ok(_)) => {}
-                _ => return None,
-            },
-        }
-    }
-}
+/// What every member task (watcher, victim, publisher) is given besides its number and room;
+/// it reports its connect outcome as its kind: 0 watcher, 1 victim, 2 publisher.
+pub(super) type Member = connect_phase::Member<Shared, u8>;
 
 /// Connect as `user` with a token issued now and join `rooms`: the socket, the token's `iat`
 /// and the handshake time in microseconds.
@@ -155,47 +125,31 @@ pub(super) struct WatcherResult {
 }
 
 /// A member that must receive every message of its room, in order, once.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn watcher(
-    i: u64,
-    room: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> WatcherResult {
+pub(super) async fn watcher(i: u64, room: u64, mut m: Member) -> WatcherResult {
     let mut r = WatcherResult::default();
-    let endpoint = &shared.endpoints[i as usize % shared.endpoints.len()];
-    let user = format!("{}-w{i}", shared.user_prefix);
-    let rooms = [shared.room_name(room)];
-    let source = client::source_address(i as usize, common.sources);
+    let endpoint = &m.shared.endpoints[i as usize % m.shared.endpoints.len()];
+    let user = format!("{}-w{i}", m.shared.user_prefix);
+    let rooms = [m.shared.room_name(room)];
+    let source = client::source_address(i as usize, m.common.sources);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
-        _ = stop.changed() => return r,
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = m.stop.changed() => return r,
     };
-    let mut ws = match opened {
-        Ok((ws, _, us)) => {
-            if outcome.send((0, Ok(us))).await.is_err() {
-                return r;
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((0, Err(e))).await;
-            return r;
-        }
+    let Some(mut ws) = m.report(0, opened.map(|(ws, _, us)| (ws, us))).await else {
+        return r;
     };
-    drop(outcome);
-    let mut log = WatcherLog::new(room, shared.schedule.planned, shared.schedule.publishers);
+    let mut log = WatcherLog::new(
+        room,
+        m.shared.publishing.schedule.planned,
+        m.shared.publishing.schedule.publishers,
+    );
     let mut latency = stats::histogram();
     let mut on_text = |text: &str, r: &mut WatcherResult| match payload::classify(text) {
-        Incoming::Message(p) if p.run == shared.run => {
-            let first = log.receive(p.seq, shared.room_of(p.seq));
+        Incoming::Message(p) if p.run == m.shared.publishing.run => {
+            let first = log.receive(p.seq, m.shared.room_of(p.seq));
             if first {
                 stats::record(&mut latency, now_us().saturating_sub(p.t));
-                shared.received.fetch_add(1, Ordering::Relaxed);
+                m.shared.received.fetch_add(1, Ordering::Relaxed);
             }
         }
         Incoming::Error { code, .. } => {
@@ -204,19 +158,22 @@ pub(super) async fn watcher(
         _ => {}
     };
     let mut early = Vec::new();
-    let started = wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await;
+    let started = wait_for_go(&mut ws, &mut m.go, &mut m.stop, |t| {
+        early.push(t.to_owned())
+    })
+    .await;
     for t in &early {
         on_text(t, &mut r);
     }
     if started.is_some() {
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + common.heartbeat,
-            common.heartbeat,
+            tokio::time::Instant::now() + m.common.heartbeat,
+            m.common.heartbeat,
         );
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => {
+                _ = m.stop.changed() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                     break;
                 }
@@ -255,59 +212,41 @@ pub(super) struct VictimResult {
 
 /// A member the kicker targets: it waits for its close, checks the code, and comes back with
 /// a fresh token (the app's backend lets it in again) until the run stops.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn victim(
-    v: u64,
-    room: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> VictimResult {
+pub(super) async fn victim(v: u64, room: u64, mut m: Member) -> VictimResult {
     let mut r = VictimResult::default();
-    let user = format!("{}-v{v}", shared.user_prefix);
-    let rooms = [shared.room_name(room)];
-    let source = client::source_address(v as usize + 1, common.sources);
-    let n = shared.endpoints.len();
+    let user = format!("{}-v{v}", m.shared.user_prefix);
+    let rooms = [m.shared.room_name(room)];
+    let source = client::source_address(v as usize + 1, m.common.sources);
+    let n = m.shared.endpoints.len();
     let mut conns = 0u64;
     let jti = |conns: u64| format!("{user}.{conns}");
-    let endpoint = &shared.endpoints[(v as usize + 1) % n];
+    let endpoint = &m.shared.endpoints[(v as usize + 1) % n];
     let first_jti = jti(0);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &first_jti, &rooms) => o,
-        _ = stop.changed() => return r,
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &first_jti, &rooms) => o,
+        _ = m.stop.changed() => return r,
     };
-    let mut ws = match opened {
-        Ok((ws, iat, us)) => {
-            set_state(&shared, v, VictimState::Live { iat });
-            if outcome.send((1, Ok(us))).await.is_err() {
-                return r;
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((1, Err(e))).await;
-            return r;
-        }
+    if let Ok((_, iat, _)) = &opened {
+        set_state(&m.shared, v, VictimState::Live { iat: *iat });
+    }
+    let Some(mut ws) = m.report(1, opened.map(|(ws, _, us)| (ws, us))).await else {
+        return r;
     };
-    drop(outcome);
     let mut close_h = stats::histogram();
-    if wait_for_go(&mut ws, &mut go, &mut stop, |_| {})
+    if wait_for_go(&mut ws, &mut m.go, &mut m.stop, |_| {})
         .await
         .is_none()
     {
         r.close_h = Some(close_h);
         return r;
     }
-    let stopped = stop.changed();
+    let stopped = m.stop.changed();
     tokio::pin!(stopped);
     loop {
         // ---- one connection's life: read (and drop) messages until it is closed ----
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + common.heartbeat,
-            common.heartbeat,
+            tokio::time::Instant::now() + m.common.heartbeat,
+            m.common.heartbeat,
         );
         let label = loop {
             tokio::select! {
@@ -328,7 +267,7 @@ pub(super) async fn victim(
             }
         };
         let was = {
-            let mut state = lock(&shared, v);
+            let mut state = lock(&m.shared, v);
             std::mem::replace(&mut *state, VictimState::Connecting)
         };
         match was {
@@ -348,10 +287,10 @@ pub(super) async fn victim(
         // ---- back in with a fresh token ----
         ws = loop {
             conns += 1;
-            let endpoint = &shared.endpoints[(v + conns) as usize % n];
+            let endpoint = &m.shared.endpoints[(v + conns) as usize % n];
             let this_jti = jti(conns);
             let attempt = open(
-                &shared, &common, &sem, endpoint, source, &user, &this_jti, &rooms,
+                &m.shared, &m.common, &m.sem, endpoint, source, &user, &this_jti, &rooms,
             );
             let result = tokio::select! {
                 o = attempt => o,
@@ -362,7 +301,7 @@ pub(super) async fn victim(
             };
             match result {
                 Ok((ws, iat, _)) => {
-                    set_state(&shared, v, VictimState::Live { iat });
+                    set_state(&m.shared, v, VictimState::Live { iat });
                     r.reconnects += 1;
                     break ws;
                 }
@@ -507,132 +446,30 @@ pub(super) async fn kicker(
     }
 }
 
-#[derive(Default)]
-pub(super) struct PubResult {
-    pub acked: Vec<u64>,
-    pub errors: BTreeMap<String, u64>,
-}
-
 /// Publisher `j`: joins the rooms its messages go to, then sends them on the schedule
 /// (`echo: false`) and matches replies to sends first in, first out.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn publisher(
-    j: u64,
-    common: Common,
-    shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    outcome: Outcome,
-    mut go: Go,
-    mut stop: watch::Receiver<bool>,
-) -> PubResult {
-    let mut result = PubResult::default();
-    let schedule = shared.schedule;
+pub(super) async fn publisher(j: u64, mut m: Member) -> PubResult {
+    let schedule = m.shared.publishing.schedule;
     let mine: BTreeSet<u64> = schedule
         .messages_of(j)
-        .take(shared.rooms as usize)
-        .map(|k| shared.room_of(k))
+        .take(m.shared.rooms as usize)
+        .map(|k| m.shared.room_of(k))
         .collect();
-    let rooms: Vec<String> = mine.iter().map(|&r| shared.room_name(r)).collect();
-    let endpoint = &shared.endpoints[j as usize % shared.endpoints.len()];
-    let user = format!("{}-p{j}", shared.user_prefix);
-    let source = client::source_address(j as usize + 2, common.sources);
+    let rooms: Vec<String> = mine.iter().map(|&r| m.shared.room_name(r)).collect();
+    let endpoint = &m.shared.endpoints[j as usize % m.shared.endpoints.len()];
+    let user = format!("{}-p{j}", m.shared.user_prefix);
+    let source = client::source_address(j as usize + 2, m.common.sources);
     let opened = tokio::select! {
-        o = open(&shared, &common, &sem, endpoint, source, &user, &user, &rooms) => o,
-        _ = stop.changed() => return result,
+        o = open(&m.shared, &m.common, &m.sem, endpoint, source, &user, &user, &rooms) => o,
+        _ = m.stop.changed() => return PubResult::default(),
     };
-    let mut ws = match opened {
-        Ok((ws, _, us)) => {
-            if outcome.send((2, Ok(us))).await.is_err() {
-                return result;
-            }
-            ws
-        }
-        Err(e) => {
-            let _ = outcome.send((2, Err(e))).await;
-            return result;
-        }
+    let Some(ws) = m.report(2, opened.map(|(ws, _, us)| (ws, us))).await else {
+        return PubResult::default();
     };
-    drop(outcome);
-    let mut pending: VecDeque<u64> = VecDeque::new();
-    let on_frame =
-        |text: &str, pending: &mut VecDeque<u64>, result: &mut PubResult| match payload::classify(
-            text,
-        ) {
-            Incoming::Ack => {
-                if let Some(k) = pending.pop_front() {
-                    result.acked.push(k);
-                    shared.acked.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Incoming::Error { code, .. } => {
-                if pending.pop_front().is_some() {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                *result.errors.entry(code.into_owned()).or_default() += 1;
-            }
-            _ => {}
-        };
-    let mut early = Vec::new();
-    let Some((t0, _)) =
-        wait_for_go(&mut ws, &mut go, &mut stop, |t| early.push(t.to_owned())).await
-    else {
-        return result;
-    };
-    for t in &early {
-        on_frame(t, &mut pending, &mut result);
-    }
-    let mut outgoing = schedule.messages_of(j).peekable();
-    let due_of = |k: u64| t0 + schedule.offset(k);
-    let timer = tokio::time::sleep_until(outgoing.peek().map_or(t0, |&k| due_of(k)));
-    tokio::pin!(timer);
-    let mut sending = outgoing.peek().is_some();
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + common.heartbeat,
-        common.heartbeat,
-    );
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = &mut timer, if sending => {
-                let now = tokio::time::Instant::now();
-                while let Some(&k) = outgoing.peek() {
-                    if due_of(k) > now {
-                        break;
-                    }
-                    outgoing.next();
-                    let data = payload::encode(
-                        Payload { run: shared.run, seq: k, t: now_us() },
-                        shared.payload_bytes,
-                    );
-                    let room = shared.room_name(shared.room_of(k));
-                    let cmd = payload::publish_command(&room, &data);
-                    if ws.feed(Message::Text(cmd.into())).await.is_err() {
-                        return result;
-                    }
-                    pending.push_back(k);
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                if ws.flush().await.is_err() {
-                    return result;
-                }
-                match outgoing.peek() {
-                    Some(&k) => timer.as_mut().reset(due_of(k)),
-                    None => sending = false,
-                }
-            }
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str(), &mut pending, &mut result),
-                Some(Ok(_)) => {}
-                _ => return result,
-            },
-            _ = heartbeat.tick() => {
-                if ws.send(Message::Text("ping".into())).await.is_err() {
-                    return result;
-                }
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-    result
+    m.shared
+        .publishing
+        .publisher(j, ws, m.common.heartbeat, &mut m.go, &mut m.stop, |k| {
+            Cow::Owned(m.shared.room_name(m.shared.room_of(k)))
+        })
+        .await
 }

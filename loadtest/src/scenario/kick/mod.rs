@@ -39,15 +39,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::members::{KickPlan, Shared, VictimState};
 pub use self::report::{Action, KickReport};
 use crate::Common;
 use crate::payload;
+use crate::scenario::connect_phase::{self, Connects};
+use crate::scenario::publish::{PubResult, Publishing};
 use crate::scenario::traffic::{self, new_run_id};
-use crate::schedule::Schedule;
+use crate::schedule::ScheduleParams;
 use crate::stats::{self, Percentiles, round3};
 use crate::token::Minter;
 
@@ -58,12 +60,7 @@ pub struct KickParams {
     pub members: u64,
     /// Victims per room.
     pub victims: u64,
-    /// 0: as few as keep each under `max_rate_per_pub`.
-    pub publishers: u64,
-    pub max_rate_per_pub: f64,
-    /// Messages per second, all publishers together.
-    pub rate: f64,
-    pub duration_s: f64,
+    pub schedule: ScheduleParams,
     /// Seconds to wait after the last reply for deliveries and closes in flight.
     pub drain_s: f64,
     pub payload_bytes: usize,
@@ -91,10 +88,7 @@ impl Default for KickParams {
             rooms: 4,
             members: 20,
             victims: 2,
-            publishers: 0,
-            max_rate_per_pub: 20.0,
-            rate: 100.0,
-            duration_s: 20.0,
+            schedule: ScheduleParams::new(100.0, 20.0),
             drain_s: 10.0,
             payload_bytes: 100,
             room_prefix: "kick:".into(),
@@ -137,12 +131,7 @@ fn check(params: &KickParams) -> Result<(), String> {
 
 pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, String> {
     check(params)?;
-    let schedule = Schedule::new(
-        params.rate,
-        params.duration_s,
-        params.publishers,
-        params.max_rate_per_pub,
-    )?;
+    let schedule = params.schedule.schedule()?;
     let endpoints = traffic::resolve_all(&common.urls).await?;
     let mut admin = Vec::new();
     for url in &params.admin_urls {
@@ -153,22 +142,17 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     }
     let run = new_run_id();
     let (watchers, victims) = (params.rooms * params.members, params.rooms * params.victims);
-    let lifetime = (params.duration_s + params.drain_s).max(0.0) as u64 + 3_600;
+    let lifetime = (params.schedule.duration_s + params.drain_s).max(0.0) as u64 + 3_600;
     let shared = Arc::new(Shared {
-        run,
+        publishing: Publishing::new(run, schedule, params.payload_bytes),
         rooms: params.rooms,
         room_prefix: params.room_prefix.clone(),
         user_prefix: params
             .user_prefix
             .clone()
             .unwrap_or_else(|| format!("lt{run:x}")),
-        schedule,
-        payload_bytes: params.payload_bytes,
         endpoints,
         minter: Minter::new(&params.jwt_secret, lifetime),
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
         received: AtomicU64::new(0),
         victims: (0..victims)
             .map(|_| Mutex::new(VictimState::Connecting))
@@ -177,62 +161,32 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let members = watchers + victims + schedule.publishers;
 
     // ---- connect and join ----
-    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
-    let (go_tx, go_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (outcome_tx, mut outcome_rx) = mpsc::channel(members as usize);
+    let (mut member, signals) = connect_phase::members(common, &shared, members);
     let connect_start = Instant::now();
-    let spawn_args = || {
-        (
-            common.clone(),
-            shared.clone(),
-            sem.clone(),
-            outcome_tx.clone(),
-            go_rx.clone(),
-            stop_rx.clone(),
-        )
-    };
     let mut watcher_tasks: Vec<JoinHandle<members::WatcherResult>> = Vec::new();
     for i in 0..watchers {
-        let (c, s, m, o, g, st) = spawn_args();
         let room = i / params.members;
-        watcher_tasks.push(tokio::spawn(members::watcher(i, room, c, s, m, o, g, st)));
+        watcher_tasks.push(tokio::spawn(members::watcher(i, room, member.clone())));
     }
     let mut victim_tasks: Vec<JoinHandle<members::VictimResult>> = Vec::new();
     for v in 0..victims {
-        let (c, s, m, o, g, st) = spawn_args();
         let room = v / params.victims;
-        victim_tasks.push(tokio::spawn(members::victim(v, room, c, s, m, o, g, st)));
+        victim_tasks.push(tokio::spawn(members::victim(v, room, member.clone())));
     }
-    let mut pub_tasks: Vec<JoinHandle<members::PubResult>> = Vec::new();
+    let mut pub_tasks: Vec<JoinHandle<PubResult>> = Vec::new();
     for j in 0..schedule.publishers {
-        let (c, s, m, o, g, st) = spawn_args();
-        pub_tasks.push(tokio::spawn(members::publisher(j, c, s, m, o, g, st)));
+        pub_tasks.push(tokio::spawn(members::publisher(j, member.clone())));
     }
-    drop(outcome_tx);
-    let mut connect_h = stats::histogram();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    member.outcome = None;
     let mut joined = [0u64; 3];
     let deadline = tokio::time::Instant::now() + common.connect_phase_timeout;
-    let mut settled = 0u64;
-    while settled < members {
-        match tokio::time::timeout_at(deadline, outcome_rx.recv()).await {
-            Ok(Some((kind, Ok(us)))) => {
-                stats::record(&mut connect_h, us);
-                joined[kind as usize % 3] += 1;
-            }
-            Ok(Some((_, Err(e)))) => *connect_errors.entry(e).or_default() += 1,
-            Ok(None) => break,
-            Err(_) => {
-                *connect_errors
-                    .entry("connect phase timed out".into())
-                    .or_default() += members - settled;
-                break;
-            }
-        }
-        settled += 1;
-    }
-    drop(outcome_rx);
+    let Connects {
+        connect_h,
+        errors: connect_errors,
+    } = connect_phase::gather(signals.outcome_rx, members, deadline, |kind: u8| {
+        joined[kind as usize % 3] += 1;
+    })
+    .await;
     let connect_phase_s = connect_start.elapsed().as_secs_f64();
     let [watchers_joined, victims_joined, pubs_joined] = joined;
     crate::note(
@@ -247,7 +201,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         let _ = stop_tx.send(true);
     };
     if watchers_joined == 0 || pubs_joined < schedule.publishers {
-        stop_all(&stop_tx);
+        stop_all(&signals.stop_tx);
         traffic::collect(watcher_tasks, Duration::from_secs(5)).await;
         traffic::collect(victim_tasks, Duration::from_secs(5)).await;
         traffic::collect(pub_tasks, Duration::from_secs(5)).await;
@@ -270,14 +224,18 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     let kicker = tokio::spawn(members::kicker(
         shared.clone(),
         plan,
-        go_rx.clone(),
-        stop_rx.clone(),
+        member.go.clone(),
+        member.stop.clone(),
     ));
     let cpu_before = traffic::cpu_snapshot(&common.pids);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
-    let end = t0 + Duration::from_secs_f64(params.duration_s);
-    let _ = go_tx.send(Some((t0, end)));
-    let bar = crate::progress_bar(common.progress, (params.duration_s * 1000.0) as u64, "kick");
+    let end = t0 + Duration::from_secs_f64(params.schedule.duration_s);
+    let _ = signals.go_tx.send(Some((t0, end)));
+    let bar = crate::progress_bar(
+        common.progress,
+        (params.schedule.duration_s * 1000.0) as u64,
+        "kick",
+    );
     let publish_deadline = end + Duration::from_secs(30);
     let drain_for = Duration::from_secs_f64(params.drain_s.max(0.0));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -296,8 +254,9 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = tokio::time::Instant::now();
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let replied = shared.acked.load(Ordering::Relaxed) + shared.refused.load(Ordering::Relaxed);
+        let sent = shared.publishing.sent.load(Ordering::Relaxed);
+        let replied = shared.publishing.acked.load(Ordering::Relaxed)
+            + shared.publishing.refused.load(Ordering::Relaxed);
         let received = shared.received.load(Ordering::Relaxed);
         bar.set_position(now.saturating_duration_since(t0).as_millis() as u64);
         bar.set_message(format!(
@@ -319,7 +278,7 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
     bar.finish_and_clear();
     let cpu_after = traffic::cpu_snapshot(&common.pids);
     let not_closed = targeted();
-    stop_all(&stop_tx);
+    stop_all(&signals.stop_tx);
     let kicked = traffic::collect(vec![kicker], Duration::from_secs(5)).await;
     let watcher_results = traffic::collect(watcher_tasks, Duration::from_secs(10)).await;
     let victim_results = traffic::collect(victim_tasks, Duration::from_secs(5)).await;
@@ -340,11 +299,11 @@ pub async fn run(common: &Common, params: &KickParams) -> Result<KickReport, Str
         publishers: schedule.publishers,
         publishers_joined: pubs_joined,
         rate_msgs_per_s: schedule.rate,
-        duration_s: params.duration_s,
+        duration_s: params.schedule.duration_s,
         kick_every_s: params.kick_every_s,
         actions: params.actions.clone(),
         planned_msgs: schedule.planned,
-        sent_msgs: shared.sent.load(Ordering::Relaxed),
+        sent_msgs: shared.publishing.sent.load(Ordering::Relaxed),
         victims_not_closed: not_closed,
         connect_ms: Percentiles::of(&connect_h),
         connect_phase_s: round3(connect_phase_s),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::scenario::footer;
 use crate::scenario::traffic::CpuReport;
 use crate::stats::{Insert, Percentiles, Seen};
 
@@ -332,18 +333,12 @@ impl KickReport {
             pct("latency ms", &self.latency_ms),
             pct("connect ms", &self.connect_ms),
         ];
-        if !self.connect_errors.is_empty() || !self.server_errors.is_empty() {
-            lines.push(format!(
-                "errors          connect {:?}  server {:?}",
-                self.connect_errors, self.server_errors
-            ));
-        }
-        if !self.cpu.watched_s.is_empty() {
-            lines.push(format!(
-                "cpu             watched {:?} s, loadtest {:?} s over {} s",
-                self.cpu.watched_s, self.cpu.loadtest_s, self.cpu.window_s
-            ));
-        }
+        lines.extend(footer::error_and_cpu_lines(
+            15,
+            &self.connect_errors,
+            &self.server_errors,
+            &self.cpu,
+        ));
         for f in &self.failures {
             lines.push(format!("FAIL: {f}"));
         }
