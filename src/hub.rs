@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::outbox::{ConnId, Offer, Outbox, ServerRoom};
-use crate::protocol::{Disconnect, Frame};
+use crate::protocol::{Disconnect, Frame, issued_before};
 
 const SHARDS: usize = 64;
 
@@ -442,7 +442,7 @@ impl Hub {
         if let Some(members) = self.users.shard(user).get(user) {
             for (outbox, _) in members
                 .values()
-                .filter(|(_, iat)| iat.is_none_or(|iat| iat < before))
+                .filter(|(_, iat)| issued_before(*iat, before))
             {
                 outbox.close_with(reason, None);
             }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use crate::auth::Identity;
-use crate::protocol::Revocation;
+use crate::protocol::{Revocation, issued_before};
 
 #[derive(Default)]
 pub struct RevocationMirror {
@@ -61,9 +61,9 @@ impl RevocationMirror {
             return true;
         }
         mirror.users.get(&*identity.user).is_some_and(|entries| {
-            entries.iter().any(|(before, until)| {
-                *until > now && identity.issued_at.is_none_or(|iat| iat < *before)
-            })
+            entries
+                .iter()
+                .any(|(before, until)| *until > now && issued_before(identity.issued_at, *before))
         })
     }
 

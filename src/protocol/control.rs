@@ -72,6 +72,13 @@ pub enum Revocation {
     Jti { jti: String, until: u64 },
 }
 
+/// Whether a user revocation made at `before` (unix seconds) covers a token issued at `iat`:
+/// one issued before it, or one without `iat`, which cannot show it is newer. The handshake's
+/// check and the closing of live connections both ask this.
+pub fn issued_before(iat: Option<u64>, before: u64) -> bool {
+    iat.is_none_or(|iat| iat < before)
+}
+
 impl Revocation {
     pub fn until(&self) -> u64 {
         match self {

@@ -26,6 +26,7 @@ pub use command::{
 pub use control::{
     Control, DisconnectRequest, KickCode, MAX_CLOSE_REASON_BYTES, Revocation, decode_control,
     decode_disconnect_body, decode_revoke_body, decode_server_sub_body, encode_control,
+    issued_before,
 };
 pub use envelope::{
     Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
