@@ -37,6 +37,8 @@ pub struct Identity {
     /// `subs`: rooms the connection joins at connect, with no client command (server
     /// subscriptions; they bypass `rooms`).
     pub subs: Vec<RoomName>,
+    /// What presence shows of the user (JSON object text): the connect hook's `info`.
+    pub info: Option<Arc<str>>,
 }
 
 impl Identity {
@@ -233,6 +235,7 @@ impl Authenticator {
             issued_at: claims.iat,
             jti: claims.jti,
             subs,
+            info: None,
         })
     }
 }

@@ -81,9 +81,9 @@ struct JoinAnswer {
     allow: bool,
     #[serde(default)]
     reason: Option<String>,
-    /// Accepted, not used yet (docs/backend.md).
-    #[serde(default, rename = "info")]
-    _info: Option<serde_json::Value>,
+    /// What presence shows of the user in this room (instead of the connect hook's).
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
 }
 
 /// The publish hook's request body.
@@ -134,14 +134,37 @@ struct ConnectAnswer {
     subs: Vec<String>,
     #[serde(default)]
     exp: Option<u64>,
-    /// Accepted, not used yet (docs/backend.md).
-    #[serde(default, rename = "info")]
-    _info: Option<serde_json::Value>,
+    /// What presence shows of the user (a join hook's answer may replace it per room).
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+}
+
+/// An answer's `info`: a JSON object of at most `max_bytes` (`hooks.max_info_bytes`); `null`
+/// or absent is none.
+fn checked_info(info: Option<Box<RawValue>>, max_bytes: usize) -> Result<Option<Arc<str>>, String> {
+    let Some(info) = info else {
+        return Ok(None);
+    };
+    let text = info.get().trim();
+    if text == "null" {
+        return Ok(None);
+    }
+    if !text.starts_with('{') {
+        return Err("`info` must be a JSON object".to_owned());
+    }
+    if text.len() > max_bytes {
+        return Err(format!(
+            "`info` is {} bytes, above hooks.max_info_bytes ({max_bytes})",
+            text.len()
+        ));
+    }
+    Ok(Some(Arc::from(text)))
 }
 
 impl ConnectAnswer {
     /// The identity, or why the answer is not the contract's.
-    fn identity(self, now_s: u64) -> Result<Identity, String> {
+    fn identity(self, now_s: u64, max_info_bytes: usize) -> Result<Identity, String> {
+        let info = checked_info(self.info, max_info_bytes)?;
         let user = match self.user {
             serde_json::Value::String(s) if !s.is_empty() => s,
             serde_json::Value::Number(n) => n.to_string(),
@@ -166,6 +189,7 @@ impl ConnectAnswer {
             issued_at: None,
             jti: None,
             subs,
+            info,
         })
     }
 }
@@ -262,7 +286,7 @@ impl Hooks {
             Ok(answer) if (200..300).contains(&answer.status) => {
                 serde_json::from_slice::<ConnectAnswer>(&answer.body)
                     .map_err(|err| err.to_string())
-                    .and_then(|a| a.identity(now_ms() / 1000))
+                    .and_then(|a| a.identity(now_ms() / 1000, self.config.max_info_bytes))
                     .map_err(|problem| ConnectRefused::Unavailable(HookFailure::BadAnswer(problem)))
             }
             Ok(answer) => Err(ConnectRefused::Unavailable(HookFailure::Status(
@@ -301,12 +325,17 @@ impl Hooks {
             .collect()
     }
 
-    /// The join hook, for a room matching `hooks.join_rooms`: `Ok` when the backend allows
-    /// (or no hook applies), `forbidden` with its reason when it refuses, `unavailable` when
+    /// The join hook, for a room matching `hooks.join_rooms`: `Ok` (with the `info` presence
+    /// shows of the user in this room, if the answer has one) when the backend allows (or no
+    /// hook applies), `forbidden` with its reason when it refuses, `unavailable` when
     /// it gives no usable answer.
-    pub async fn join(&self, asker: Asker<'_>, room: &str) -> Result<(), CommandError> {
+    pub async fn join(
+        &self,
+        asker: Asker<'_>,
+        room: &str,
+    ) -> Result<Option<Arc<str>>, CommandError> {
         if self.config.join_url.is_empty() || !self.join_rooms.iter().any(|g| g.matches(room)) {
-            return Ok(());
+            return Ok(None);
         }
         let body = JoinRequest {
             user: asker.user,
@@ -323,7 +352,8 @@ impl Hooks {
             .await
             .map_err(|failure| failure.unavailable(Hook::Join))?;
         if answer.allow {
-            Ok(())
+            checked_info(answer.info, self.config.max_info_bytes)
+                .map_err(|problem| HookFailure::BadAnswer(problem).unavailable(Hook::Join))
         } else {
             Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -494,14 +524,16 @@ mod tests {
     fn a_connect_answer_becomes_an_identity_or_is_refused() {
         let answer = |text: &str| serde_json::from_str::<ConnectAnswer>(text).expect("answer");
         let identity = answer(r#"{"user":"alice","rooms":["chat:*"],"subs":["news"],"exp":2000}"#)
-            .identity(1000)
+            .identity(1000, 1024)
             .expect("identity");
         assert_eq!(&*identity.user, "alice");
         assert_eq!(identity.rooms, Some(vec!["chat:*".to_owned()]));
         assert!(identity.publish.is_none());
         assert_eq!(identity.subs.len(), 1);
         assert_eq!((identity.exp, identity.expires_at), (2000, 2000));
-        let forever = answer(r#"{"user":42}"#).identity(1000).expect("identity");
+        let forever = answer(r#"{"user":42}"#)
+            .identity(1000, 1024)
+            .expect("identity");
         assert_eq!(&*forever.user, "42");
         assert_eq!(forever.expires_at, u64::MAX);
         for bad in [
@@ -509,9 +541,18 @@ mod tests {
             r#"{"user":null}"#,
             r#"{"user":"a","subs":["bad room!"]}"#,
             r#"{"user":"a","exp":999}"#,
+            r#"{"user":"a","info":"a string"}"#,
+            r#"{"user":"a","info":{"bio":"0123456789ab"}}"#,
         ] {
-            assert!(answer(bad).identity(1000).is_err(), "{bad}");
+            assert!(answer(bad).identity(1000, 20).is_err(), "{bad}");
         }
+        let info = |text: &str| answer(text).identity(1000, 20).expect("identity").info;
+        assert_eq!(
+            info(r#"{"user":"a","info":{"n":"A"}}"#).as_deref(),
+            Some(r#"{"n":"A"}"#)
+        );
+        assert_eq!(info(r#"{"user":"a","info":null}"#), None);
+        assert_eq!(info(r#"{"user":"a"}"#), None);
     }
 
     #[test]

@@ -64,6 +64,9 @@ impl PresenceRules {
 struct LocalRoom {
     events: bool,
     users: HashMap<Arc<str>, u64>,
+    /// The `info` of users that have one here (the latest connection's that came with one);
+    /// empty in rooms whose users carry none.
+    info: HashMap<Arc<str>, Arc<str>>,
     /// Users whose count changed since the last write.
     dirty: HashSet<Arc<str>>,
     /// The broker has this room's state for this node (from this process): later writes
@@ -103,13 +106,17 @@ impl LocalPresence {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One more connection of `user` in `room`.
-    pub fn add(&self, room: &Arc<str>, events: bool, user: &Arc<str>) {
+    /// One more connection of `user` in `room`, with its `info` (JSON text) if it has one: the
+    /// latest given is the user's, here.
+    pub fn add(&self, room: &Arc<str>, events: bool, user: &Arc<str>, info: Option<Arc<str>>) {
         {
             let mut state = self.state();
             let local = state.rooms.entry(room.clone()).or_default();
             local.events = events;
             *local.users.entry(user.clone()).or_insert(0) += 1;
+            if let Some(info) = info {
+                local.info.insert(user.clone(), info);
+            }
             local.dirty.insert(user.clone());
             state.dirty.insert(room.clone());
             state.changes += 1;
@@ -136,6 +143,7 @@ impl LocalPresence {
             });
             if left == 0 {
                 local.users.remove(&user);
+                local.info.remove(&user);
             }
             local.dirty.insert(user);
             state.dirty.insert(room);
@@ -177,7 +185,7 @@ impl LocalPresence {
                 continue;
             };
             let full = !local.synced;
-            let users = if full {
+            let users: Vec<(Arc<str>, u64)> = if full {
                 local.dirty.clear();
                 local.users.iter().map(|(u, c)| (u.clone(), *c)).collect()
             } else {
@@ -191,11 +199,16 @@ impl LocalPresence {
                     .collect()
             };
             local.synced = true;
+            let info = users
+                .iter()
+                .filter_map(|(u, _)| local.info.get(u).map(|i| (u.clone(), i.clone())))
+                .collect();
             batch.push(PresenceUpdate {
                 room: room.clone(),
                 events: local.events,
                 full,
                 users,
+                info,
             });
             if local.users.is_empty() {
                 state.rooms.remove(room);
@@ -210,6 +223,7 @@ impl LocalPresence {
                         events: local.events,
                         full: false,
                         users: Vec::new(),
+                        info: Vec::new(),
                     });
                 }
             }
@@ -377,9 +391,9 @@ mod tests {
     fn batches_carry_absolute_counts_and_coalesce() {
         let p = LocalPresence::new(Duration::from_secs(30));
         let room = arc("r");
-        p.add(&room, true, &arc("alice"));
-        p.add(&room, true, &arc("alice"));
-        p.add(&room, true, &arc("bob"));
+        p.add(&room, true, &arc("alice"), None);
+        p.add(&room, true, &arc("alice"), None);
+        p.add(&room, true, &arc("bob"), None);
         let batch = p.take_batch(false).0;
         assert_eq!(batch.len(), 1);
         assert!(batch[0].full, "the first write of a room is whole");
@@ -390,7 +404,7 @@ mod tests {
         assert!(p.take_batch(false).0.is_empty(), "nothing pending");
 
         // A join and a leave before the next write: one entry, the count now.
-        p.add(&room, true, &arc("carol"));
+        p.add(&room, true, &arc("carol"), None);
         p.remove("r", "carol");
         p.remove("r", "alice");
         let batch = p.take_batch(false).0;
@@ -404,8 +418,8 @@ mod tests {
     #[test]
     fn refresh_lists_every_room_and_empty_rooms_are_forgotten() {
         let p = LocalPresence::new(Duration::from_secs(30));
-        p.add(&arc("a"), false, &arc("u"));
-        p.add(&arc("b"), false, &arc("u"));
+        p.add(&arc("a"), false, &arc("u"), None);
+        p.add(&arc("b"), false, &arc("u"), None);
         p.take_batch(false);
         p.remove("b", "u");
         let batch = p.take_batch(true).0;
@@ -424,12 +438,12 @@ mod tests {
     fn a_failed_write_is_written_again_and_a_lost_room_whole() {
         let p = LocalPresence::new(Duration::from_secs(30));
         let room = arc("r");
-        p.add(&room, true, &arc("alice"));
+        p.add(&room, true, &arc("alice"), None);
         let batch = p.take_batch(false).0;
         p.restore(batch);
         let batch = p.take_batch(false).0;
         assert!(batch[0].full, "never written: still whole");
-        p.add(&room, true, &arc("bob"));
+        p.add(&room, true, &arc("bob"), None);
         let batch = p.take_batch(false).0;
         assert!(!batch[0].full);
         p.resync(std::slice::from_ref(&room));
@@ -439,5 +453,27 @@ mod tests {
             sorted(batch[0].users.clone()),
             [("alice".into(), 1), ("bob".into(), 1)]
         );
+    }
+
+    #[test]
+    fn a_users_info_is_the_latest_given_and_goes_with_each_write_of_it() {
+        let p = LocalPresence::new(Duration::from_secs(30));
+        let room = arc("r");
+        p.add(&room, true, &arc("alice"), Some(arc(r#"{"v":1}"#)));
+        p.add(&room, true, &arc("bob"), None);
+        let batch = p.take_batch(false).0;
+        assert_eq!(batch[0].info, [(arc("alice"), arc(r#"{"v":1}"#))]);
+        // A second tab with new info, and one with none: the newer info stays the user's.
+        p.add(&room, true, &arc("alice"), Some(arc(r#"{"v":2}"#)));
+        p.add(&room, true, &arc("alice"), None);
+        let batch = p.take_batch(false).0;
+        assert_eq!(batch[0].info, [(arc("alice"), arc(r#"{"v":2}"#))]);
+        // Gone here: its info goes with it, and comes back only with a new one.
+        for _ in 0..3 {
+            p.remove("r", "alice");
+        }
+        p.take_batch(false);
+        p.add(&room, true, &arc("alice"), None);
+        assert!(p.take_batch(false).0[0].info.is_empty());
     }
 }

@@ -7,18 +7,18 @@
 //! so is presence ([`PresenceTable`], the model that the Redis function `roomcast_presence`
 //! follows step for step).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
-use crate::protocol::PresenceMember;
-
 mod nodes;
+mod presence;
 mod webhooks;
 
+pub use presence::PresenceTable;
 pub use webhooks::WebhookTable;
 
 use super::control_table::ControlTable;
@@ -88,181 +88,6 @@ impl MemoryBroker {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Unavailable::NodeStopping.into()),
         }
-    }
-}
-
-/// One node's users of a room, and until when they count.
-struct NodeEntry {
-    users: HashMap<String, u64>,
-    deadline: Instant,
-}
-
-/// One room's presence: each node's users, and their sum over nodes in name order.
-#[derive(Default)]
-struct RoomPresence {
-    nodes: HashMap<String, NodeEntry>,
-    totals: BTreeMap<String, u64>,
-}
-
-impl RoomPresence {
-    /// Add `delta` to `user`'s connections over every node: before and after.
-    fn adjust(&mut self, user: &str, delta: i64) -> (u64, u64) {
-        let before = self.totals.get(user).copied().unwrap_or(0);
-        let after = (before as i64 + delta).max(0) as u64;
-        if after == 0 {
-            self.totals.remove(user);
-        } else {
-            self.totals.insert(user.to_owned(), after);
-        }
-        (before, after)
-    }
-
-    /// Drop every node but `except` whose time is up: the users that vanish with them.
-    fn reap(&mut self, except: Option<&str>, now: Instant) -> Vec<String> {
-        let mut dead: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(n, e)| Some(n.as_str()) != except && e.deadline < now)
-            .map(|(n, _)| n.clone())
-            .collect();
-        dead.sort();
-        let mut gone = Vec::new();
-        for n in dead {
-            let Some(entry) = self.nodes.remove(&n) else {
-                continue;
-            };
-            let mut users: Vec<(String, u64)> = entry.users.into_iter().collect();
-            users.sort();
-            for (user, conns) in users {
-                if let (1.., 0) = self.adjust(&user, -(conns as i64)) {
-                    gone.push(user);
-                }
-            }
-        }
-        gone
-    }
-}
-
-/// Presence of every room, per node: the in-process model of the Redis function
-/// `roomcast_presence`, which keeps the same steps in the same order.
-#[derive(Default)]
-pub struct PresenceTable {
-    rooms: HashMap<Arc<str>, RoomPresence>,
-    /// Webhook events, decided with the presence they follow (`[webhooks]` on).
-    webhooks: Option<WebhookTable>,
-}
-
-impl PresenceTable {
-    /// Apply `node`'s update at `now`: drop other nodes whose time is up, then set this node's
-    /// users. Returns the users that appeared (`true`) or vanished (`false`) in the room across
-    /// every node (empty unless the room has events), and whether this node's earlier state
-    /// had been lost (dropped or expired) and must be sent whole again.
-    pub fn apply(
-        &mut self,
-        node: &str,
-        update: &PresenceUpdate,
-        now: Instant,
-        live_for: Duration,
-    ) -> (Vec<(String, bool)>, bool) {
-        let room = self.rooms.entry(update.room.clone()).or_default();
-        let mut events: Vec<(String, bool)> = room
-            .reap(Some(node), now)
-            .into_iter()
-            .map(|user| (user, false))
-            .collect();
-
-        let lost = !update.full && !room.nodes.contains_key(node);
-        let mut changes: Vec<(String, u64)> = update
-            .users
-            .iter()
-            .map(|(u, c)| (u.to_string(), *c))
-            .collect();
-        if update.full
-            && let Some(own) = room.nodes.get(node)
-        {
-            let mut stale: Vec<String> = own
-                .users
-                .keys()
-                .filter(|u| !update.users.iter().any(|(v, _)| v.as_ref() == u.as_str()))
-                .cloned()
-                .collect();
-            stale.sort();
-            changes.extend(stale.into_iter().map(|u| (u, 0)));
-        }
-        for (user, conns) in changes {
-            let own = room
-                .nodes
-                .entry(node.to_owned())
-                .or_insert_with(|| NodeEntry {
-                    users: HashMap::new(),
-                    deadline: now + live_for,
-                });
-            let had = if conns > 0 {
-                own.users.insert(user.clone(), conns)
-            } else {
-                own.users.remove(&user)
-            }
-            .unwrap_or(0);
-            match room.adjust(&user, conns as i64 - had as i64) {
-                (0, 1..) => events.push((user, true)),
-                (1.., 0) => events.push((user, false)),
-                _ => {}
-            }
-        }
-        match room.nodes.get_mut(node) {
-            Some(own) if own.users.is_empty() => {
-                room.nodes.remove(node);
-            }
-            Some(own) => own.deadline = now + live_for,
-            None => {}
-        }
-        if room.nodes.is_empty() {
-            self.rooms.remove(&update.room);
-        }
-        if let Some(webhooks) = &mut self.webhooks {
-            for (user, joined) in &events {
-                match joined {
-                    true => webhooks.appear(&update.room, user),
-                    false => webhooks.vanish(&update.room, user, now),
-                }
-            }
-        }
-        if !update.events {
-            events.clear();
-        }
-        (events, lost)
-    }
-
-    /// Who is in `room` at `now`, after dropping the nodes whose time is up (the users that
-    /// vanish with them are returned): the count and the first `max` users in name order.
-    pub fn read(&mut self, room: &str, now: Instant, max: usize) -> (PresenceList, Vec<String>) {
-        let Some(presence) = self.rooms.get_mut(room) else {
-            return (PresenceList::default(), Vec::new());
-        };
-        let gone = presence.reap(None, now);
-        if let Some(webhooks) = &mut self.webhooks {
-            let room: Arc<str> = Arc::from(room);
-            for user in &gone {
-                webhooks.vanish(&room, user, now);
-            }
-        }
-        let list = PresenceList {
-            count: presence.totals.len() as u64,
-            members: presence
-                .totals
-                .iter()
-                .take(max)
-                .map(|(user, conns)| PresenceMember {
-                    user: user.clone(),
-                    conns: *conns,
-                })
-                .collect(),
-            truncated: presence.totals.len() > max,
-        };
-        if presence.nodes.is_empty() {
-            self.rooms.remove(room);
-        }
-        (list, gone)
     }
 }
 
@@ -416,11 +241,12 @@ impl PresenceStore for MemoryBroker {
                     if was_lost {
                         lost.push(update.room.clone());
                     }
-                    events.extend(changes.into_iter().map(|(user, joined)| PresenceEvent {
+                    events.extend(changes.into_iter().map(|change| PresenceEvent {
                         room: update.room.clone(),
-                        user,
-                        joined,
+                        user: change.user,
+                        joined: change.joined,
                         ts: crate::clock::now_ms(),
+                        info: change.info,
                     }));
                 }
             }
@@ -446,6 +272,7 @@ impl PresenceStore for MemoryBroker {
                         user,
                         joined: false,
                         ts: crate::clock::now_ms(),
+                        info: None,
                     }))
                     .await?;
                 }
@@ -486,6 +313,7 @@ mod tests {
             events,
             full,
             users: users.iter().map(|(u, c)| (Arc::from(*u), *c)).collect(),
+            info: Vec::new(),
         }
     }
 
@@ -515,14 +343,33 @@ mod tests {
         assert_eq!(read.count, 1);
         assert_eq!(
             read.members,
-            [PresenceMember {
+            [crate::protocol::PresenceMember {
                 user: "bob".into(),
-                conns: 2
+                conns: 2,
+                info: None,
             }]
         );
         // Without events: the same bookkeeping, no announcements.
         let (ev, _) = t.apply("a", &update("q", false, true, &[("x", 1)]), now, live);
         assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn a_users_info_is_announced_with_its_join_shown_while_present_and_forgotten_after() {
+        let mut t = PresenceTable::default();
+        let now = Instant::now();
+        let live = Duration::from_secs(20);
+        let mut with_info = update("r", true, true, &[("alice", 1)]);
+        with_info.info = vec![(Arc::from("alice"), Arc::from(r#"{"name":"Alice"}"#))];
+        let (ev, _) = t.apply("a", &with_info, now, live);
+        assert_eq!(ev[0].info.as_deref(), Some(r#"{"name":"Alice"}"#));
+        let (read, _) = t.read("r", now, 10);
+        assert_eq!(read.members[0].info.as_deref(), Some(r#"{"name":"Alice"}"#));
+        // Gone from every node, then back with none: the old info is not hers any more.
+        t.apply("a", &update("r", true, false, &[("alice", 0)]), now, live);
+        let (ev, _) = t.apply("b", &update("r", true, true, &[("alice", 1)]), now, live);
+        assert_eq!(ev[0].info, None);
+        assert_eq!(t.read("r", now, 10).0.members[0].info, None);
     }
 
     #[test]

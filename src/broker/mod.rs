@@ -81,6 +81,8 @@ pub struct PresenceEvent {
     pub joined: bool,
     /// Milliseconds since the Unix epoch, set by the broker.
     pub ts: u64,
+    /// The joining user's `info` (JSON text) when the backend gave one.
+    pub info: Option<Arc<str>>,
 }
 
 /// A node's batch of presence changes for one room: each user's number of connections in
@@ -94,6 +96,8 @@ pub struct PresenceUpdate {
     /// this node (the first write of a room by this process, or a resync).
     pub full: bool,
     pub users: Vec<(Arc<str>, u64)>,
+    /// The `info` (JSON text) of users in `users` that have one: the latest given on this node.
+    pub info: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// How long a node's presence counts after its last write: two of its refreshes (every quarter

@@ -72,6 +72,8 @@ fn compile_schema(path: &Path) -> Result<jsonschema::Validator, String> {
 /// The largest `hooks.max_in_flight`: far above what one node should send a backend at once,
 /// far below what a semaphore can count.
 const MAX_IN_FLIGHT: usize = 100_000;
+/// Above this an `info` is not "small": presence replies carry one per listed member.
+const MAX_INFO_BYTES: usize = 65_536;
 
 /// The backend's hooks: HTTP POSTs the node makes at a connect, a join or a publish
 /// (docs/backend.md). An empty URL turns its hook off.
@@ -95,6 +97,8 @@ pub struct HooksConfig {
     pub timeout_ms: u64,
     /// Hook requests in flight at once on this node; above it a hook fails closed at once.
     pub max_in_flight: usize,
+    /// The largest `info` a connect or join answer may carry (presence shows it to members).
+    pub max_info_bytes: usize,
 }
 
 impl Default for HooksConfig {
@@ -109,6 +113,7 @@ impl Default for HooksConfig {
             publish_rooms: Vec::new(),
             timeout_ms: 1_000,
             max_in_flight: 256,
+            max_info_bytes: 1_024,
         }
     }
 }
@@ -159,6 +164,12 @@ impl HooksConfig {
             return Err(ConfigError::key(
                 "hooks.timeout_ms",
                 "must be greater than 0",
+            ));
+        }
+        if !(2..=MAX_INFO_BYTES).contains(&self.max_info_bytes) {
+            return Err(ConfigError::key(
+                "hooks.max_info_bytes",
+                format!("must be between 2 and {MAX_INFO_BYTES}"),
             ));
         }
         if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {

@@ -52,14 +52,18 @@ impl Node {
             // Already live in the room: there is nothing to replay that it has not been sent.
             return Ok(JoinOutcome::default());
         }
-        if !by_server {
-            // The backend's own joins (server subscriptions) are not asked again.
-            self.hooks.join(session.asker(), room).await?;
-        }
+        // The backend's own joins (server subscriptions) are not asked again.
+        let hook_info = match by_server {
+            false => self.hooks.join(session.asker(), room).await?,
+            true => None,
+        };
+        let info = hook_info.or_else(|| session.identity.as_ref().and_then(|i| i.info.clone()));
         let room = room.as_arc();
         let policy = self.policies.for_room(room);
         let wants_replay = since.is_some() || history.is_some_and(|n| n > 0);
-        let entered = self.enter(session, room, policy, wants_replay).await?;
+        let entered = self
+            .enter(session, room, policy, wants_replay, info)
+            .await?;
         if policy.history.is_none() {
             // Nothing is kept for this room: a client resuming must reload its state.
             return Ok(JoinOutcome {
@@ -116,6 +120,7 @@ impl Node {
         room: &Arc<str>,
         policy: RoomPolicy,
         wants_replay: bool,
+        info: Option<Arc<str>>,
     ) -> Result<Entered, CommandError> {
         let target = Target::Room(room.clone());
         let mut entered = Entered::default();
@@ -137,7 +142,7 @@ impl Node {
             }
             if let Some(presence) = policy.presence {
                 self.presence
-                    .add(room, presence.events, &Arc::from(session.from()));
+                    .add(room, presence.events, &Arc::from(session.from()), info);
             }
         }
         session.rooms.insert(room.clone());

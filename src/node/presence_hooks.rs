@@ -112,7 +112,13 @@ impl Node {
         {
             return;
         }
-        let frame = protocol::member_event(&event.room, &event.user, event.joined, event.ts);
+        let frame = protocol::member_event(
+            &event.room,
+            &event.user,
+            event.joined,
+            event.ts,
+            event.info.as_deref(),
+        );
         let delivery = self.hub.deliver_room(&event.room, &frame, None, None);
         self.metrics.messages_delivered.inc_by(delivery.delivered);
         self.metrics

@@ -106,6 +106,7 @@ mod tests {
             issued_at: iat,
             jti: jti.map(str::to_owned),
             subs: Vec::new(),
+            info: None,
         }
     }
 

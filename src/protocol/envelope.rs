@@ -4,6 +4,7 @@
 //! Owns the bytes on broker channels; channels, connections and retries are the broker's.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -19,17 +20,34 @@ struct WirePresenceEvent<'a> {
     #[serde(borrow)]
     event: Cow<'a, str>,
     ts: u64,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
 }
 
-/// Decode a presence change: `(user, joined, ts)`; `None` for anything else.
-pub fn decode_presence_event(payload: &[u8]) -> Option<(String, bool, u64)> {
+/// A presence change as the broker publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WirePresence {
+    pub user: String,
+    pub joined: bool,
+    pub ts: u64,
+    /// The joining user's `info` (JSON text), when the backend gave one.
+    pub info: Option<Arc<str>>,
+}
+
+/// Decode a presence change; `None` for anything else.
+pub fn decode_presence_event(payload: &[u8]) -> Option<WirePresence> {
     let wire: WirePresenceEvent<'_> = serde_json::from_slice(payload).ok()?;
     let joined = match wire.event.as_ref() {
         "joined" => true,
         "left" => false,
         _ => return None,
     };
-    Some((wire.user.into_owned(), joined, wire.ts))
+    Some(WirePresence {
+        user: wire.user.into_owned(),
+        joined,
+        ts: wire.ts,
+        info: wire.info.map(|raw| Arc::from(raw.get())),
+    })
 }
 
 /// Turn an arbitrary payload into the `data` of a message: JSON as it is when it parses,

@@ -3,6 +3,8 @@
 //!
 //! Owns the serde shape of every outbound frame; what to send and to whom is the caller's.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -118,6 +120,8 @@ enum Outbound<'a> {
         room: &'a str,
         user: &'a str,
         ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "raw_info")]
+        info: Option<&'a str>,
     },
     MemberLeft {
         room: &'a str,
@@ -230,11 +234,31 @@ pub fn broadcast(id: &str, data: &RawValue, ts: u64) -> Frame {
     Frame::encode(&Outbound::Broadcast { id, data, ts })
 }
 
-/// One entry of a `presence` reply: a user and how many of its connections are in the room.
+/// One entry of a `presence` reply: a user, how many of its connections are in the room, and
+/// the `info` the backend gave it (the connect or join hook's answer), if any.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PresenceMember {
     pub user: String,
     pub conns: u64,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "raw_info")]
+    pub info: Option<Arc<str>>,
+}
+
+/// A member's `info`: JSON text (checked when the backend's answer was read), written as the
+/// JSON it is.
+fn raw_info<S, T>(info: &Option<T>, serializer: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: AsRef<str>,
+{
+    match info
+        .as_ref()
+        .map(|text| serde_json::from_str::<&RawValue>(text.as_ref()))
+    {
+        Some(Ok(raw)) => raw.serialize(serializer),
+        // Only JSON is ever kept; anything else is not the member's info.
+        Some(Err(_)) | None => serializer.serialize_none(),
+    }
 }
 
 /// Who is in a room: the exact number of users, and at most `max_members` of them.
@@ -258,9 +282,15 @@ pub fn presence(room: &str, list: &PresenceList, id: Option<&RequestId>) -> Fram
 
 /// `member_joined` (a user's first connection in the room, on any node) or `member_left`
 /// (its last one gone).
-pub fn member_event(room: &str, user: &str, joined: bool, ts: u64) -> Frame {
+/// `info` is the joining user's (the backend's, see [`PresenceMember`]).
+pub fn member_event(room: &str, user: &str, joined: bool, ts: u64, info: Option<&str>) -> Frame {
     Frame::encode(&if joined {
-        Outbound::MemberJoined { room, user, ts }
+        Outbound::MemberJoined {
+            room,
+            user,
+            ts,
+            info,
+        }
     } else {
         Outbound::MemberLeft { room, user, ts }
     })

@@ -29,8 +29,8 @@ pub use control::{
     issued_before,
 };
 pub use envelope::{
-    Envelope, Origin, Position, Target, data_from_payload, decode_envelope, decode_presence_event,
-    encode_envelope, encode_envelope_unnumbered, null_raw,
+    Envelope, Origin, Position, Target, WirePresence, data_from_payload, decode_envelope,
+    decode_presence_event, encode_envelope, encode_envelope_unnumbered, null_raw,
 };
 pub use frame::{
     Frame, PresenceList, PresenceMember, ack, broadcast, error, joined, left, left_because,

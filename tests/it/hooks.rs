@@ -278,9 +278,12 @@ fn hook_keys_have_their_defaults_and_bad_values_are_named() {
     assert_eq!(hooks.publish_url, "");
     assert_eq!(hooks.timeout_ms, 1_000);
     assert_eq!(hooks.max_in_flight, 256);
+    assert_eq!(hooks.max_info_bytes, 1_024);
 
     type Edit = fn(&mut Config);
-    let cases: [(Edit, &str); 11] = [
+    let cases: [(Edit, &str); 13] = [
+        (|c| c.hooks.max_info_bytes = 1, "hooks.max_info_bytes"),
+        (|c| c.hooks.max_info_bytes = 65_537, "hooks.max_info_bytes"),
         (|c| c.hooks.max_in_flight = 100_001, "hooks.max_in_flight"),
         (
             |c| {

@@ -37,7 +37,7 @@ fn hooked(config: Config, backend: &Backend) -> Config {
 }
 
 /// Open a WebSocket to `url` with `headers`: the client, or the handshake's HTTP status.
-async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+pub(super) async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
     let mut request = url.into_client_request().expect("request");
     for (name, value) in headers {
         let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");

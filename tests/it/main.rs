@@ -17,6 +17,7 @@ mod hooks;
 mod hooks_connect;
 mod limits;
 mod presence;
+mod presence_info;
 mod presence_node_loss;
 mod protocol;
 mod redis_broker;

@@ -851,7 +851,9 @@ export class RoomcastClient {
     let { count, members } = p;
     if (f.type === "member_joined") {
       if (at >= 0) return; // already in the reply that raced this event
-      members = [...members, { user: f.user, conns: 1 }].sort((a, b) =>
+      const member: PresenceMember = { user: f.user, conns: 1 };
+      if (f.info !== undefined) member.info = f.info;
+      members = [...members, member].sort((a, b) =>
         a.user < b.user ? -1 : a.user > b.user ? 1 : 0,
       );
       count++;

@@ -110,6 +110,8 @@ export interface PresenceMember {
   user: string;
   /** The user's connections in the room, across every node. */
   conns: number;
+  /** What the backend's connect or join hook said of the user (absent: nothing). */
+  info?: Record<string, unknown>;
 }
 export interface PresenceFrame {
   type: "presence";
@@ -128,6 +130,8 @@ export interface MemberFrame {
   room: string;
   user: string;
   ts: number;
+  /** `member_joined` only: the backend's info of the user, as `presence` shows it. */
+  info?: Record<string, unknown>;
 }
 export interface ErrorFrame {
   type: "error";

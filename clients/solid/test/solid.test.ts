@@ -72,8 +72,10 @@ describe("createRoomcast", () => {
       ws.push({ type: "presence", room: "lobby", count: 1, members: [{ user: "c-0", conns: 1 }], truncated: false, id: asked[0]!.id });
       expect(lobby.presence()).toEqual({ count: 1, members: [{ user: "c-0", conns: 1 }], truncated: false });
 
-      ws.push({ type: "member_joined", room: "lobby", user: "bob", ts: 2 });
-      expect(lobby.presence()).toEqual({ count: 2, members: [{ user: "bob", conns: 1 }, { user: "c-0", conns: 1 }], truncated: false });
+      ws.push({ type: "member_joined", room: "lobby", user: "bob", ts: 2, info: { name: "Bob" } });
+      expect(lobby.presence()).toEqual({
+        count: 2, members: [{ user: "bob", conns: 1, info: { name: "Bob" } }, { user: "c-0", conns: 1 }], truncated: false,
+      });
       ws.push({ type: "member_joined", room: "lobby", user: "bob", ts: 3 }); // already there
       ws.push({ type: "member_joined", room: "other", user: "carol", ts: 3 }); // another room
       expect(lobby.presence()?.count).toBe(2);

@@ -99,9 +99,20 @@ local function presence_users(channel)
   return '{' .. channel .. '}:presence-users'
 end
 
-local function announce(events, user, what, ts)
+-- user -> the JSON `info` the backend gave it (the latest any node wrote), while present.
+local function presence_info(channel)
+  return '{' .. channel .. '}:presence-info'
+end
+
+local function announce(events, user, what, ts, channel)
   if events ~= '' then
-    redis.call('PUBLISH', events, cjson.encode({ user = user, event = what, ts = ts }))
+    local event = cjson.encode({ user = user, event = what, ts = ts })
+    local info = what == 'joined' and redis.call('HGET', presence_info(channel), user)
+    if info then
+      -- The node's JSON as it is (cjson would rewrite its numbers).
+      event = string.sub(event, 1, -2) .. ',"info":' .. info .. '}'
+    end
+    redis.call('PUBLISH', events, event)
   end
 end
 
@@ -191,6 +202,7 @@ local function adjust(channel, user, delta)
   if after <= 0 then
     redis.call('HDEL', presence_conns(channel), user)
     redis.call('ZREM', presence_users(channel), user)
+    redis.call('HDEL', presence_info(channel), user)
     after = 0
   elseif before <= 0 then
     redis.call('ZADD', presence_users(channel), 0, user)
@@ -208,7 +220,7 @@ local function reap(channel, except, events, now, wh)
       for i = 1, #entries, 2 do
         local before, after = adjust(channel, entries[i], -(tonumber(entries[i + 1]) or 0))
         if before > 0 and after == 0 then
-          announce(events, entries[i], 'left', now)
+          announce(events, entries[i], 'left', now, channel)
           wh_vanish(wh, channel, entries[i], now)
         end
       end
@@ -219,7 +231,8 @@ local function reap(channel, except, events, now, wh)
 end
 
 local function keep(channel, expire_ms, wh)
-  for _, k in ipairs({ presence_set(channel), presence_conns(channel), presence_users(channel) }) do
+  for _, k in ipairs({ presence_set(channel), presence_conns(channel), presence_users(channel),
+                       presence_info(channel) }) do
     if redis.call('EXISTS', k) == 1 then
       redis.call('PEXPIRE', k, expire_ms)
     end
@@ -230,8 +243,9 @@ local function keep(channel, expire_ms, wh)
 end
 
 -- FCALL roomcast_presence 1 CHANNEL NODE LIVE_MS EXPIRE_MS EVENTS_CHANNEL FULL
---   WH_STREAM WH_LEAVES WH_DELAY_MS ROOM [USER CONNS]...
--- Sets NODE's users of the room (CONNS 0: gone; FULL 1: these are all of them), keeps NODE
+--   WH_STREAM WH_LEAVES WH_DELAY_MS ROOM INFO_N [USER INFO]{INFO_N} [USER CONNS]...
+-- Sets the INFO (JSON) of INFO_N users, then NODE's users of the room (CONNS 0: gone; FULL 1:
+-- these are all of them), keeps NODE
 -- live for LIVE_MS, publishes joined/left on EVENTS_CHANNEL (none when empty) for users that
 -- appear or vanish across every node, and records the webhook events of ROOM in WH_STREAM
 -- (none when empty). Returns 1 when NODE's earlier state was lost.
@@ -245,8 +259,12 @@ local function presence(keys, args)
   reap(channel, node, events, now, wh)
 
   local lost = (not full) and redis.call('EXISTS', own) == 0
+  local info_n = tonumber(args[10]) or 0
+  for i = 11, 10 + 2 * info_n, 2 do
+    redis.call('HSET', presence_info(channel), args[i], args[i + 1])
+  end
   local changes, given = {}, {}
-  for i = 10, #args, 2 do
+  for i = 11 + 2 * info_n, #args, 2 do
     table.insert(changes, { args[i], tonumber(args[i + 1]) or 0 })
     given[args[i]] = true
   end
@@ -272,10 +290,10 @@ local function presence(keys, args)
     end
     local before, after = adjust(channel, u, conns - had)
     if before <= 0 and after > 0 then
-      announce(events, u, 'joined', now)
+      announce(events, u, 'joined', now, channel)
       wh_appear(wh, channel, u, now)
     elseif before > 0 and after <= 0 then
-      announce(events, u, 'left', now)
+      announce(events, u, 'left', now, channel)
       wh_vanish(wh, channel, u, now)
     end
   end
@@ -294,8 +312,8 @@ local function presence(keys, args)
 end
 
 -- FCALL roomcast_presence_read 1 CHANNEL EVENTS_CHANNEL MAX [WH_STREAM WH_LEAVES WH_DELAY_MS
--- ROOM]: {COUNT, {USER, CONNS, ...}} for the first MAX users in name order, after dropping the
--- nodes whose time is up.
+-- ROOM]: {COUNT, {USER, CONNS, INFO ('' for none), ...}} for the first MAX users in name order,
+-- after dropping the nodes whose time is up.
 local function presence_read(keys, args)
   local channel = keys[1]
   reap(channel, nil, args[1] or '', now_ms(), wh_args(args, 3, 0))
@@ -307,6 +325,7 @@ local function presence_read(keys, args)
     for _, u in ipairs(users) do
       table.insert(out, u)
       table.insert(out, tonumber(redis.call('HGET', presence_conns(channel), u)) or 0)
+      table.insert(out, redis.call('HGET', presence_info(channel), u) or '')
     end
   end
   return { count, out }

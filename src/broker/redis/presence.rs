@@ -4,7 +4,8 @@
 //! over nodes (`…:presence-conns`, `…:presence-users`). The function `roomcast_presence`
 //! applies one node's changes to one room atomically: it first drops the other nodes whose
 //! time is up, then sets the node's users, and publishes `{"user","event":"joined"|"left","ts"}`
-//! on `{prefix}presence:ROOM` for users whose sum leaves or reaches 0 (rooms with events only).
+//! on `{prefix}presence:ROOM` for users whose sum leaves or reaches 0 (rooms with events only),
+//! a joining user's `info` with it (kept in `…:presence-info` while the user is present).
 //! A node sends all its rooms' changes in one pipeline (one call per room on a cluster, where
 //! rooms spread over shards); `roomcast_presence_read` returns the count and the first users
 //! in name order without reading the whole room.
@@ -46,6 +47,10 @@ impl RedisBroker {
             .arg(events)
             .arg(if update.full { "1" } else { "0" });
         self.webhook_args(&mut cmd, &update.room);
+        cmd.arg(update.info.len());
+        for (user, info) in &update.info {
+            cmd.arg(user.as_ref()).arg(info.as_ref());
+        }
         for (user, conns) in &update.users {
             cmd.arg(user.as_ref()).arg(*conns);
         }
@@ -118,14 +123,18 @@ impl PresenceStore for RedisBroker {
                 self.webhook_args(&mut cmd, &room);
                 cmd
             };
-            let (count, members): (u64, Vec<(String, u64)>) =
+            let (count, members): (u64, Vec<(String, u64, String)>) =
                 with_functions(&self.shared.commands, call).await?;
             Ok(PresenceList {
                 count,
                 truncated: count > members.len() as u64,
                 members: members
                     .into_iter()
-                    .map(|(user, conns)| PresenceMember { user, conns })
+                    .map(|(user, conns, info)| PresenceMember {
+                        user,
+                        conns,
+                        info: (!info.is_empty()).then(|| Arc::from(info)),
+                    })
                     .collect(),
             })
         })

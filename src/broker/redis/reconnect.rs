@@ -410,15 +410,16 @@ impl ExternalIds {
     ) -> Option<BrokerEvent> {
         match kind {
             Channel::Presence(room) => {
-                let Some((user, joined, ts)) = decode_presence_event(payload) else {
+                let Some(wire) = decode_presence_event(payload) else {
                     debug!("ignoring a malformed presence event");
                     return None;
                 };
                 Some(BrokerEvent::Presence(PresenceEvent {
                     room: room.clone(),
-                    user,
-                    joined,
-                    ts,
+                    user: wire.user,
+                    joined: wire.joined,
+                    ts: wire.ts,
+                    info: wire.info,
                 }))
             }
             Channel::Messages(target) => {
