@@ -42,8 +42,6 @@ export interface JoinHookRequest {
   user: string;
   room: string;
   conn_id?: string;
-  /** The `info` the connect hook gave, when it gave one. */
-  info?: Record<string, unknown>;
   [field: string]: unknown;
 }
 
