@@ -225,8 +225,12 @@ pub struct Hooks {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the hooks' HTTP client: {0}")]
-pub struct HooksError(#[source] reqwest::Error);
+pub enum HooksError {
+    #[error("cannot build the hooks' HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot set up TLS for the hooks' HTTP client: {0}")]
+    Tls(#[source] rustls::Error),
+}
 
 impl Hooks {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Hooks, HooksError> {
@@ -234,14 +238,15 @@ impl Hooks {
         let timeout = Duration::from_millis(hooks.timeout_ms);
         // Pooled keep-alive connections, as many idle as requests may be in flight; no proxy
         // from the environment (the backend is on the internal network).
-        let client = reqwest::Client::builder()
+        let client = crate::backend_http::client_builder()
+            .map_err(HooksError::Tls)?
             .pool_max_idle_per_host(hooks.max_in_flight)
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(timeout)
             .timeout(timeout)
             .no_proxy()
             .build()
-            .map_err(HooksError)?;
+            .map_err(HooksError::Client)?;
         Ok(Hooks {
             client,
             join_rooms: hooks.join_rooms.iter().map(|p| Glob::new(p)).collect(),

@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backend_http;
 pub mod broker;
 pub mod clock;
 pub mod config;

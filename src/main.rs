@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 mod cli;
 
 fn main() -> ExitCode {
+    roomcast::backend_http::install_default_provider();
     let args = cli::Args::parse();
     match args.command {
         Some(command) => cli::run(command),

@@ -106,6 +106,7 @@ fn send(
 /// The node's answer body when it is a 2xx.
 async fn post(url: &str, body: String, api_key: Option<&str>) -> Result<String, Failure> {
     let unreachable = |err: reqwest::Error| Failure::new(format!("{url}: {}", with_causes(&err)));
+    roomcast::backend_http::install_default_provider();
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()

@@ -187,12 +187,12 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if url.is_empty() {
         return Ok(());
     }
-    let problem = if url.starts_with("https://") {
-        "https:// is not supported yet: hooks call a backend on the internal network over http://"
-    } else if !url.starts_with("http://") || url.len() == "http://".len() {
-        "must be empty (no hook) or an http:// URL"
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::key(&format!("hooks.{key}"), problem))
+    let scheme_only = ["http://", "https://"].contains(&url);
+    if scheme_only || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::key(
+            &format!("hooks.{key}"),
+            "must be empty (no hook) or an http:// or https:// URL",
+        ));
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::broker::{QueuedEvent, WebhookEvent, WebhookSettings, WebhookStore};
 use crate::config::WebhooksConfig;
@@ -105,10 +105,17 @@ impl Delivery {
         if !config.enabled() {
             return None;
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .map_err(|err| warn!(%err, "cannot build the webhook HTTP client"))
+        let built = crate::backend_http::client_builder()
+            .map_err(|err| err.to_string())
+            .and_then(|builder| {
+                builder
+                    .timeout(Duration::from_millis(config.timeout_ms))
+                    .build()
+                    .map_err(|err| err.to_string())
+            });
+        // Events stay recorded (Redis stream or in-process queue) for a node that can deliver.
+        let client = built
+            .map_err(|err| error!(%err, "cannot build the webhook HTTP client: not delivering"))
             .ok()?;
         Some(Delivery {
             client,

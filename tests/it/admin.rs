@@ -5,7 +5,7 @@ use crate::support::*;
 use serde_json::{Value, json};
 
 async fn post(node: &TestNode, path: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
+    let mut request = crate::support::http_client()
         .post(node.admin_url(path))
         .header("content-type", "application/json")
         .body(body.to_owned());
@@ -25,7 +25,11 @@ async fn post(node: &TestNode, path: &str, body: &str, key: Option<&str>) -> (u1
 async fn health_readiness_and_unknown_routes() {
     let node = TestNode::start(test_config()).await;
     for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/nope", 404)] {
-        let r = reqwest::get(node.admin_url(path)).await.expect("get");
+        let r = crate::support::http_client()
+            .get(node.admin_url(path))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status().as_u16(), status, "{path}");
     }
 }
@@ -125,7 +129,11 @@ async fn api_key_guards_the_post_routes_only() {
         202
     );
     for path in ["/metrics", "/healthz", "/readyz"] {
-        let r = reqwest::get(node.admin_url(path)).await.expect("get");
+        let r = crate::support::http_client()
+            .get(node.admin_url(path))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status().as_u16(), 200, "{path} needs no key");
     }
 }

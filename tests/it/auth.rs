@@ -292,7 +292,7 @@ async fn notifications_reach_every_connection_of_that_user_only() {
     let mut f = status_of(&with_token(&node, &hs256(claims("frank"))), None)
         .await
         .expect("f");
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url("/api/notify"))
         .body(r#"{"user":"erin","data":{"kind":"invoice-paid"}}"#)
         .send()

@@ -488,7 +488,7 @@ fn webhook_keys_have_defaults_load_and_are_validated_by_name() {
             "webhooks.url",
         ),
         (
-            Box::new(|c| c.webhooks.url = "https://backend/events".into()),
+            Box::new(|c| c.webhooks.url = "https://".into()),
             "webhooks.url",
         ),
         (

@@ -17,7 +17,7 @@ fn fast_stats(mut config: Config) -> Config {
 }
 
 async fn get(node: &TestNode, path: &str, key: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(node.admin_url(path));
+    let mut request = crate::support::http_client().get(node.admin_url(path));
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }
@@ -31,7 +31,7 @@ async fn get(node: &TestNode, path: &str, key: Option<&str>) -> (u16, Value) {
 }
 
 async fn publish(node: &TestNode, room: &str, data: Value) -> String {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url("/api/publish"))
         .json(&json!({"room": room, "data": data}))
         .send()
@@ -359,7 +359,7 @@ async fn the_stats_stream_sends_an_event_per_interval_that_follows_connections()
     let mut config = fast_stats(test_config());
     config.admin.api_key = Some("k".into());
     let node = TestNode::start(config).await;
-    let mut response = reqwest::Client::new()
+    let mut response = crate::support::http_client()
         .get(node.admin_url("/api/stats/stream"))
         .header("authorization", "Bearer k")
         .send()
@@ -408,7 +408,7 @@ async fn every_read_route_needs_the_key_and_the_console_page_does_not() {
             assert_eq!(status, 401, "{path} with {key:?}");
             assert_eq!(body["error"]["code"], "unauthorized", "{path}");
         }
-        let response = reqwest::Client::new()
+        let response = crate::support::http_client()
             .get(node.admin_url(path))
             .header("authorization", "Bearer secret")
             .send()
@@ -417,7 +417,9 @@ async fn every_read_route_needs_the_key_and_the_console_page_does_not() {
         assert_eq!(response.status().as_u16(), 200, "{path} with the key");
     }
 
-    let page = reqwest::get(node.admin_url("/console"))
+    let page = crate::support::http_client()
+        .get(node.admin_url("/console"))
+        .send()
         .await
         .expect("console");
     assert_eq!(page.status().as_u16(), 200);

@@ -60,7 +60,7 @@ async fn refused(node: &TestNode, token: &str) -> (u16, String) {
 }
 
 async fn post(node: &TestNode, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url(path))
         .json(&body)
         .send()
@@ -427,7 +427,11 @@ async fn server_subscribe_joins_a_user_on_every_node_now_and_later_with_history_
 }
 
 async fn get_json(node: &TestNode, path: &str) -> (u16, Value) {
-    let response = reqwest::get(node.admin_url(path)).await.expect("get");
+    let response = crate::support::http_client()
+        .get(node.admin_url(path))
+        .send()
+        .await
+        .expect("get");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -127,7 +127,7 @@ async fn since_older_than_what_is_kept_is_not_recovered() {
 #[tokio::test]
 async fn services_publishing_through_the_admin_api_are_kept_too() {
     let node = TestNode::start(history_config()).await;
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url("/api/publish"))
         .body(r#"{"room":"chat:d","data":"from a service"}"#)
         .send()

@@ -299,7 +299,7 @@ fn hook_keys_have_their_defaults_and_bad_values_are_named() {
             "hooks.join_url",
         ),
         (
-            |c| c.hooks.publish_url = "https://backend/p".into(),
+            |c| c.hooks.publish_url = "https://".into(),
             "hooks.publish_url",
         ),
         (

@@ -452,7 +452,9 @@ async fn shutdown_closes_clients_with_1001_and_readyz_turns_503() {
     config.server.shutdown_grace_ms = 5_000;
     let mut node = TestNode::start(config).await;
     let mut a = node.connect().await;
-    let ready = reqwest::get(node.admin_url("/readyz"))
+    let ready = crate::support::http_client()
+        .get(node.admin_url("/readyz"))
+        .send()
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);

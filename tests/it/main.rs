@@ -15,6 +15,7 @@ mod fuzz_regressions;
 mod history;
 mod hooks;
 mod hooks_connect;
+mod https_backend;
 mod limits;
 mod presence;
 mod presence_info;

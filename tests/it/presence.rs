@@ -330,7 +330,7 @@ async fn anonymous_members_are_their_conn_ids_and_lists_are_capped() {
     let names: Vec<String> = members.iter().map(|(u, _)| u.clone()).collect();
     assert_eq!(names, ids[..4], "the first max_members conn ids, in order");
 
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = node.admin_url("/api/presence/big:room");
     let refused = http.get(&url).send().await.expect("admin");
     assert_eq!(refused.status(), 401, "the API key guards presence");
@@ -388,7 +388,9 @@ async fn two_nodes_share_presence_and_announce_each_user_once() {
     let everyone = [("alice", 2), ("bob", 1), ("watcher", 1)];
     presence_becomes(&mut watcher, "chat:x", &everyone).await;
     presence_becomes(&mut bob_b, "chat:x", &everyone).await;
-    let admin: Value = reqwest::get(b.admin_url("/api/presence/chat:x"))
+    let admin: Value = crate::support::http_client()
+        .get(b.admin_url("/api/presence/chat:x"))
+        .send()
         .await
         .expect("admin")
         .json()
@@ -659,7 +661,7 @@ async fn presence_and_notifications_work_on_a_redis_cluster() {
     }
 
     // A notification for alice, sent to node a, reaches her connection on node b.
-    let status = reqwest::Client::new()
+    let status = crate::support::http_client()
         .post(a.admin_url("/api/notify"))
         .body(r#"{"user":"alice","data":{"ping":1}}"#)
         .send()

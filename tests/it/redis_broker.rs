@@ -133,7 +133,7 @@ async fn a_publish_reaches_every_node_once_in_one_order() {
 
     // Nothing more than once: a last message (from a service, so no client waits for an ack)
     // is the very next frame everywhere.
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(nodes[2].admin_url("/api/publish"))
         .json(&json!({"room":"bench","data":"end"}))
         .send()
@@ -271,7 +271,7 @@ async fn a_plain_redis_publish_to_a_user_reaches_its_connections_on_every_node()
     assert_eq!(pong["type"], "pong");
 
     // The admin notify route goes through Redis too.
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(nodes[1].admin_url("/api/notify"))
         .json(&json!({"user":"42","data":"hi"}))
         .send()
@@ -300,7 +300,7 @@ async fn the_admin_api_on_one_node_reaches_members_on_another() {
     let nodes = start_cluster(&redis, &prefix, 2).await;
     let mut member = nodes[0].connect().await;
     member.join("ops").await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
 
     let response = http
         .post(nodes[1].admin_url("/api/publish"))
@@ -418,7 +418,7 @@ async fn redis_down_means_unavailable_and_redis_back_means_traffic_again() {
     );
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["code"], "unavailable", "{reply}");
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(nodes[1].admin_url("/api/publish"))
         .json(&json!({"room":"r","data":1}))
         .send()

@@ -6,7 +6,6 @@
 //! Every test starts its own `redis-server` and uses its own channel prefix; every wait is
 //! bounded by `support::WAIT`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -334,7 +333,7 @@ async fn tls_and_a_password_in_the_url_work() {
         dir.join("cert.pem"),
         dir.join("key.pem"),
     );
-    make_server_certificate(&dir, &ca, &cert, &key);
+    crate::support::tls::make_server_certificate(&dir, &ca, &cert, &key);
     let port = free_port();
     let (ca_s, cert_s, key_s) = (
         ca.to_string_lossy().into_owned(),
@@ -385,66 +384,4 @@ async fn tls_and_a_password_in_the_url_work() {
     drop(broker);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A CA, and a certificate for 127.0.0.1 it signed (with openssl, as redis-server needs files).
-fn make_server_certificate(dir: &Path, ca: &Path, cert: &Path, key: &Path) {
-    let ca_key = dir.join("ca-key.pem");
-    let request = dir.join("server.csr");
-    let extensions = dir.join("server.ext");
-    std::fs::write(&extensions, "subjectAltName = IP:127.0.0.1\n").expect("write extensions");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl on PATH");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let os = |s: &'static str| std::ffi::OsStr::new(s);
-    run(&[
-        os("req"),
-        os("-x509"),
-        os("-newkey"),
-        os("rsa:2048"),
-        os("-nodes"),
-        os("-days"),
-        os("1"),
-        os("-subj"),
-        os("/CN=roomcast test CA"),
-        os("-keyout"),
-        ca_key.as_os_str(),
-        os("-out"),
-        ca.as_os_str(),
-    ]);
-    run(&[
-        os("req"),
-        os("-newkey"),
-        os("rsa:2048"),
-        os("-nodes"),
-        os("-subj"),
-        os("/CN=127.0.0.1"),
-        os("-keyout"),
-        key.as_os_str(),
-        os("-out"),
-        request.as_os_str(),
-    ]);
-    run(&[
-        os("x509"),
-        os("-req"),
-        os("-in"),
-        request.as_os_str(),
-        os("-CA"),
-        ca.as_os_str(),
-        os("-CAkey"),
-        ca_key.as_os_str(),
-        os("-CAcreateserial"),
-        os("-days"),
-        os("1"),
-        os("-extfile"),
-        extensions.as_os_str(),
-        os("-out"),
-        cert.as_os_str(),
-    ]);
 }

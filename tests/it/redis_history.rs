@@ -140,7 +140,9 @@ async fn a_node_cut_off_from_redis_catches_its_rooms_up_from_history() {
     // (5 s idle + 5 s timeout) catches it, so allow for that rather than WAIT alone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let down = reqwest::get(b.admin_url("/readyz"))
+        let down = crate::support::http_client()
+            .get(b.admin_url("/readyz"))
+            .send()
             .await
             .is_ok_and(|r| r.status() == 503);
         if down {
@@ -249,7 +251,7 @@ async fn acknowledged_messages_survive_a_redis_restart() {
     let node = TestNode::start(config(&redis, &p)).await;
     let mut member = node.connect().await;
     member.join("chat:r").await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let mut acknowledged = Vec::new();
     let mut refused = 0;
     for i in 0..60u64 {

@@ -50,7 +50,7 @@ async fn refused(client: &mut Client, token: &str, id: &str) -> Value {
 
 /// Publish through the admin API (what a service does).
 async fn publish(node: &TestNode, room: &str, data: Value) {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url("/api/publish"))
         .json(&json!({"room": room, "data": data}))
         .send()
@@ -336,7 +336,7 @@ async fn without_authentication_refresh_is_refused_and_nothing_warns() {
 
 /// POST an admin route; 202 expected (the control plane's routes).
 async fn post_accepted(node: &TestNode, path: &str, body: Value) {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url(path))
         .json(&body)
         .send()

@@ -202,7 +202,7 @@ async fn the_admin_publish_answers_400_invalid_data() {
     let node = TestNode::start(with_chat_schema(test_config(), "admin")).await;
     let mut member = node.connect().await;
     member.join("chat:a").await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let post = |body: Value| {
         http.post(node.admin_url("/api/publish"))
             .header("content-type", "application/json")

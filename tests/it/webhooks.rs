@@ -627,7 +627,7 @@ async fn parks_and_replays(config: Config, backend: &Backend, api_key: &str) {
     wait_ready(std::slice::from_ref(&node), "node ready").await;
     let mut alice = connect_as(&node.ws_url(), "alice").await;
     alice.join("chat:p").await;
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let failed_url = node.admin_url("/api/webhooks/failed");
     let parked = || async {
         let response = client

@@ -21,9 +21,21 @@ pub mod backend;
 mod builders;
 pub mod cluster;
 mod pubsub;
+pub mod tls;
 
 pub use builders::*;
 pub use pubsub::*;
+
+/// An HTTP client for the tests' own requests. reqwest here has rustls without a provider
+/// (the node brings its own): the process's default provider is set first, as `main` does.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("client")
+}
+
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    roomcast::backend_http::install_default_provider();
+    reqwest::Client::builder()
+}
 
 /// The kernel's `TCP_INFO` for a socket (Linux): segment counts of a connection, or the
 /// backlog of a listener (`tcpi_sacked`).
@@ -112,7 +124,9 @@ impl TestNode {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics"))
+        http_client()
+            .get(self.admin_url("/metrics"))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -308,7 +322,9 @@ where
 /// A free loopback port (bound and released; the caller binds it next).
 /// The HTTP status of a GET (0 when nothing answers).
 pub async fn http_status(url: &str) -> u16 {
-    reqwest::get(url)
+    http_client()
+        .get(url)
+        .send()
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
