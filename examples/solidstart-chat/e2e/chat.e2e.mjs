@@ -151,9 +151,15 @@ secret = "${WEBHOOK_SECRET}"
     page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
     page.on("console", (m) => m.type() === "error" && !/WebSocket|Failed to load resource/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}/?ws=${encodeURIComponent(wsUrls.join(","))}`);
+    await page.locator('[data-testid="sign-in"][data-ready="1"]').waitFor({ timeout: 15_000 }); // hydrated
     await page.getByTestId("sign-in-name").fill(label);
     await page.getByTestId("sign-in-submit").click();
-    await page.getByTestId("me").waitFor({ timeout: 15_000 });
+    try {
+      await page.getByTestId("me").waitFor({ timeout: 15_000 });
+    } catch (e) {
+      await page.screenshot({ path: join(SHOTS, `failed-sign-in-${label}.png`) }).catch(() => {});
+      throw new Error(`${label} did not get past the sign-in form (${page.url()}; errors: ${pageErrors.join(" | ")}): ${e.message}`);
+    }
     return { page, context, label };
   }
   const state = (u) => u.page.getByTestId("state").getAttribute("data-state", { timeout: 5000 });

@@ -1,6 +1,6 @@
 import { clientOnly } from "@solidjs/start";
 import { createAsync, useLocation, useSubmission } from "@solidjs/router";
-import { Show } from "solid-js";
+import { createSignal, onMount, Show } from "solid-js";
 import { getMe, signIn, signOut } from "~/lib/api";
 
 // the chat holds a WebSocket: rendered in the browser only
@@ -12,12 +12,18 @@ export default function Home() {
   const me = createAsync(() => getMe());
   const signingIn = useSubmission(signIn);
   const location = useLocation();
+  // set once the page is hydrated (the e2e test waits for it before it types)
+  const [ready, setReady] = createSignal(false);
+  onMount(() => setReady(true));
   return (
     <main class="page">
+      {/* keyed on the user name: a refetch of getMe() that names the same user keeps the chat
+          (and its WebSocket) as it is, and nothing below reads a stale accessor */}
       <Show
-        when={me()}
+        when={me()?.user}
+        keyed
         fallback={
-          <form action={signIn} method="post" class="sign-in" data-testid="sign-in">
+          <form action={signIn} method="post" class="sign-in" data-testid="sign-in" data-ready={ready() ? "1" : undefined}>
             <h1>roomcast × SolidStart</h1>
             <label>
               your name <input name="name" autocomplete="username" required data-testid="sign-in-name" />
@@ -28,21 +34,24 @@ export default function Home() {
           </form>
         }
       >
-        {(m) => (
-          <>
-            <header>
-              <h1>roomcast × SolidStart</h1>
-              <span data-testid="me">{m().user}</span>
-              <Show when={m().staff}>
-                <small> (staff)</small>
-              </Show>
-              <form action={signOut} method="post">
-                <button type="submit">Sign out</button>
-              </form>
-            </header>
-            <Chat user={m().user} staff={m().staff} gateways={m().gateways} />
-          </>
-        )}
+        {(user) => {
+          const m = me()!;
+          return (
+            <>
+              <header>
+                <h1>roomcast × SolidStart</h1>
+                <span data-testid="me">{user}</span>
+                <Show when={m.staff}>
+                  <small> (staff)</small>
+                </Show>
+                <form action={signOut} method="post">
+                  <button type="submit">Sign out</button>
+                </form>
+              </header>
+              <Chat user={user} staff={m.staff} gateways={m.gateways} />
+            </>
+          );
+        }}
       </Show>
     </main>
   );
