@@ -27,6 +27,9 @@ export default function Chat(props: { user: string; staff: boolean; gateways: st
   const [draft, setDraft] = createSignal("");
   const [notice, setNotice] = createSignal("");
   const [probe, setProbe] = createSignal<Room<ChatData>>();
+  let list: HTMLUListElement | undefined;
+  // keep the newest message in view
+  createEffect(on(() => current().messages().length, () => list && (list.scrollTop = list.scrollHeight)));
 
   const lastSeen = createAsync(() => getLastSeen(), { initialValue: {} });
   // "last seen" changes when someone leaves: ask again when the member list changes, and now and then
@@ -52,7 +55,9 @@ export default function Chat(props: { user: string; staff: boolean; gateways: st
     }
   }
 
-  const present = () => new Set(lobby.presence()?.members.map((m) => m.user) ?? []);
+  // what presence said last, while connected (a closed page knows nothing current)
+  const members = () => (rc.state() === "open" ? (lobby.presence()?.members ?? []) : []);
+  const present = () => new Set(members().map((m) => m.user));
   const stateText = () =>
     rc.state() === "forbidden" ? `closed by the server: ${rc.info().lastClose?.reason || "forbidden"}` : rc.state();
 
@@ -85,7 +90,7 @@ export default function Chat(props: { user: string; staff: boolean; gateways: st
           <p class="gap" data-testid="gap">Reconnected: messages sent while you were away may be missing.</p>
         </Show>
         <Show when={current().error()}>{(e) => <p class="error">{e().code}: {e().message}</p>}</Show>
-        <ul class="messages" data-testid="messages">
+        <ul class="messages" data-testid="messages" ref={list}>
           <For each={current().messages()}>
             {(m) => (
               <li classList={{ system: !!m.data?.system, mine: m.from === props.user }} data-from={m.from}>
@@ -102,9 +107,9 @@ export default function Chat(props: { user: string; staff: boolean; gateways: st
         </form>
       </section>
       <aside>
-        <h2>Here ({lobby.presence()?.count ?? 0})</h2>
+        <h2>Here ({rc.state() === "open" ? (lobby.presence()?.count ?? 0) : "?"})</h2>
         <ul data-testid="presence">
-          <For each={lobby.presence()?.members ?? []}>
+          <For each={members()}>
             {(m) => (
               <li data-user={m.user}>
                 {m.user}
