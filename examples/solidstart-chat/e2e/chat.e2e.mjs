@@ -21,7 +21,7 @@
 // restarted node 1 reaches everyone; carol signs in and closes her tab: the member_left webhook
 // updates "last seen" on alice's page; alice kicks bob: his page stops (4403), his old cookie
 // gets the sign-in form back, the connect hook answers it 401 and the gateway refuses its
-// handshake with 401. Screenshots go to e2e/screenshots/ (git-ignored).
+// handshake with 401 (and a cookie with a forged payload is refused); signing in again works. Screenshots go to e2e/screenshots/ (git-ignored).
 //
 // Every wait is bounded; the whole test is bounded by E2E_TIMEOUT_MS (default 180 s).
 // It prints "N passed, N failed" last and exits non-zero on failure.
@@ -291,6 +291,18 @@ secret = "${WEBHOOK_SECRET}"
   check("the gateway refuses a handshake with bob's old cookie (401) on both nodes", h1 === 401 && h2 === 401, `${h1} ${h2}`);
   await bob.page.reload();
   check("reloaded, bob's page shows the sign-in form again", await bob.page.getByTestId("sign-in").isVisible({ timeout: 10_000 }).catch(() => false));
+  // a cookie whose payload names someone else, with bob's signature: refused too
+  const [name, value] = bobCookie.split(/=(.*)/s);
+  const [payload, sig] = [value.slice(0, value.lastIndexOf(".")), value.slice(value.lastIndexOf(".") + 1)];
+  const forgedPayload = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(payload, "base64url").toString()), user: "alice", iat: Date.now() })).toString("base64url");
+  const forged = await httpStatus(`${APPURL}/roomcast/connect`, "POST", { address: "127.0.0.1", headers: { cookie: `${name}=${forgedPayload}.${sig}` }, query: {} });
+  check("the connect hook refuses a cookie whose signature does not match (401)", forged.status === 401, `${forged.status} ${forged.body}`);
+  // signing in again makes a new session, which the kick did not touch
+  await bob.page.locator('[data-testid="sign-in"][data-ready="1"]').waitFor({ timeout: 15_000 });
+  await bob.page.getByTestId("sign-in-name").fill("bob");
+  await bob.page.getByTestId("sign-in-submit").click();
+  const back = await bob.page.getByTestId("me").waitFor({ timeout: 15_000 }).then(() => openAndJoined([bob]), () => false);
+  check("bob signs in again: a new session connects", back);
   check("alice is still chatting", (await say(alice, "bye bob"), await sees(alice, "bye bob")));
 
   check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
