@@ -12,7 +12,8 @@
 //
 // Scenario: alice (staff) and bob sign in with the form (a session cookie; the WebSocket
 // handshake carries it and the gateway asks the app's connect hook who it is); alice is on node
-// 1 and bob on node 2, they see each other in presence and chat across nodes; bob's try at
+// 1 and bob on node 2, they see each other in presence (with the hook's info: the name as typed,
+// a staff badge) and chat across nodes; bob's try at
 // #chat:staff is refused by the join hook; alice's "announce" server function publishes a system
 // message both see; node 1 is stopped with SIGTERM while a service publishes a numbered message
 // every 100 ms through node 2: alice fails over to node 2, dave (whose page knows node 1 only)
@@ -152,7 +153,7 @@ secret = "${WEBHOOK_SECRET}"
     page.on("console", (m) => m.type() === "error" && !/WebSocket|Failed to load resource/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}/?ws=${encodeURIComponent(wsUrls.join(","))}`);
     await page.locator('[data-testid="sign-in"][data-ready="1"]').waitFor({ timeout: 15_000 }); // hydrated
-    await page.getByTestId("sign-in-name").fill(label);
+    await page.getByTestId("sign-in-name").fill(label[0].toUpperCase() + label.slice(1)); // "Alice": the user id is "alice"
     await page.getByTestId("sign-in-submit").click();
     try {
       await page.getByTestId("me").waitFor({ timeout: 15_000 });
@@ -191,6 +192,9 @@ secret = "${WEBHOOK_SECRET}"
   const [na, nb] = [await nodeOf(alice), await nodeOf(bob)];
   check("alice is on node 1, bob on node 2", na === "e2e-1" && nb === "e2e-2", `${na} ${nb}`);
   check("presence: alice lists bob and bob lists alice", (await lists(alice, "bob", true)) && (await lists(bob, "alice", true)), JSON.stringify([await listed(alice), await listed(bob)]));
+  const aliceOnBob = bob.page.locator('[data-testid="presence"] li[data-user="alice"]');
+  const [shownName, staffBadge] = [await aliceOnBob.getAttribute("data-name"), await bob.page.getByTestId("staff-alice").isVisible()];
+  check("presence carries the connect hook's info: bob's page shows alice as \"Alice\", staff", shownName === "Alice" && staffBadge, `${shownName} ${staffBadge}`);
 
   // 2. chat across nodes
   await say(alice, "hello from node 1");
@@ -299,7 +303,7 @@ secret = "${WEBHOOK_SECRET}"
   check("the connect hook refuses a cookie whose signature does not match (401)", forged.status === 401, `${forged.status} ${forged.body}`);
   // signing in again makes a new session, which the kick did not touch
   await bob.page.locator('[data-testid="sign-in"][data-ready="1"]').waitFor({ timeout: 15_000 });
-  await bob.page.getByTestId("sign-in-name").fill("bob");
+  await bob.page.getByTestId("sign-in-name").fill("Bob");
   await bob.page.getByTestId("sign-in-submit").click();
   const back = await bob.page.getByTestId("me").waitFor({ timeout: 15_000 }).then(() => openAndJoined([bob]), () => false);
   check("bob signs in again: a new session connects", back);

@@ -111,8 +111,12 @@ export default function Chat(props: { user: string; staff: boolean; gateways: st
         <ul data-testid="presence">
           <For each={members()}>
             {(m) => (
-              <li data-user={m.user}>
-                {m.user}
+              <li data-user={m.user} data-name={String(m.info?.name ?? "")}>
+                {/* info: what the connect hook said of the user */}
+                {typeof m.info?.name === "string" ? m.info.name : m.user}
+                <Show when={m.info?.staff === true}>
+                  <small class="badge" data-testid={`staff-${m.user}`}> staff</small>
+                </Show>
                 <Show when={m.conns > 1}>
                   <small> ×{m.conns}</small>
                 </Show>

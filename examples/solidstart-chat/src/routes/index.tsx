@@ -40,7 +40,7 @@ export default function Home() {
             <>
               <header>
                 <h1>roomcast × SolidStart</h1>
-                <span data-testid="me">{user}</span>
+                <span data-testid="me" data-user={user}>{m.name}</span>
                 <Show when={m.staff}>
                   <small> (staff)</small>
                 </Show>

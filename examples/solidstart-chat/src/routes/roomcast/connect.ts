@@ -3,6 +3,7 @@
 // it (hooks.forward_headers = ["cookie"]) and we answer who the connection is, or 401.
 import type { APIEvent } from "@solidjs/start/server";
 import { connectHook, refuse } from "@roomcast/server";
+import { isStaff } from "~/lib/rules";
 import { sessionFromCookie } from "~/lib/session";
 
 const endpoint = connectHook(async ({ headers }) => {
@@ -12,7 +13,8 @@ const endpoint = connectHook(async ({ headers }) => {
     user: session.user, // `user` in welcome, `from` of what they publish, the presence member
     rooms: ["chat:*"], // may ask to join these (chat:staff is then asked of the join hook)
     publish: ["chat:*"],
-    info: { name: session.user }, // accepted by the gateway, not shown in presence yet
+    // what presence shows of the user (members' info, member_joined): the name as typed
+    info: { name: session.name, staff: isStaff(session.user) },
   };
 });
 
