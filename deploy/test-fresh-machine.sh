@@ -8,7 +8,7 @@
 #   1. `cargo build --release --locked` (the first command, `cargo run --release`, builds this);
 #   2. the node starts, /healthz answers and a WebSocket client gets `welcome`; it stops on SIGTERM;
 #   3. `scripts/test --install-only` (everything the second command installs, nothing run);
-#   4. every tool is there: k6, node >= 20, npm, chromium, redis-server, redis-cli, docker,
+#   4. every tool is there: k6, node >= 20 (and >= 24 for SolidStart), npm, chromium, redis-server, redis-cli, docker,
 #      docker-compose (installed only: docker-in-docker is not needed).
 # Prints the time of each stage; removes its container also on failure or Ctrl-C.
 #
@@ -174,6 +174,10 @@ k6 version
 node -e "const major = +process.versions.node.split(\".\")[0];
     console.log(\"node\", process.version); process.exit(major >= 20 ? 0 : 1)"
 echo "npm $(npm --version)"
+for n in node /src/deploy/.cache/node24-venv/bin/node; do
+    if "$n" -e "process.exit(+process.versions.node.split(\".\")[0] >= 24 ? 0 : 1)" 2>/dev/null; then echo "node for SolidStart: $("$n" --version)"; break; fi
+    [ "$n" = node ] || { echo "no node >= 24 (examples/solidstart-chat)" >&2; exit 1; }
+done
 chromium --version
 redis-server --version
 redis-cli --version
