@@ -6,13 +6,13 @@
 // join {allow, reason, info}, publish {allow, reason, data}; a 401/403 refuses a connect. The
 // request bodies are what issue 19 describes (address, forwarded headers, query parameters for
 // connect; the user and room for join; and the data for publish): their field names follow the
-// gateway's own (`conn_id`, `user`, `room`, `data`) and are typed loosely, with every other field
-// kept, until the gateway's hooks land.
+// gateway's (docs/backend.md: connect {address, headers, query}; join {user, conn_id, room};
+// publish {user, conn_id, room, data}), with any other field kept.
 
 /** What the gateway POSTs to the connect hook at a handshake. */
 export interface ConnectHookRequest {
   /** The client's address (after `server.trusted_proxies`). */
-  addr?: string;
+  address?: string;
   /** The configured `hooks.forward_headers` (lower-case names), e.g. `cookie`, `authorization`. */
   headers?: Record<string, string>;
   /** The handshake URL's query parameters. */
