@@ -192,7 +192,7 @@ mod tests {
             schema_file: "/nonexistent/chat.json".into(),
         }];
         config.hooks.join_url = "http://backend/join".into();
-        config.hooks.publish_url = "https://backend/publish".into();
+        config.hooks.publish_url = "ftp://backend/publish".into();
         config.hooks.forward_headers = vec!["bad header".into()];
         config.hooks.timeout_ms = 0;
         let (problems, _) = every_problem(&config);
