@@ -1,4 +1,5 @@
-// What the browser end-to-end tests share (chat.e2e.mjs, console.e2e.mjs): pass/fail counting,
+// What the browser end-to-end tests share (chat.e2e.mjs, console.e2e.mjs, and
+// examples/solidstart-chat's e2e and stack, which import it from here): pass/fail counting,
 // processes started and stopped by PID (also on failure and on a timeout), free ports, bounded
 // waits, the roomcast binary, a redis-server of the test's own, roomcast nodes on free loopback
 // ports, and Debian's chromium through playwright-core.
@@ -13,7 +14,6 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 
 export const HERE = dirname(fileURLToPath(import.meta.url));
 export const APP = resolve(HERE, "..");
@@ -235,8 +235,11 @@ export class GatewayNode {
   }
 }
 
-/** Debian's chromium, headless, through playwright-core; stopped by `finish`. */
-export async function launchBrowser() {
+/** Debian's chromium, headless, through playwright-core (the caller's `chromium` when given, so an
+ * importer from another example uses its own playwright-core; else this example's); stopped by
+ * `finish`. */
+export async function launchBrowser(chromium) {
+  chromium ??= (await import("playwright-core")).chromium;
   // playwright gives chromium a fresh temporary --user-data-dir (it refuses one in args)
   browserServer = await chromium.launchServer({
     executablePath: CHROMIUM,

@@ -31,11 +31,12 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+// The harness of examples/solid-chat (processes by PID, ports, waits, nodes, redis, chromium).
 import {
-  APP,
   GatewayNode,
-  HERE,
   WORK,
   check,
   findBinary,
@@ -49,7 +50,10 @@ import {
   startProcess,
   startRedis,
   waitFor,
-} from "./harness.mjs";
+} from "../../solid-chat/e2e/harness.mjs";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const APP = resolve(HERE, "..");
 
 installWatchdog();
 const SHOTS = join(HERE, "screenshots");
@@ -143,7 +147,7 @@ secret = "${WEBHOOK_SECRET}"
   await n1.start();
   await n2.start();
 
-  const browser = await launchBrowser();
+  const browser = await launchBrowser(chromium);
   const pageErrors = [];
   async function userPage(label, wsUrls) {
     const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });

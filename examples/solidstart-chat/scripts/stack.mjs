@@ -2,7 +2,7 @@
 // The whole example on this machine, until Ctrl-C: a redis-server of its own (free port), two
 // roomcast nodes sharing it (ws 8080 / 8081, admin 9090 / 9091) with the app's hooks and webhook
 // configured, and the app's production server (port 3000; `npm run build` first). Everything
-// is started and stopped by PID (e2e/harness.mjs); logs are printed on failure.
+// is started and stopped by PID (examples/solid-chat/e2e/harness.mjs); logs are printed on failure.
 //
 //   npm run stack            then open http://127.0.0.1:3000 in two browsers (or a private window)
 //
@@ -10,8 +10,11 @@
 // ../../target/{release,debug}/roomcast, built with cargo when missing), REDIS_SERVER.
 
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { APP, GatewayNode, WORK, findBinary, finish, httpStatus, log, startProcess, startRedis, waitFor } from "../e2e/harness.mjs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { GatewayNode, WORK, findBinary, finish, httpStatus, log, startProcess, startRedis, waitFor } from "../../solid-chat/e2e/harness.mjs";
+
+const APP = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
 const port = Number(process.env.PORT || 3000);
 const wsPorts = (process.env.WS_PORTS || "8080,8081").split(",").map(Number);
