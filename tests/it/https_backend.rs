@@ -5,38 +5,21 @@
 //! behind a TLS-terminating proxy.
 
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::hooks_connect::open;
 use crate::support::backend::{Backend, Reply};
 use crate::support::tls::{TlsProxy, make_server_certificate};
 use crate::support::*;
 
 /// The handshake's HTTP status, or the welcome's `user` and the client, joined to `chat:tls`.
 async fn connect_with_cookie(url: &str) -> Result<(String, Client), u16> {
-    let mut request = url.into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("cookie", "session=alice".parse().expect("header"));
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-    {
-        Ok((ws, _)) => {
-            let mut client = Client {
-                ws,
-                welcome: serde_json::Value::Null,
-            };
-            let welcome = client.recv_json().await;
-            client
-                .send_json(json!({"type": "join", "room": "chat:tls"}))
-                .await;
-            assert_eq!(client.recv_type("joined").await["room"], "chat:tls");
-            Ok((welcome["user"].as_str().unwrap_or("").to_owned(), client))
-        }
-        Err(WsError::Http(response)) => Err(response.status().as_u16()),
-        Err(other) => panic!("unexpected handshake error {other}"),
-    }
+    let mut client = open(url, &[("cookie", "session=alice")]).await?;
+    client
+        .send_json(json!({"type": "join", "room": "chat:tls"}))
+        .await;
+    assert_eq!(client.recv_type("joined").await["room"], "chat:tls");
+    let user = client.welcome["user"].as_str().unwrap_or("").to_owned();
+    Ok((user, client))
 }
 
 #[tokio::test]
