@@ -256,7 +256,7 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&str>) -> O
 
 /// `application/x-www-form-urlencoded` value decoding: `+` is a space, `%` and two hex digits
 /// a byte (anything else stays as it is), invalid UTF-8 replaced.
-fn form_value_decode(value: &str) -> String {
+pub fn form_value_decode(value: &str) -> String {
     let spaced = value.replace('+', " ");
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }

@@ -36,6 +36,13 @@ impl Config {
         if !self.server.path.starts_with('/') {
             return Err(ConfigError::key("server.path", "must start with `/`"));
         }
+        // The plain HTTP routes of the public port (`listener::SSE_PATH`, `PUBLISH_PATH`).
+        if ["/sse", "/publish"].contains(&self.server.path.as_str()) {
+            return Err(ConfigError::key(
+                "server.path",
+                "must not be /sse or /publish (the SSE transport's routes)",
+            ));
+        }
         positive("server.max_connections", self.server.max_connections)?;
         positive(
             "server.connect_rate_per_ip",

@@ -40,7 +40,8 @@ impl Listener {
             Refusal::HandshakeFailed
         })?;
         let mut out = Vec::new();
-        let admission = match self.admit_hooked(&request, peer).await {
+        let path = self.node.config().server.path.clone();
+        let admission = match self.admit_hooked(&request, peer, &path).await {
             Ok(admission) => {
                 write_response(&mut out, &response).map_err(|_| Refusal::HandshakeFailed)?;
                 admission
@@ -64,12 +65,13 @@ impl Listener {
 
     /// [`Listener::admit`] with the connect hook: the identity of a valid token, unless
     /// `hooks.connect_always`; otherwise the backend's answer.
-    async fn admit_hooked(
+    pub(super) async fn admit_hooked(
         &self,
         request: &Request,
         peer: SocketAddr,
+        path: &str,
     ) -> Result<Admission, Refused> {
-        let client = self.screen(request, peer)?;
+        let client = self.screen(request, peer, path)?;
         let hooks = self.node.hooks();
         let has_token = token_from_request(
             request.uri().query(),

@@ -31,6 +31,9 @@ use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
 mod hooked;
+mod http;
+
+pub use http::{PUBLISH_PATH, SSE_PATH};
 
 /// How often forgotten per-address limiter entries are purged.
 const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -39,6 +42,8 @@ pub struct Listener {
     node: Arc<Node>,
     authenticator: Option<Arc<Authenticator>>,
     per_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// `POST /publish` per user (per address without a token), at `limits.rate_per_sec`.
+    publish_rate: Arc<DefaultKeyedRateLimiter<String>>,
     open_per_address: Arc<AddressSlots>,
     trusted_proxies: Vec<IpAddr>,
     ws_config: WebSocketConfig,
@@ -64,6 +69,12 @@ impl Listener {
             per_address: Arc::new(RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(burst),
             )),
+            publish_rate: Arc::new(RateLimiter::keyed(
+                Quota::per_second(
+                    NonZeroU32::new(config.limits.rate_per_sec).unwrap_or(NonZeroU32::MIN),
+                )
+                .allow_burst(NonZeroU32::new(config.limits.rate_burst).unwrap_or(NonZeroU32::MIN)),
+            )),
             ws_config,
             open_per_address: Arc::new(AddressSlots {
                 max: config.server.max_connections_per_ip,
@@ -81,6 +92,7 @@ impl Listener {
         let this = Arc::new(self);
         let sweeper = {
             let limiter = this.per_address.clone();
+            let publish_rate = this.publish_rate.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(ADDRESS_LIMITER_SWEEP);
@@ -90,6 +102,8 @@ impl Listener {
                         _ = tick.tick() => {
                             limiter.retain_recent();
                             limiter.shrink_to_fit();
+                            publish_rate.retain_recent();
+                            publish_rate.shrink_to_fit();
                         }
                     }
                 }
@@ -127,12 +141,29 @@ impl Listener {
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             prepare_socket(&tcp, self.node.config().server.tcp_nodelay);
+            let route = tokio::time::timeout(self.handshake_timeout, http::route(&tcp)).await;
+            match route {
+                Ok(http::Route::WebSocket) => {}
+                Ok(route) => {
+                    // Boxed: only HTTP requests pay for its state.
+                    Box::pin(self.serve_http(tcp, peer, route)).await;
+                    return;
+                }
+                Err(_) => {
+                    self.node.metrics().refused(Refusal::HandshakeTimeout);
+                    return;
+                }
+            }
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;
             // The Err type is fixed by tungstenite's handshake `Callback` signature.
             #[allow(clippy::result_large_err)]
-            let check = |request: &Request, response: Response| match self.admit(request, peer) {
+            let check = |request: &Request, response: Response| match self.admit(
+                request,
+                peer,
+                &node.config().server.path,
+            ) {
                 Ok(admission) => {
                     admitted = Some(admission);
                     Ok(response)
@@ -197,18 +228,17 @@ impl Listener {
 
     /// Every check of a handshake, in the order docs/protocol.md gives; the admission holds the
     /// slots it took.
-    fn admit(&self, request: &Request, peer: SocketAddr) -> Result<Admission, Refused> {
-        let client = self.screen(request, peer)?;
+    fn admit(&self, request: &Request, peer: SocketAddr, path: &str) -> Result<Admission, Refused> {
+        let client = self.screen(request, peer, path)?;
         let identity = self.authenticate(request)?;
         self.admission(client, identity)
     }
 
-    /// The checks before the identity: path, `Origin`, the per-address handshake rate.
+    /// The checks before the identity: `path`, `Origin`, the per-address handshake rate.
     /// Returns the client address.
-    fn screen(&self, request: &Request, peer: SocketAddr) -> Result<IpAddr, Refused> {
-        let config = self.node.config();
+    fn screen(&self, request: &Request, peer: SocketAddr, path: &str) -> Result<IpAddr, Refused> {
         let client = self.client_ip(request, peer.ip());
-        if request.uri().path() != config.server.path {
+        if request.uri().path() != path {
             return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
         }
         self.check_origin(request)?;
