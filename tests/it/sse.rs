@@ -457,3 +457,39 @@ async fn an_sse_member_on_one_node_gets_a_websocket_publish_on_another() {
     assert_eq!(event["data"], "across");
     assert_eq!(event["id"], ack["msg_id"]);
 }
+
+#[tokio::test]
+async fn server_subscriptions_and_revocations_reach_sse_clients() {
+    let node = TestNode::start(jwt_config()).await;
+    let token = hs256(claims("carol"));
+    let mut sse = Sse::open(node.ws_addr, &format!("/sse?token={token}"), &[]).await;
+    let admin = reqwest::Client::new();
+    let response = admin
+        .post(node.admin_url("/api/subscribe"))
+        .json(&json!({"user": "carol", "room": "team:7"}))
+        .send()
+        .await
+        .expect("subscribe");
+    assert!(response.status().is_success(), "{}", response.status());
+    let joined = sse.next_of("joined").await.json();
+    assert_eq!(
+        (&joined["room"], &joined["server"]),
+        (&json!("team:7"), &json!(true))
+    );
+    admin_publish(&node, "team:7", json!("for the team")).await;
+    assert_eq!(sse.next_of("message").await.json()["data"], "for the team");
+
+    let response = admin
+        .post(node.admin_url("/api/revoke"))
+        .json(&json!({"user": "carol", "until": crate::auth::now() + 600}))
+        .send()
+        .await
+        .expect("revoke");
+    assert!(response.status().is_success(), "{}", response.status());
+    let close = sse.next_of("close").await.json();
+    assert_eq!(close["code"], 4403, "{close}");
+    assert_eq!(close["reason"], "token revoked", "{close}");
+    let target = format!("/sse?token={token}");
+    let (status, _, _) = answer(node.ws_addr, &request("GET", &target, &[], "")).await;
+    assert_eq!(status, 401, "a revoked token is refused at the request too");
+}
