@@ -141,6 +141,17 @@ impl Config {
             ));
         }
         positive("auth.expiry_warning_ms", self.auth.expiry_warning_ms)?;
+        // A cookie name is an RFC 6265 token: no separators, spaces or controls.
+        let cookie = &self.auth.token_cookie;
+        if cookie
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Err(ConfigError::key(
+                "auth.token_cookie",
+                "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+            ));
+        }
         for (i, rule) in self.history.rooms.iter().enumerate() {
             if rule.pattern.is_empty() {
                 return Err(ConfigError::key(

@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Admission, Listener, Refused, error_response};
-use crate::auth::token_from_request;
 use crate::hooks::ConnectRefused;
 use crate::metrics::Refusal;
 
@@ -73,14 +72,7 @@ impl Listener {
     ) -> Result<Admission, Refused> {
         let client = self.screen(request, peer, path)?;
         let hooks = self.node.hooks();
-        let has_token = token_from_request(
-            request.uri().query(),
-            request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .is_some();
+        let has_token = self.request_token(request).is_some();
         let by_token = match (hooks.config().connect_always, has_token) {
             // A bad token is counted (`roomcast_auth_failures_total`), then the backend asked.
             (false, true) => self.authenticate(request).ok().flatten(),

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::auth::{AuthFailure, Authenticator, Identity, token_from_request};
+use crate::auth::{AuthFailure, Authenticator, Identity, token_from_cookies, token_from_request};
 use crate::config::trusted_proxy_addrs;
 use crate::connection;
 use crate::metrics::Refusal;
@@ -322,13 +322,7 @@ impl Listener {
         let Some(authenticator) = &self.authenticator else {
             return Ok(None);
         };
-        let token = token_from_request(
-            request.uri().query(),
-            request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
+        let token = self.request_token(request);
         let verified = match token {
             None => Err(AuthFailure::Missing),
             Some(token) => authenticator.verify(&token),
@@ -343,6 +337,21 @@ impl Listener {
         })?;
         self.refuse_if_revoked(&identity, "token revoked")?;
         Ok(Some(identity))
+    }
+
+    /// The request's token: `?token=`, else `Authorization: Bearer`, else the cookie
+    /// `auth.token_cookie` names.
+    fn request_token(&self, request: &Request) -> Option<String> {
+        let headers = request.headers();
+        token_from_request(
+            request.uri().query(),
+            headers.get("authorization").and_then(|v| v.to_str().ok()),
+        )
+        .or_else(|| {
+            let cookies = headers.get_all("cookie").iter();
+            let cookies = cookies.filter_map(|v| v.to_str().ok());
+            token_from_cookies(cookies, &self.node.config().auth.token_cookie)
+        })
     }
 
     fn client_ip(&self, request: &Request, peer: IpAddr) -> IpAddr {

@@ -129,6 +129,10 @@ fn bad_values_and_unknown_keys_name_the_key() {
         ),
         (vec![("ROOMCAST_BROKER__KIND", "kafka")], "broker.kind"),
         (vec![("ROOMCAST_SERVER__PATH", "/sse")], "server.path"),
+        (
+            vec![("ROOMCAST_AUTH__TOKEN_COOKIE", "a;b")],
+            "auth.token_cookie",
+        ),
         (vec![("ROOMCAST_SERVER__PATH", "/publish")], "server.path"),
         (vec![("ROOMCAST_REDIS__URL", "http://x")], "redis.url"),
         (

@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 
+use futures_util::StreamExt;
 use roomcast::config::{Config, ValidationRule};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::auth::{claims, hs256, jwt_config, status_of, with_token};
 use crate::support::*;
@@ -492,4 +494,41 @@ async fn server_subscriptions_and_revocations_reach_sse_clients() {
     let target = format!("/sse?token={token}");
     let (status, _, _) = answer(node.ws_addr, &request("GET", &target, &[], "")).await;
     assert_eq!(status, 401, "a revoked token is refused at the request too");
+}
+
+#[tokio::test]
+async fn a_token_cookie_is_read_when_configured_for_sse_publish_and_websocket() {
+    let mut config = jwt_config();
+    config.auth.token_cookie = "rc_token".into();
+    let node = TestNode::start(config).await;
+    let token = hs256(claims("dora"));
+    let cookie = format!("theme=dark; rc_token={token}");
+    let with_cookie = [("Cookie", cookie.as_str())];
+    let mut sse = Sse::open(node.ws_addr, "/sse?room=a", &with_cookie).await;
+    assert_eq!(sse.next_of("joined").await.json()["room"], "a");
+    let body = r#"{"type":"publish","room":"a","data":"by cookie"}"#;
+    let (status, ack) = post_publish(node.ws_addr, body, &with_cookie).await;
+    assert_eq!(status, 200, "{ack}");
+    let message = sse.next_of("message").await.json();
+    assert_eq!(
+        (&message["data"], &message["from"]),
+        (&json!("by cookie"), &json!("dora"))
+    );
+
+    // The WebSocket handshake reads the same cookie.
+    let mut ws_request = node.ws_url().into_client_request().expect("request");
+    ws_request
+        .headers_mut()
+        .insert("cookie", cookie.parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request)
+        .await
+        .expect("a cookie's token opens the WebSocket");
+    let welcome = ws.next().await.expect("welcome").expect("frame");
+    let welcome: Value = serde_json::from_str(welcome.to_text().expect("text")).expect("json");
+    assert_eq!(welcome["user"], "dora");
+
+    // Another cookie name is no token.
+    let other = format!("token={token}");
+    let request = request("GET", "/sse", &[("Cookie", other.as_str())], "");
+    assert_eq!(answer(node.ws_addr, &request).await.0, 401);
 }
