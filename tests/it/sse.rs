@@ -532,3 +532,41 @@ async fn a_token_cookie_is_read_when_configured_for_sse_publish_and_websocket() 
     let request = request("GET", "/sse", &[("Cookie", other.as_str())], "");
     assert_eq!(answer(node.ws_addr, &request).await.0, 401);
 }
+
+#[tokio::test]
+async fn the_tokens_rooms_and_publish_claims_hold_for_sse_and_post_publish() {
+    let node = TestNode::start(jwt_config()).await;
+    let token = hs256(json!({
+        "sub": "erin", "exp": crate::auth::now() + 3600, "rooms": ["open:*"],
+        // "closed" is publishable but not joinable: refused like a member who could not join it
+        "publish": ["open:talk", "closed"]
+    }));
+    let mut sse = Sse::open(
+        node.ws_addr,
+        &format!("/sse?room=open:a&room=closed&token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.next_of("joined").await.json()["room"], "open:a");
+    let refused = sse.next_of("error").await.json();
+    assert_eq!(
+        (&refused["code"], &refused["id"]),
+        (&json!("forbidden"), &json!("closed")),
+        "{refused}"
+    );
+
+    let auth = format!("Bearer {token}");
+    let headers = [("Authorization", auth.as_str())];
+    for (room, status, code) in [("closed", 403, "forbidden"), ("open:a", 403, "forbidden")] {
+        let body = json!({"type": "publish", "room": room, "data": 1}).to_string();
+        let (got, answer) = post_publish(node.ws_addr, &body, &headers).await;
+        assert_eq!(
+            (got, &answer["code"]),
+            (status, &json!(code)),
+            "{room}: {answer}"
+        );
+    }
+    let body = json!({"type": "publish", "room": "open:talk", "data": 1}).to_string();
+    let (got, answer) = post_publish(node.ws_addr, &body, &headers).await;
+    assert_eq!(got, 200, "{answer}");
+}
