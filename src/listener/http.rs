@@ -229,7 +229,8 @@ impl Listener {
     /// whole by nothing: each step here bounds itself.
     pub(super) async fn serve_http(&self, mut tcp: TcpStream, peer: SocketAddr, route: Route) {
         let node = &self.node;
-        let max = node.config().limits.max_message_bytes.max(8192);
+        // The same bound as a hooked WebSocket handshake's request.
+        let max = node.config().limits.max_message_bytes;
         let head =
             match tokio::time::timeout(self.handshake_timeout, read_head(&mut tcp, max)).await {
                 Err(_) => {
