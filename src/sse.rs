@@ -31,8 +31,6 @@ use crate::protocol::{self, Disconnect, Frame, Position, RequestId, RoomName};
 
 /// Most frames taken from the outbox per write.
 const WRITE_BATCH: usize = 256;
-/// What the write buffer keeps between bursts.
-const IDLE_BUFFER_BYTES: usize = 4096;
 
 /// What the client asked for in its request.
 pub struct SseRequest {
@@ -94,8 +92,9 @@ pub fn serve(
             node.metrics().disconnected(Disconnect::PeerGone);
             return;
         }
-        out.clear();
-        let session = drive(&node, &mut tcp, session, request, &receiver, out).await;
+        // An idle stream keeps no buffer: the next write allocates its own.
+        drop(out);
+        let session = drive(&node, &mut tcp, session, request, &receiver).await;
         let Some(mut session) = session else {
             error!("an SSE client ended without its session");
             node.metrics().disconnected(Disconnect::Internal);
@@ -139,7 +138,6 @@ fn drive<'a>(
     session: Session,
     request: SseRequest,
     outbox: &'a OutboxReceiver,
-    mut out: Vec<u8>,
 ) -> impl Future<Output = Option<Session>> + Send + 'a {
     async move {
         let closer = outbox.closer();
@@ -151,6 +149,7 @@ fn drive<'a>(
         let closed = closer.closed();
         tokio::pin!(closed);
         let mut batch: Vec<Frame> = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
         // `out[written..]` is still to be written; a new batch waits until it is all out, so a
         // client that does not read fills the outbox, which closes it (1013) as for a WebSocket.
         let mut written = 0usize;
@@ -183,11 +182,9 @@ fn drive<'a>(
                     Ok(n) if n > 0 => {
                         written += n;
                         if written == out.len() {
-                            out.clear();
+                            // All out: an idle stream keeps no buffer.
+                            out = Vec::new();
                             written = 0;
-                            if out.capacity() > IDLE_BUFFER_BYTES {
-                                out.shrink_to(IDLE_BUFFER_BYTES);
-                            }
                         }
                     }
                     _ => {

@@ -225,77 +225,94 @@ fn error_status(code: ErrorCode) -> StatusCode {
 }
 
 impl Listener {
-    /// Serve one plain HTTP request of `route` (not the WebSocket's). The caller bounds the
-    /// whole by nothing: each step here bounds itself.
+    /// Serve one plain HTTP request of `route` (not the WebSocket's). Each step bounds itself.
     pub(super) async fn serve_http(&self, mut tcp: TcpStream, peer: SocketAddr, route: Route) {
+        let node = &self.node;
+        // Boxed, both: reading and checking the request, and a publish (with its hooks' HTTP
+        // calls), are over quickly, and unboxed they would size the state an open event
+        // stream holds for its whole life.
+        let checked = Box::pin(self.checked_request(&mut tcp, peer, route)).await;
+        let Some((head, mut admission)) = checked else {
+            return;
+        };
+        if route != Route::Sse {
+            Box::pin(self.publish(tcp, head, admission, peer)).await;
+            return;
+        }
+        let request = sse_request(&head.request);
+        drop(head);
+        let request = match request {
+            Ok(request) => request,
+            Err(message) => {
+                node.metrics().refused(Refusal::HandshakeFailed);
+                respond(
+                    &mut tcp,
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    &[],
+                    &message,
+                )
+                .await;
+                return;
+            }
+        };
+        node.metrics().connections_accepted.inc();
+        let identity = admission.identity.take();
+        sse::serve(node.clone(), tcp, identity, request).await;
+        drop(admission);
+    }
+
+    /// Read the request and make every check of a handshake; `None` once it is answered (a
+    /// refusal, or a preflight).
+    async fn checked_request(
+        &self,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+        route: Route,
+    ) -> Option<(Head, Admission)> {
         let node = &self.node;
         // The same bound as a hooked WebSocket handshake's request.
         let max = node.config().limits.max_message_bytes;
-        let head =
-            match tokio::time::timeout(self.handshake_timeout, read_head(&mut tcp, max)).await {
-                Err(_) => {
-                    node.metrics().refused(Refusal::HandshakeTimeout);
-                    return;
-                }
-                Ok(Err((status, message))) => {
-                    node.metrics().refused(Refusal::HandshakeFailed);
-                    respond(&mut tcp, status, "text/plain", &[], message).await;
-                    return;
-                }
-                Ok(Ok(head)) => head,
-            };
+        let head = match tokio::time::timeout(self.handshake_timeout, read_head(tcp, max)).await {
+            Err(_) => {
+                node.metrics().refused(Refusal::HandshakeTimeout);
+                return None;
+            }
+            Ok(Err((status, message))) => {
+                node.metrics().refused(Refusal::HandshakeFailed);
+                respond(tcp, status, "text/plain", &[], message).await;
+                return None;
+            }
+            Ok(Ok(head)) => head,
+        };
         let path = match route {
             Route::Sse => SSE_PATH,
             _ => PUBLISH_PATH,
         };
         if route == Route::Preflight {
             self.preflight(tcp, head.request).await;
-            return;
+            return None;
         }
         let admitted = if node.hooks().connect_enabled() {
-            let hooked = Box::pin(self.admit_hooked(&head.request, peer, path));
+            let hooked = self.admit_hooked(&head.request, peer, path);
             match tokio::time::timeout(self.handshake_timeout, hooked).await {
                 Ok(admitted) => admitted,
                 Err(_) => {
                     node.metrics().refused(Refusal::HandshakeTimeout);
-                    return;
+                    return None;
                 }
             }
         } else {
             self.admit(&head.request, peer, path)
         };
-        let mut admission = match admitted {
-            Ok(admission) => admission,
+        match admitted {
+            Ok(admission) => Some((head, admission)),
             Err((reason, status, message)) => {
                 node.metrics().refused(reason);
                 debug!(%peer, reason = reason.label(), "HTTP request refused");
-                respond(&mut tcp, status, "text/plain", &[], message).await;
-                return;
+                respond(tcp, status, "text/plain", &[], message).await;
+                None
             }
-        };
-        match route {
-            Route::Sse => {
-                let request = match sse_request(&head.request) {
-                    Ok(request) => request,
-                    Err(message) => {
-                        node.metrics().refused(Refusal::HandshakeFailed);
-                        respond(
-                            &mut tcp,
-                            StatusCode::BAD_REQUEST,
-                            "text/plain",
-                            &[],
-                            &message,
-                        )
-                        .await;
-                        return;
-                    }
-                };
-                node.metrics().connections_accepted.inc();
-                let identity = admission.identity.take();
-                sse::serve(node.clone(), tcp, identity, request).await;
-                drop(admission);
-            }
-            _ => self.publish(tcp, head, admission, peer).await,
         }
     }
 
@@ -419,17 +436,17 @@ impl Listener {
     }
 
     /// A CORS preflight of `POST /publish`: allowed for an `Origin` the checks let through.
-    async fn preflight(&self, mut tcp: TcpStream, request: Request) {
+    async fn preflight(&self, tcp: &mut TcpStream, request: Request) {
         if let Err((reason, status, message)) = self.check_origin(&request) {
             self.node.metrics().refused(reason);
-            respond(&mut tcp, status, "text/plain", &[], message).await;
+            respond(tcp, status, "text/plain", &[], message).await;
             return;
         }
         let mut headers = cors_headers(&request);
         headers.push("Access-Control-Allow-Methods: POST".to_owned());
         headers.push("Access-Control-Allow-Headers: authorization, content-type".to_owned());
         headers.push("Access-Control-Max-Age: 600".to_owned());
-        respond(&mut tcp, StatusCode::NO_CONTENT, "text/plain", &headers, "").await;
+        respond(tcp, StatusCode::NO_CONTENT, "text/plain", &headers, "").await;
     }
 }
 
