@@ -55,7 +55,8 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-        let (session, receiver) = match node.open_session(identity).await {
+        // Boxed, like the close below: run once, they would otherwise size every stream's state.
+        let (session, receiver) = match Box::pin(node.open_session(identity)).await {
             Ok(opened) => opened,
             Err(err) => {
                 error!(%err, "cannot register SSE client with the broker");
@@ -88,7 +89,7 @@ pub fn serve(
         uncork(&tcp);
         if !greeted {
             let mut session = session;
-            node.close_session(&mut session).await;
+            Box::pin(node.close_session(&mut session)).await;
             node.metrics().disconnected(Disconnect::PeerGone);
             return;
         }
@@ -100,7 +101,7 @@ pub fn serve(
             node.metrics().disconnected(Disconnect::Internal);
             return;
         };
-        node.close_session(&mut session).await;
+        Box::pin(node.close_session(&mut session)).await;
         let reason = receiver.closer().reason().unwrap_or(Disconnect::PeerGone);
         node.metrics().disconnected(reason);
         debug!(reason = reason.label(), "SSE client closed");

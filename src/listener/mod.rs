@@ -48,6 +48,8 @@ pub struct Listener {
     trusted_proxies: Vec<IpAddr>,
     ws_config: WebSocketConfig,
     handshake_timeout: Duration,
+    /// Where `run` spawns connections: plain HTTP requests get a task of their own.
+    tracker: TaskTracker,
 }
 
 impl Listener {
@@ -81,6 +83,7 @@ impl Listener {
                 open: Mutex::new(HashMap::new()),
             }),
             trusted_proxies: trusted_proxy_addrs(&config.server),
+            tracker: TaskTracker::new(),
             node,
             authenticator,
         }
@@ -88,7 +91,13 @@ impl Listener {
 
     /// Accept until `stop` fires. Connection tasks are spawned on `tracker`; the node closes
     /// them at shutdown.
-    pub async fn run(self, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        self.tracker = tracker.clone();
         let this = Arc::new(self);
         let sweeper = {
             let limiter = this.per_address.clone();
@@ -145,8 +154,12 @@ impl Listener {
             match route {
                 Ok(http::Route::WebSocket) => {}
                 Ok(route) => {
-                    // Boxed: only HTTP requests pay for its state.
-                    Box::pin(self.serve_http(tcp, peer, route)).await;
+                    // A task of its own, so that an open event stream holds its own state only,
+                    // not this future's (sized by the WebSocket's); same span, same tracker.
+                    let this = self.clone();
+                    let serve = async move { this.serve_http(tcp, peer, route).await };
+                    self.tracker
+                        .spawn(serve.instrument(tracing::Span::current()));
                     return;
                 }
                 Err(_) => {
