@@ -153,7 +153,8 @@ export function sseTransport(opts: SseTransportOptions = {}): WebSocketConstruct
       this.es = es;
       for (const type of EVENTS) {
         es.addEventListener(type, (ev) => {
-          if (this.es === es) this.event(type, ev);
+          // The browser's own `error` events (the stream failed) carry no data: `onerror`'s.
+          if (this.es === es && typeof ev.data === "string") this.event(type, ev);
         });
       }
       // The browser would reconnect by itself; the client does it instead (with its backoff and
@@ -212,7 +213,9 @@ export function sseTransport(opts: SseTransportOptions = {}): WebSocketConstruct
       const q = this.token ? `?token=${encodeURIComponent(this.token)}` : "";
       let text: string;
       try {
-        const answer = await this.fetch(`${this.origin}/publish${q}`, {
+        // Called as a plain function: a browser's fetch refuses another `this` (Illegal invocation).
+        const fetch = this.fetch;
+        const answer = await fetch(`${this.origin}/publish${q}`, {
           method: "POST",
           body,
           // text/plain: a "simple" request, no CORS preflight.

@@ -52,8 +52,10 @@ export class FakeEventSource implements EventSourceLike {
   joinAll(extra: Record<string, unknown> = {}): void {
     for (const room of this.query.getAll("room")) this.emit("joined", { type: "joined", room, id: room, ...extra });
   }
+  /** The stream failed: as a browser, an `error` event with no data to the listeners too. */
   fail(): void {
     this.readyState = 2;
+    for (const l of this.listeners.get("error") ?? []) l({} as { data: string });
     this.onerror?.({});
   }
 }
@@ -61,7 +63,9 @@ export class FakeEventSource implements EventSourceLike {
 /** A fetch that records its calls and answers each with `answer`. */
 export function fakeFetch(answer: (url: string, body: string) => { status: number; body: unknown }) {
   const calls: Array<{ url: string; body: string }> = [];
-  const fetch: FetchLike = async (url, init) => {
+  const fetch: FetchLike = async function (this: unknown, url, init) {
+    // As a browser's fetch: called on anything but the global object, it throws.
+    if (this !== undefined && this !== globalThis) throw new TypeError("Illegal invocation");
     calls.push({ url, body: init.body });
     const a = answer(url, init.body);
     return { status: a.status, text: async () => JSON.stringify(a.body) };
