@@ -570,3 +570,71 @@ async fn the_tokens_rooms_and_publish_claims_hold_for_sse_and_post_publish() {
     let (got, answer) = post_publish(node.ws_addr, &body, &headers).await;
     assert_eq!(got, 200, "{answer}");
 }
+
+#[tokio::test]
+async fn streams_count_against_the_per_address_and_node_connection_limits() {
+    let mut config = test_config();
+    config.server.max_connections_per_ip = 1;
+    let node = TestNode::start(config).await;
+    let held = Sse::open(node.ws_addr, "/sse", &[]).await;
+    let (status, _, _) = answer(node.ws_addr, &request("GET", "/sse", &[], "")).await;
+    assert_eq!(status, 429, "a second stream from the address");
+    let ws = status_of(&node.ws_url(), None).await.err();
+    assert_eq!(
+        ws,
+        Some(429),
+        "a WebSocket too: the stream holds the address's slot"
+    );
+    drop(held);
+    // The slot is given back when the stream ends.
+    eventually("the slot is free again", || async {
+        let (status, _, _) = answer(node.ws_addr, &request("POST", "/publish", &[], "{}")).await;
+        status != 429
+    })
+    .await;
+
+    let mut config = test_config();
+    config.server.max_connections = 1;
+    let node = TestNode::start(config).await;
+    let _held = Sse::open(node.ws_addr, "/sse", &[]).await;
+    let (status, _, body) = answer(node.ws_addr, &request("GET", "/sse", &[], "")).await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test]
+async fn with_the_connect_hook_the_backend_decides_who_a_stream_is() {
+    use crate::support::backend::{Backend, Reply};
+    let backend = Backend::start(|seen| match seen.body["headers"]["cookie"].as_str() {
+        Some("session=alice") => Reply::json(json!({"user": "alice", "rooms": ["chat:*"]})),
+        Some("session=banned") => Reply::status(403),
+        _ => Reply::status(401),
+    })
+    .await;
+    let mut config = jwt_config();
+    config.hooks.connect_url = backend.url("/connect");
+    let node = TestNode::start(config).await;
+    let alice = [("Cookie", "session=alice")];
+    let (tcp, status, head, buf) = send_head(
+        node.ws_addr,
+        &request("GET", "/sse?room=chat:a", &alice, ""),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let mut sse = Sse { tcp, buf };
+    let welcome = sse.next_of("welcome").await.json();
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+    assert_eq!(sse.next_of("joined").await.json()["room"], "chat:a");
+    for (cookie, want) in [("session=banned", 403), ("session=nobody", 401)] {
+        let headers = [("Cookie", cookie)];
+        let (status, _, _) = answer(node.ws_addr, &request("GET", "/sse", &headers, "")).await;
+        assert_eq!(status, want, "{cookie}");
+    }
+    let body = r#"{"type":"publish","room":"chat:a","data":"hooked"}"#;
+    let (status, ack) = post_publish(node.ws_addr, body, &alice).await;
+    assert_eq!(status, 200, "{ack}");
+    let message = sse.next_of("message").await.json();
+    assert_eq!(
+        (&message["data"], &message["from"]),
+        (&json!("hooked"), &json!("alice"))
+    );
+}
