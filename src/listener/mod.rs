@@ -6,7 +6,8 @@
 //! rightmost untrusted address of `server.client_ip_header`: never a header any client can set.
 //!
 //! Once a handshake succeeds the socket is handed to `connection::serve`; this module never
-//! sees a frame.
+//! sees a frame. A connection whose request line is `GET /sse`, `POST /publish` (or its CORS
+//! preflight) is plain HTTP: `http` makes the same checks and answers it in a task of its own.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
