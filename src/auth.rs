@@ -257,9 +257,26 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&str>) -> O
         .filter(|t| !t.is_empty())
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers (`a=1; b=2`), without the
+/// quotes RFC 6265 allows around it; `None` when `name` is empty or absent.
+pub fn token_from_cookies<'a>(
+    cookies: impl Iterator<Item = &'a str>,
+    name: &str,
+) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    cookies
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .filter(|value| !value.is_empty())
+}
+
 /// `application/x-www-form-urlencoded` value decoding: `+` is a space, `%` and two hex digits
 /// a byte (anything else stays as it is), invalid UTF-8 replaced.
-fn form_value_decode(value: &str) -> String {
+pub fn form_value_decode(value: &str) -> String {
     let spaced = value.replace('+', " ");
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
@@ -349,6 +366,17 @@ mod tests {
         );
         assert_eq!(token_from_request(Some("token="), Some("Basic xyz")), None);
         assert_eq!(token_from_request(None, None), None);
+        let cookies = ["theme=dark; rc=abc.def", "other=1"];
+        assert_eq!(
+            token_from_cookies(cookies.into_iter(), "rc").as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(
+            token_from_cookies(["rc=\"q\""].into_iter(), "rc").as_deref(),
+            Some("q")
+        );
+        assert_eq!(token_from_cookies(cookies.into_iter(), "nope"), None);
+        assert_eq!(token_from_cookies(cookies.into_iter(), ""), None);
         assert_eq!(
             token_from_request(Some("token=%zz"), None).as_deref(),
             Some("%zz")

@@ -544,7 +544,7 @@ fn uncork(ws: &WebSocketStream<TcpStream>) {
 }
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.
-fn token_deadline(exp: u64) -> Instant {
+pub(crate) fn token_deadline(exp: u64) -> Instant {
     let left = (exp as f64 - crate::clock::now_secs_f64()).max(0.0);
     Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
 }

@@ -17,7 +17,8 @@
 //! - `presence`: this node's users of `presence.rooms` rooms, written to the broker in batches.
 //! - `webhooks`: delivery of the brokers' webhook events to the backend (signed, retried).
 //! - `node`: hub + broker; interest, ids, publishing, dispatching broker events.
-//! - `connection`, `listener`, `admin`: the sockets.
+//! - `connection`, `sse`, `listener`, `admin`: the sockets (`sse`: the event-stream writer of
+//!   `GET /sse` clients, the same sessions as `connection`'s).
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! the real server.
@@ -40,6 +41,7 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod sse;
 pub mod webhooks;
 
 use std::future::Future;

@@ -222,6 +222,9 @@ pub struct AuthConfig {
     pub server_subs_ttl_s: u64,
     /// How long before a connection's token runs out it is sent `token_expiring`, in ms.
     pub expiry_warning_ms: u64,
+    /// The cookie a handshake's token may come in (after `?token=` and `Authorization`);
+    /// empty: none is read.
+    pub token_cookie: String,
 }
 
 impl Default for AuthConfig {
@@ -236,6 +239,7 @@ impl Default for AuthConfig {
             max_revocation_s: 2_592_000,
             server_subs_ttl_s: 86_400,
             expiry_warning_ms: 30_000,
+            token_cookie: String::new(),
         }
     }
 }

@@ -36,6 +36,13 @@ impl Config {
         if !self.server.path.starts_with('/') {
             return Err(ConfigError::key("server.path", "must start with `/`"));
         }
+        // The plain HTTP routes of the public port (`listener::SSE_PATH`, `PUBLISH_PATH`).
+        if ["/sse", "/publish"].contains(&self.server.path.as_str()) {
+            return Err(ConfigError::key(
+                "server.path",
+                "must not be /sse or /publish (the SSE transport's routes)",
+            ));
+        }
         positive("server.max_connections", self.server.max_connections)?;
         positive(
             "server.connect_rate_per_ip",
@@ -134,6 +141,17 @@ impl Config {
             ));
         }
         positive("auth.expiry_warning_ms", self.auth.expiry_warning_ms)?;
+        // A cookie name is an RFC 6265 token: no separators, spaces or controls.
+        let cookie = &self.auth.token_cookie;
+        if cookie
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Err(ConfigError::key(
+                "auth.token_cookie",
+                "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+            ));
+        }
         for (i, rule) in self.history.rooms.iter().enumerate() {
             if rule.pattern.is_empty() {
                 return Err(ConfigError::key(

@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Admission, Listener, Refused, error_response};
-use crate::auth::token_from_request;
 use crate::hooks::ConnectRefused;
 use crate::metrics::Refusal;
 
@@ -40,7 +39,8 @@ impl Listener {
             Refusal::HandshakeFailed
         })?;
         let mut out = Vec::new();
-        let admission = match self.admit_hooked(&request, peer).await {
+        let path = self.node.config().server.path.clone();
+        let admission = match self.admit_hooked(&request, peer, &path).await {
             Ok(admission) => {
                 write_response(&mut out, &response).map_err(|_| Refusal::HandshakeFailed)?;
                 admission
@@ -64,21 +64,15 @@ impl Listener {
 
     /// [`Listener::admit`] with the connect hook: the identity of a valid token, unless
     /// `hooks.connect_always`; otherwise the backend's answer.
-    async fn admit_hooked(
+    pub(super) async fn admit_hooked(
         &self,
         request: &Request,
         peer: SocketAddr,
+        path: &str,
     ) -> Result<Admission, Refused> {
-        let client = self.screen(request, peer)?;
+        let client = self.screen(request, peer, path)?;
         let hooks = self.node.hooks();
-        let has_token = token_from_request(
-            request.uri().query(),
-            request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .is_some();
+        let has_token = self.request_token(request).is_some();
         let by_token = match (hooks.config().connect_always, has_token) {
             // A bad token is counted (`roomcast_auth_failures_total`), then the backend asked.
             (false, true) => self.authenticate(request).ok().flatten(),

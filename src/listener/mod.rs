@@ -6,7 +6,8 @@
 //! rightmost untrusted address of `server.client_ip_header`: never a header any client can set.
 //!
 //! Once a handshake succeeds the socket is handed to `connection::serve`; this module never
-//! sees a frame.
+//! sees a frame. A connection whose request line is `GET /sse`, `POST /publish` (or its CORS
+//! preflight) is plain HTTP: `http` makes the same checks and answers it in a task of its own.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,13 +25,16 @@ use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::auth::{AuthFailure, Authenticator, Identity, token_from_request};
+use crate::auth::{AuthFailure, Authenticator, Identity, token_from_cookies, token_from_request};
 use crate::config::trusted_proxy_addrs;
 use crate::connection;
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
 mod hooked;
+mod http;
+
+pub use http::{PUBLISH_PATH, SSE_PATH};
 
 /// How often forgotten per-address limiter entries are purged.
 const ADDRESS_LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -39,10 +43,14 @@ pub struct Listener {
     node: Arc<Node>,
     authenticator: Option<Arc<Authenticator>>,
     per_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// `POST /publish` per user (per address without a token), at `limits.rate_per_sec`.
+    publish_rate: Arc<DefaultKeyedRateLimiter<String>>,
     open_per_address: Arc<AddressSlots>,
     trusted_proxies: Vec<IpAddr>,
     ws_config: WebSocketConfig,
     handshake_timeout: Duration,
+    /// Where `run` spawns connections: plain HTTP requests get a task of their own.
+    tracker: TaskTracker,
 }
 
 impl Listener {
@@ -64,12 +72,19 @@ impl Listener {
             per_address: Arc::new(RateLimiter::keyed(
                 Quota::per_second(rate).allow_burst(burst),
             )),
+            publish_rate: Arc::new(RateLimiter::keyed(
+                Quota::per_second(
+                    NonZeroU32::new(config.limits.rate_per_sec).unwrap_or(NonZeroU32::MIN),
+                )
+                .allow_burst(NonZeroU32::new(config.limits.rate_burst).unwrap_or(NonZeroU32::MIN)),
+            )),
             ws_config,
             open_per_address: Arc::new(AddressSlots {
                 max: config.server.max_connections_per_ip,
                 open: Mutex::new(HashMap::new()),
             }),
             trusted_proxies: trusted_proxy_addrs(&config.server),
+            tracker: TaskTracker::new(),
             node,
             authenticator,
         }
@@ -77,10 +92,17 @@ impl Listener {
 
     /// Accept until `stop` fires. Connection tasks are spawned on `tracker`; the node closes
     /// them at shutdown.
-    pub async fn run(self, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        self.tracker = tracker.clone();
         let this = Arc::new(self);
         let sweeper = {
             let limiter = this.per_address.clone();
+            let publish_rate = this.publish_rate.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(ADDRESS_LIMITER_SWEEP);
@@ -90,6 +112,8 @@ impl Listener {
                         _ = tick.tick() => {
                             limiter.retain_recent();
                             limiter.shrink_to_fit();
+                            publish_rate.retain_recent();
+                            publish_rate.shrink_to_fit();
                         }
                     }
                 }
@@ -127,12 +151,33 @@ impl Listener {
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             prepare_socket(&tcp, self.node.config().server.tcp_nodelay);
+            let route = tokio::time::timeout(self.handshake_timeout, http::route(&tcp)).await;
+            match route {
+                Ok(http::Route::WebSocket) => {}
+                Ok(route) => {
+                    // A task of its own, so that an open event stream holds its own state only,
+                    // not this future's (sized by the WebSocket's); same span, same tracker.
+                    let this = self.clone();
+                    let serve = async move { this.serve_http(tcp, peer, route).await };
+                    self.tracker
+                        .spawn(serve.instrument(tracing::Span::current()));
+                    return;
+                }
+                Err(_) => {
+                    self.node.metrics().refused(Refusal::HandshakeTimeout);
+                    return;
+                }
+            }
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;
             // The Err type is fixed by tungstenite's handshake `Callback` signature.
             #[allow(clippy::result_large_err)]
-            let check = |request: &Request, response: Response| match self.admit(request, peer) {
+            let check = |request: &Request, response: Response| match self.admit(
+                request,
+                peer,
+                &node.config().server.path,
+            ) {
                 Ok(admission) => {
                     admitted = Some(admission);
                     Ok(response)
@@ -197,18 +242,17 @@ impl Listener {
 
     /// Every check of a handshake, in the order docs/protocol.md gives; the admission holds the
     /// slots it took.
-    fn admit(&self, request: &Request, peer: SocketAddr) -> Result<Admission, Refused> {
-        let client = self.screen(request, peer)?;
+    fn admit(&self, request: &Request, peer: SocketAddr, path: &str) -> Result<Admission, Refused> {
+        let client = self.screen(request, peer, path)?;
         let identity = self.authenticate(request)?;
         self.admission(client, identity)
     }
 
-    /// The checks before the identity: path, `Origin`, the per-address handshake rate.
+    /// The checks before the identity: `path`, `Origin`, the per-address handshake rate.
     /// Returns the client address.
-    fn screen(&self, request: &Request, peer: SocketAddr) -> Result<IpAddr, Refused> {
-        let config = self.node.config();
+    fn screen(&self, request: &Request, peer: SocketAddr, path: &str) -> Result<IpAddr, Refused> {
         let client = self.client_ip(request, peer.ip());
-        if request.uri().path() != config.server.path {
+        if request.uri().path() != path {
             return Err((Refusal::NotFound, StatusCode::NOT_FOUND, "no such path"));
         }
         self.check_origin(request)?;
@@ -292,13 +336,7 @@ impl Listener {
         let Some(authenticator) = &self.authenticator else {
             return Ok(None);
         };
-        let token = token_from_request(
-            request.uri().query(),
-            request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
+        let token = self.request_token(request);
         let verified = match token {
             None => Err(AuthFailure::Missing),
             Some(token) => authenticator.verify(&token),
@@ -313,6 +351,21 @@ impl Listener {
         })?;
         self.refuse_if_revoked(&identity, "token revoked")?;
         Ok(Some(identity))
+    }
+
+    /// The request's token: `?token=`, else `Authorization: Bearer`, else the cookie
+    /// `auth.token_cookie` names.
+    fn request_token(&self, request: &Request) -> Option<String> {
+        let headers = request.headers();
+        token_from_request(
+            request.uri().query(),
+            headers.get("authorization").and_then(|v| v.to_str().ok()),
+        )
+        .or_else(|| {
+            let cookies = headers.get_all("cookie").iter();
+            let cookies = cookies.filter_map(|v| v.to_str().ok());
+            token_from_cookies(cookies, &self.node.config().auth.token_cookie)
+        })
     }
 
     fn client_ip(&self, request: &Request, peer: IpAddr) -> IpAddr {

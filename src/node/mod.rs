@@ -36,6 +36,7 @@ use policy::RoomPolicies;
 mod control;
 mod dispatch;
 mod history;
+mod http_publish;
 mod interest;
 mod policy;
 mod presence_hooks;
@@ -90,6 +91,15 @@ impl Session {
             None => self.conn_id.clone(),
         }
     }
+}
+
+/// Who publishes a client's message: what the hooks are told, its `from`, and the connection
+/// its echo setting refers to.
+struct Sender<'a> {
+    asker: Asker<'a>,
+    from: String,
+    conn: ConnId,
+    echo: bool,
 }
 
 /// Outcome of a successful join: what goes into `joined`, the history to send right after
@@ -347,9 +357,27 @@ impl Node {
                 "your token does not allow publishing to this room",
             ));
         }
+        let sender = Sender {
+            asker: session.asker(),
+            from: session.from(),
+            conn: session.conn,
+            echo,
+        };
+        self.publish_checked(sender, room, data).await
+    }
+
+    /// The rest of a client's publish once its right to publish to `room` is settled: the
+    /// room's schema, the publish hook, then the broker. Shared by the WebSocket command and
+    /// `POST /publish` ([`Node::publish_over_http`]).
+    async fn publish_checked(
+        &self,
+        sender: Sender<'_>,
+        room: &Arc<str>,
+        data: Box<RawValue>,
+    ) -> Result<String, CommandError> {
         // The client's data first: an invalid message costs no round trip to the backend.
         self.schemas.check(room, &data)?;
-        let data = match self.hooks.publish(session.asker(), room, &data).await? {
+        let data = match self.hooks.publish(sender.asker, room, &data).await? {
             Some(replacement) => self.checked_replacement(room, replacement)?,
             None => data,
         };
@@ -357,12 +385,12 @@ impl Node {
             target: Target::Room(room.clone()),
             id: self.next_message_id(),
             data,
-            from: session.from(),
+            from: sender.from,
             ts: now_ms(),
             origin: Some(Origin {
                 node: self.instance.clone(),
-                conn: session.conn,
-                echo,
+                conn: sender.conn,
+                echo: sender.echo,
             }),
         };
         self.publish(envelope).await.map_err(|err| {

@@ -128,6 +128,12 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.listen",
         ),
         (vec![("ROOMCAST_BROKER__KIND", "kafka")], "broker.kind"),
+        (vec![("ROOMCAST_SERVER__PATH", "/sse")], "server.path"),
+        (
+            vec![("ROOMCAST_AUTH__TOKEN_COOKIE", "a;b")],
+            "auth.token_cookie",
+        ),
+        (vec![("ROOMCAST_SERVER__PATH", "/publish")], "server.path"),
         (vec![("ROOMCAST_REDIS__URL", "http://x")], "redis.url"),
         (
             vec![("ROOMCAST_REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")],

@@ -28,5 +28,6 @@ mod redis_cluster_support;
 mod redis_history;
 mod refresh;
 mod smoke;
+mod sse;
 mod validation;
 mod webhooks;

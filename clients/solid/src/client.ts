@@ -36,6 +36,13 @@ import {
   type TokenExpiringFrame,
   type WelcomeFrame,
 } from "./protocol.js";
+import {
+  sseAvailable,
+  sseTransport,
+  type EventSourceConstructor,
+  type FetchLike,
+  type SseTransportOptions,
+} from "./sse.js";
 
 /** The part of the browser WebSocket that the client uses (a fake one in tests). */
 export interface WebSocketLike {
@@ -112,6 +119,20 @@ export interface RoomcastOptions {
   random?: () => number;
   /** Connect at once. Default true; false waits for `connect()`. */
   autoConnect?: boolean;
+  /**
+   * "websocket", "sse" (Server-Sent Events and HTTP publish on the same port, for networks that
+   * do not pass WebSockets), or "auto" (default): WebSocket, and SSE from the moment
+   * `sseAfter` WebSocket attempts in a row failed before opening, when EventSource exists.
+   */
+  transport?: "websocket" | "sse" | "auto";
+  /** WebSocket attempts failing before open after which "auto" falls back to SSE. Default 2. */
+  sseAfter?: number;
+  /** EventSource implementation for SSE. Default globalThis.EventSource. */
+  EventSource?: EventSourceConstructor;
+  /** fetch implementation for SSE's publishes. Default globalThis.fetch. */
+  fetch?: FetchLike;
+  /** Send cookies with SSE's stream and publishes (a token in a cookie). Default false. */
+  withCredentials?: boolean;
 }
 
 export interface CloseInfo {
@@ -134,6 +155,8 @@ export interface ConnectionInfo {
   lastClose: CloseInfo | null;
   /** Commands waiting for the connection. */
   queued: number;
+  /** The transport of the current (or next) connection. */
+  transport: "websocket" | "sse";
 }
 
 export interface RoomOptions {
@@ -276,7 +299,10 @@ type Listener<T> = (value: T) => void;
 export class RoomcastClient {
   private readonly url: string | (() => string);
   private readonly o: Required<
-    Omit<RoomcastOptions, "getToken" | "WebSocket" | "heartbeat" | "backoff" | "refusal">
+    Omit<
+      RoomcastOptions,
+      "getToken" | "WebSocket" | "heartbeat" | "backoff" | "refusal" | "EventSource" | "fetch"
+    >
   > & {
     backoff: Required<BackoffOptions>;
     refusal: Required<RefusalOptions>;
@@ -284,6 +310,10 @@ export class RoomcastClient {
   };
   private readonly getToken: RoomcastOptions["getToken"];
   private readonly Ctor: WebSocketConstructor | undefined;
+  private readonly SseCtor: WebSocketConstructor;
+  private readonly sseOptions: SseTransportOptions;
+  /** SSE carries the connection ("sse", or "auto" after the WebSocket failed to open). */
+  private onSse = false;
 
   private ws: WebSocketLike | null = null;
   private generation = 0;
@@ -319,6 +349,14 @@ export class RoomcastClient {
     this.url = url;
     this.getToken = options.getToken;
     this.Ctor = options.WebSocket;
+    this.sseOptions = {
+      EventSource: options.EventSource,
+      fetch: options.fetch,
+      tokenParam: options.tokenParam,
+      withCredentials: options.withCredentials,
+    };
+    this.SseCtor = sseTransport(this.sseOptions);
+    this.onSse = options.transport === "sse";
     const hb = options.heartbeat;
     this.o = {
       tokenParam: options.tokenParam ?? "token",
@@ -328,6 +366,9 @@ export class RoomcastClient {
       dedupeWindow: options.dedupeWindow ?? 1_000,
       random: options.random ?? Math.random,
       autoConnect: options.autoConnect ?? true,
+      transport: options.transport ?? "auto",
+      sseAfter: options.sseAfter ?? 2,
+      withCredentials: options.withCredentials ?? false,
       backoff: { initialMs: 500, maxMs: 30_000, factor: 2, jitter: 0.5, ...options.backoff },
       refusal: { after: 5, delayMs: 60_000, maxMs: 600_000, ...options.refusal },
       heartbeat:
@@ -348,6 +389,7 @@ export class RoomcastClient {
       retryAt: this.retryAt,
       lastClose: this.lastClose,
       queued: this.queue.length,
+      transport: this.onSse ? "sse" : "websocket",
     };
   }
 
@@ -532,7 +574,9 @@ export class RoomcastClient {
       if (gen !== this.generation || this.stopped) return;
       if (token) url = withParam(url, this.o.tokenParam, token);
     }
-    const Ctor = this.Ctor ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    const Ctor = this.onSse
+      ? this.SseCtor
+      : (this.Ctor ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket);
     if (!Ctor) throw new Error("roomcast: no WebSocket implementation (pass options.WebSocket)");
     let ws: WebSocketLike;
     try {
@@ -635,6 +679,16 @@ export class RoomcastClient {
     if (!wasOpen) {
       // Refused at the handshake (401/403/429/503), or the node is down: a browser cannot tell.
       this.failuresBeforeOpen++;
+      if (
+        this.o.transport === "auto" &&
+        !this.onSse &&
+        this.failuresBeforeOpen >= this.o.sseAfter &&
+        sseAvailable(this.sseOptions)
+      ) {
+        // Perhaps a network that does not pass WebSockets: try SSE from now on, at once.
+        this.onSse = true;
+        return 0;
+      }
       if (this.failuresBeforeOpen >= refusal.after) {
         this.refused = true;
         const n = this.failuresBeforeOpen - refusal.after;

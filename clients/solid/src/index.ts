@@ -27,4 +27,12 @@ export {
   type RoomcastSolidOptions,
   type SolidRoomOptions,
 } from "./solid.js";
+export {
+  sseAvailable,
+  sseTransport,
+  type EventSourceConstructor,
+  type EventSourceLike,
+  type FetchLike,
+  type SseTransportOptions,
+} from "./sse.js";
 export { createRoomcastWS, makeRoomcastWS, type RoomcastWS } from "./ws.js";

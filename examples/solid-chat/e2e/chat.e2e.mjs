@@ -4,6 +4,7 @@
 //   node e2e/chat.e2e.mjs             one node, embedded broker
 //   node e2e/chat.e2e.mjs --cluster   two nodes sharing rooms through their own redis-server
 //   node e2e/chat.e2e.mjs --auth      one node checking JWTs: in-band refresh, its fallback, refusal (401)
+//   node e2e/chat.e2e.mjs --sse       one node; alice's page cannot open WebSockets and chats over SSE
 //
 // (after `npm ci`; it builds the app with vite unless E2E_SKIP_BUILD=1)
 //
@@ -106,6 +107,26 @@ const CLUSTER = process.argv.includes("--cluster");
 const WARNING_MS = 4000;
 const ALICE_TTL_S = 6;
 const AUTH = process.argv.includes("--auth");
+// --sse: alice's page cannot open a WebSocket (the test replaces the browser's with one that
+// always fails, as behind a proxy that drops them); @roomcast/solid falls back to SSE
+const SSE = process.argv.includes("--sse");
+/** In the page: a WebSocket that never opens (error, then close 1006, as a blocked one). */
+function blockWebSockets() {
+  window.WebSocket = class {
+    constructor() {
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 3;
+        this.onerror?.({});
+        this.onclose?.({ code: 1006, reason: "" });
+      }, 10);
+    }
+    send() {
+      throw new Error("blocked");
+    }
+    close() {}
+  };
+}
 
 async function main() {
   if (process.env.E2E_SKIP_BUILD !== "1" || !existsSync(join(DIST, "index.html"))) {
@@ -151,11 +172,12 @@ async function main() {
 
   const pageErrors = [];
   const wsOpens = new Map(); // page label -> WebSockets the browser opened for it
-  async function openPage(path, label) {
+  async function openPage(path, label, init) {
     const page = await context.newPage();
+    if (init) await page.addInitScript(init);
     page.on("websocket", () => wsOpens.set(label, (wsOpens.get(label) || 0) + 1));
     page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
-    page.on("console", (m) => m.type() === "error" && !/WebSocket connection/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
+    page.on("console", (m) => m.type() === "error" && !/WebSocket connection|ERR_CONNECTION_REFUSED/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}${path}`, { timeout: 15_000 });
     return page;
   }
@@ -256,6 +278,27 @@ async function main() {
     log(`mallory made ${after} attempts`);
     await mallory.screenshot({ path: join(HERE, "screenshot-refused.png") });
     check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+  } else if (SSE) {
+    const alice = await openPage(`/${q("alice", [n1.ws])}`, "alice", blockWebSockets);
+    const bob = await openPage(`/${q("bob", [n1.ws])}`, "bob");
+    check("alice (WebSocket blocked) and bob connect and join", await allOpen([alice, bob], 20_000));
+    const transports = await Promise.all([alice, bob].map((p) => p.evaluate(() => window.roomcast.info().transport)));
+    check("alice's page fell back to SSE, bob's stays on the WebSocket", transports[0] === "sse" && transports[1] === "websocket", JSON.stringify(transports));
+    await exchange(alice, bob, "over SSE");
+    log("SIGTERM the gateway");
+    await n1.stop();
+    await n1.start("node-1b");
+    check("both reconnect and rejoin after the restart", await allOpen([alice, bob], 30_000));
+    await exchange(alice, bob, "over SSE after the restart");
+    const pub = await n1.publish(ROOM, { name: "server", text: "service announcement" });
+    check("admin publish is accepted", pub.status === 202, `${pub.status} ${pub.body}`);
+    check("both pages get the service message", (await sees(alice, "service announcement")) && (await sees(bob, "service announcement")));
+    // alice (SSE) is away while a message is published; back, the stream resumes from her last id
+    await awayAndBack(bob, alice, n1);
+    check("every message appears once on each page", await noDuplicates([alice, bob], ["alice over SSE", "bob over SSE", "alice over SSE after the restart", "bob over SSE after the restart"]));
+    check("the browser opened no WebSocket for alice's page", !wsOpens.get("alice"), String(wsOpens.get("alice")));
+    check("no errors in the pages", pageErrors.length === 0, pageErrors.join(" | "));
+    await alice.screenshot({ path: join(HERE, "screenshot-sse.png") });
   } else if (!CLUSTER) {
     const alice = await openPage(`/${q("alice", [n1.ws])}`, "alice");
     const bob = await openPage(`/${q("bob", [n1.ws])}`, "bob");
