@@ -157,7 +157,7 @@ fn parse_block(block: &str) -> Event {
 
 /// Publish through the admin API; the message id.
 async fn admin_publish(node: &TestNode, room: &str, data: Value) -> String {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(node.admin_url("/api/publish"))
         .json(&json!({"room": room, "data": data}))
         .send()
@@ -465,7 +465,7 @@ async fn server_subscriptions_and_revocations_reach_sse_clients() {
     let node = TestNode::start(jwt_config()).await;
     let token = hs256(claims("carol"));
     let mut sse = Sse::open(node.ws_addr, &format!("/sse?token={token}"), &[]).await;
-    let admin = reqwest::Client::new();
+    let admin = crate::support::http_client();
     let response = admin
         .post(node.admin_url("/api/subscribe"))
         .json(&json!({"user": "carol", "room": "team:7"}))
