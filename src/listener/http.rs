@@ -310,7 +310,12 @@ impl Listener {
             Err((reason, status, message)) => {
                 node.metrics().refused(reason);
                 debug!(%peer, reason = reason.label(), "HTTP request refused");
-                respond(tcp, status, "text/plain", &[], message).await;
+                // An allowed page may read why (401, 429, 503…): no "blocked by CORS" in it.
+                let cors = match self.check_origin(&head.request) {
+                    Ok(_) => cors_headers(&head.request),
+                    Err(_) => Vec::new(),
+                };
+                respond(tcp, status, "text/plain", &cors, message).await;
                 None
             }
         }

@@ -251,8 +251,13 @@ async fn a_refused_token_gets_the_websocket_handshake_status() {
     let ws = status_of(&with_token(&node, bad), None).await.err();
     assert_eq!(ws, Some(401));
     for target in ["/sse?room=a".to_owned(), format!("/sse?room=a&token={bad}")] {
-        let (status, _, _) = answer(node.ws_addr, &request("GET", &target, &[], "")).await;
+        let page = [("Origin", "https://app.example")];
+        let (status, head, _) = answer(node.ws_addr, &request("GET", &target, &page, "")).await;
         assert_eq!(status, 401, "{target}");
+        assert!(
+            head.contains("Access-Control-Allow-Origin: https://app.example"),
+            "the page may read the refusal: {head}"
+        );
     }
     let body = r#"{"type":"publish","room":"a","data":1}"#;
     let (status, _, text) = answer(node.ws_addr, &request("POST", "/publish", &[], body)).await;

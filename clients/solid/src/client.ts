@@ -122,7 +122,8 @@ export interface RoomcastOptions {
   /**
    * "websocket", "sse" (Server-Sent Events and HTTP publish on the same port, for networks that
    * do not pass WebSockets), or "auto" (default): WebSocket, and SSE from the moment
-   * `sseAfter` WebSocket attempts in a row failed before opening, when EventSource exists.
+   * `sseAfter` WebSocket attempts in a row failed before opening, when EventSource exists; an
+   * SSE attempt that fails before opening too (a node that is down) goes back to the WebSocket.
    */
   transport?: "websocket" | "sse" | "auto";
   /** WebSocket attempts failing before open after which "auto" falls back to SSE. Default 2. */
@@ -679,6 +680,12 @@ export class RoomcastClient {
     if (!wasOpen) {
       // Refused at the handshake (401/403/429/503), or the node is down: a browser cannot tell.
       this.failuresBeforeOpen++;
+      if (this.o.transport === "auto" && this.onSse) {
+        // SSE did not open either: the node is down (or refuses us), not a network that only
+        // stops WebSockets. Back to the WebSocket; SSE is tried again after its next failure.
+        this.onSse = false;
+        return this.backoff();
+      }
       if (
         this.o.transport === "auto" &&
         !this.onSse &&

@@ -96,6 +96,23 @@ describe("SSE transport", () => {
     expect(c.info).toMatchObject({ state: "open", transport: "sse" });
   });
 
+  it("auto goes back to the WebSocket when SSE fails to open too (the node is down)", async () => {
+    const c = client({ sseAfter: 2, backoff: { initialMs: 100, factor: 1 } });
+    await tick(0);
+    FakeWebSocket.last.refuse();
+    await tick(100);
+    FakeWebSocket.last.refuse();
+    await tick(0);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    FakeEventSource.last.fail();
+    await tick(100);
+    expect(FakeWebSocket.instances, "the next attempt is a WebSocket").toHaveLength(3);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(c.info.transport).toBe("websocket");
+    FakeWebSocket.last.accept();
+    expect(c.info).toMatchObject({ state: "open", transport: "websocket" });
+  });
+
   it("stays on the WebSocket with transport: websocket", async () => {
     const c = client({ transport: "websocket", sseAfter: 1, backoff: { initialMs: 100 } });
     await tick(0);

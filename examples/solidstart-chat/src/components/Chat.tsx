@@ -19,8 +19,9 @@ function rotating(urls: string[]): () => string {
 
 export default function Chat(props: { user: string; staff: boolean; gateways: string[] }) {
   // No token: the WebSocket handshake carries the session cookie, and the gateway asks our
-  // connect hook (src/routes/roomcast/connect.ts) who this is.
-  const rc = createRoomcast(rotating(props.gateways));
+  // connect hook (src/routes/roomcast/connect.ts) who this is. The SSE fallback (a network that
+  // does not pass WebSockets) sends the cookie too.
+  const rc = createRoomcast(rotating(props.gateways), { withCredentials: true });
   const lobby: Room<ChatData> = rc.room<ChatData>("chat:lobby", { history: 50, presence: true });
   const staffRoom: Room<ChatData> | undefined = props.staff ? rc.room<ChatData>("chat:staff", { history: 50 }) : undefined;
   const [current, setCurrent] = createSignal<Room<ChatData>>(lobby);
