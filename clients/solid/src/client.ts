@@ -123,7 +123,8 @@ export interface RoomcastOptions {
    * "websocket", "sse" (Server-Sent Events and HTTP publish on the same port, for networks that
    * do not pass WebSockets), or "auto" (default): WebSocket, and SSE from the moment
    * `sseAfter` WebSocket attempts in a row failed before opening, when EventSource exists; an
-   * SSE attempt that fails before opening too (a node that is down) goes back to the WebSocket.
+   * SSE attempt that fails before opening too (a node that is down) goes back to the WebSocket,
+   * so a restart does not leave the page on SSE. Refused attempts keep the refusal's delay.
    */
   transport?: "websocket" | "sse" | "auto";
   /** WebSocket attempts failing before open after which "auto" falls back to SSE. Default 2. */
@@ -324,6 +325,8 @@ export class RoomcastClient {
   private state: ConnectionState = "closed";
   private attempt = 0;
   private failuresBeforeOpen = 0;
+  /** WebSocket attempts in a row that failed before open, since the last SSE attempt. */
+  private wsFailuresBeforeOpen = 0;
   private refused = false;
   private policyStrikes = 0;
   private fastRetryUsed = false;
@@ -434,6 +437,7 @@ export class RoomcastClient {
     this.stopped = false;
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
+    this.wsFailuresBeforeOpen = 0;
     this.refused = false;
     this.policyStrikes = 0;
     this.clearReconnect();
@@ -603,6 +607,7 @@ export class RoomcastClient {
   private opened(ws: WebSocketLike): void {
     this.wasOpen = true;
     this.failuresBeforeOpen = 0;
+    this.wsFailuresBeforeOpen = 0;
     this.refused = false;
     this.stableTimer = setTimeout(() => {
       // a connection that stays up resets the backoff
@@ -682,19 +687,16 @@ export class RoomcastClient {
       this.failuresBeforeOpen++;
       if (this.o.transport === "auto" && this.onSse) {
         // SSE did not open either: the node is down (or refuses us), not a network that only
-        // stops WebSockets. Back to the WebSocket; SSE is tried again after its next failure.
+        // stops WebSockets. Back to the WebSocket; SSE again after `sseAfter` more failures.
         this.onSse = false;
-        return this.backoff();
-      }
-      if (
-        this.o.transport === "auto" &&
-        !this.onSse &&
-        this.failuresBeforeOpen >= this.o.sseAfter &&
-        sseAvailable(this.sseOptions)
-      ) {
-        // Perhaps a network that does not pass WebSockets: try SSE from now on, at once.
-        this.onSse = true;
-        return 0;
+        this.wsFailuresBeforeOpen = 0;
+      } else if (this.o.transport === "auto") {
+        this.wsFailuresBeforeOpen++;
+        if (this.wsFailuresBeforeOpen >= this.o.sseAfter && sseAvailable(this.sseOptions)) {
+          // Perhaps a network that does not pass WebSockets: try SSE, at once unless refused.
+          this.onSse = true;
+          if (this.failuresBeforeOpen < refusal.after) return 0;
+        }
       }
       if (this.failuresBeforeOpen >= refusal.after) {
         this.refused = true;

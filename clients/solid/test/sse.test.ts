@@ -113,6 +113,20 @@ describe("SSE transport", () => {
     expect(c.info).toMatchObject({ state: "open", transport: "websocket" });
   });
 
+  it("a refused page tries SSE only after the refusal's delay, never at once", async () => {
+    const c = client({ sseAfter: 2, refusal: { after: 1, delayMs: 5000 } });
+    await tick(0);
+    FakeWebSocket.last.refuse();
+    await tick(5000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    FakeWebSocket.last.refuse();
+    await tick(0);
+    expect(FakeEventSource.instances, "not at once: it is refused").toHaveLength(0);
+    expect(c.info.refused).toBe(true);
+    await tick(10_000);
+    expect(FakeEventSource.instances).toHaveLength(1);
+  });
+
   it("stays on the WebSocket with transport: websocket", async () => {
     const c = client({ transport: "websocket", sseAfter: 1, backoff: { initialMs: 100 } });
     await tick(0);

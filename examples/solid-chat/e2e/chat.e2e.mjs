@@ -177,7 +177,7 @@ async function main() {
     if (init) await page.addInitScript(init);
     page.on("websocket", () => wsOpens.set(label, (wsOpens.get(label) || 0) + 1));
     page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
-    page.on("console", (m) => m.type() === "error" && !/WebSocket connection|ERR_CONNECTION_REFUSED/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
+    page.on("console", (m) => m.type() === "error" && !/WebSocket connection|ERR_CONNECTION_REFUSED|Failed to load resource/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}${path}`, { timeout: 15_000 });
     return page;
   }

@@ -154,7 +154,7 @@ secret = "${WEBHOOK_SECRET}"
     context.setDefaultTimeout(15_000);
     const page = await context.newPage();
     page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
-    page.on("console", (m) => m.type() === "error" && !/WebSocket|Failed to load resource/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
+    page.on("console", (m) => m.type() === "error" && !/WebSocket|ERR_CONNECTION_REFUSED|Failed to load resource/.test(m.text()) && pageErrors.push(`${label} console: ${m.text()}`));
     await page.goto(`${APPURL}/?ws=${encodeURIComponent(wsUrls.join(","))}`);
     await page.locator('[data-testid="sign-in"][data-ready="1"]').waitFor({ timeout: 15_000 }); // hydrated
     await page.getByTestId("sign-in-name").fill(label[0].toUpperCase() + label.slice(1)); // "Alice": the user id is "alice"
