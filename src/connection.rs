@@ -4,8 +4,13 @@
 //! One task drives the socket: it handles commands one at a time, so replies leave in the
 //! order the commands arrived, while it keeps draining the bounded outbox, many frames per
 //! flush, and one timer serves the idle limit, the server ping, the token's expiry and the
-//! `token_expiring` warning before it (moved by a `refresh`). An idle connection is that one
-//! task, its socket and one timer entry. Everything stops when the
+//! `token_expiring` warning before it (moved by a `refresh`), and the end of the write
+//! coalescing window. An idle connection is that one task, its socket and one timer entry.
+//!
+//! Write coalescing (`server.write_coalesce_ms`): a connection that flushed within the window
+//! holds its next flush until the window has passed, so the frames queued meanwhile leave in
+//! one write (one TCP segment); a quiet connection flushes at once, and replies to the
+//! client's own commands ([`Outbox::reply`](crate::outbox::Outbox::reply)) are never held. Everything stops when the
 //! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and
 //! its checks are the listener's; rooms and publishing are the node's.
 
@@ -30,7 +35,7 @@ use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::DropReason;
 use crate::node::{Node, Session};
-use crate::outbox::{Closer, OutboxReceiver, ServerRoom};
+use crate::outbox::{Closer, OutboxReceiver, Received, ServerRoom};
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
@@ -180,7 +185,13 @@ where
                     running = None;
                     Step::Go
                 }
-                received = outbox.recv_many(&mut batch, WRITE_BATCH) => Step::Write(received),
+                received = outbox.recv_many(&mut batch, WRITE_BATCH, beat.window_end) => {
+                    match received {
+                        Received::Frames(n) => Step::Write(n),
+                        Received::End => Step::Write(0),
+                        Received::Hold => Step::Hold,
+                    }
+                }
                 rooms = outbox.server_rooms(), if running.is_none() => {
                     running = apply_server_rooms(node, &mut idle_state, rooms);
                     if running.is_some() { Step::Go } else { Step::Stop }
@@ -198,8 +209,23 @@ where
                     timer.as_mut().reset(beat.deadline());
                     flow
                 }
+                Step::Hold => {
+                    // Frames wait for the window's end: the one timer comes back for them.
+                    beat.holding = true;
+                    timer.as_mut().reset(beat.deadline());
+                    Flow::Go
+                }
                 Step::Write(received) => {
-                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
+                    let flow =
+                        on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await;
+                    // The window starts when the write is done: what is queued from now on
+                    // waits for its end, unless the connection stays quiet until then.
+                    beat.holding = false;
+                    let window = node.config().server.write_coalesce_ms;
+                    if window > 0 {
+                        beat.window_end = Some(Instant::now() + Duration::from_millis(window));
+                    }
+                    flow
                 }
             };
             if matches!(flow, Flow::Stop) {
@@ -230,6 +256,8 @@ enum Step {
     Go,
     Stop,
     Tick,
+    /// Frames are queued within the coalescing window: arm the timer for its end.
+    Hold,
     Write(usize),
 }
 
@@ -271,6 +299,11 @@ struct Heartbeat {
     last_read: Instant,
     next_ping: Instant,
     token: Option<TokenClock>,
+    /// The end of the write coalescing window of the last flush (`None` until a flush, or
+    /// when `server.write_coalesce_ms` is 0).
+    window_end: Option<Instant>,
+    /// Frames are held until `window_end`: the timer includes it.
+    holding: bool,
 }
 
 /// When a connection's token runs out (close 4001) and when it is warned of it.
@@ -309,6 +342,8 @@ impl Heartbeat {
             last_read,
             next_ping: last_read + ping_every,
             token: None,
+            window_end: None,
+            holding: false,
         };
         if let Some(session) = session {
             beat.retoken(session);
@@ -334,7 +369,12 @@ impl Heartbeat {
 
     /// The earliest deadline.
     fn deadline(&self) -> Instant {
-        let due = (self.last_read + self.idle).min(self.next_ping);
+        let mut due = (self.last_read + self.idle).min(self.next_ping);
+        if self.holding
+            && let Some(window_end) = self.window_end
+        {
+            due = due.min(window_end);
+        }
         match &self.token {
             None => due,
             Some(token) => {
@@ -360,6 +400,10 @@ enum Due {
 /// The timer fired: close an idle or expired connection, or say what to send.
 fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
     let now = Instant::now();
+    if beat.holding && beat.window_end.is_none_or(|end| now >= end) {
+        // The outbox hands the held frames over on the loop's next turn.
+        beat.holding = false;
+    }
     if now >= beat.last_read + beat.idle {
         closer.close(Disconnect::Idle);
         return Due::Close;
@@ -568,7 +612,7 @@ fn check_rate(
             node.metrics().rate_limited.inc();
             node.metrics().dropped(DropReason::RateLimited, 1);
             let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
-            session.outbox.offer(protocol::error(&err, id));
+            session.outbox.reply(protocol::error(&err, id));
             false
         }
         RateDecision::Exceeded => {
@@ -584,7 +628,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
     if text == "ping" {
         if check_rate(node, session, rate, None) {
             node.metrics().received(CommandKind::TextPing);
-            session.outbox.offer(Frame::plain_pong());
+            session.outbox.reply(Frame::plain_pong());
         }
         return;
     }
@@ -610,9 +654,9 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
         } => match node.join(session, &room, since.as_deref(), history).await {
             Ok(outcome) => {
                 let joined = protocol::joined(&room, id, outcome.recovered, outcome.history);
-                session.outbox.offer(joined);
+                session.outbox.reply(joined);
                 for frame in outcome.replay {
-                    session.outbox.offer(frame);
+                    session.outbox.reply(frame);
                 }
                 if let Some((gate, after)) = outcome.gate {
                     node.open_gate(session, gate, after);
@@ -638,7 +682,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
     };
     match reply {
         Ok(frame) => {
-            session.outbox.offer(frame);
+            session.outbox.reply(frame);
         }
         Err(err) => reply_error(node, session, &err, id),
     }
@@ -656,7 +700,7 @@ async fn refresh(
     for room in &refreshed.left {
         session
             .outbox
-            .offer(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
+            .reply(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
     }
     Ok(protocol::refreshed(refreshed.exp, id))
 }
@@ -666,7 +710,7 @@ fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&R
     if err.code == ErrorCode::BadRequest {
         node.metrics().dropped(DropReason::Invalid, 1);
     }
-    session.outbox.offer(protocol::error(err, id));
+    session.outbox.reply(protocol::error(err, id));
 }
 
 /// Map a read error to why the connection ends.
