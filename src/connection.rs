@@ -185,7 +185,7 @@ where
                     running = None;
                     Step::Go
                 }
-                received = outbox.recv_many(&mut batch, WRITE_BATCH, beat.window_end) => {
+                received = outbox.recv_coalesced(&mut batch, WRITE_BATCH, beat.window_end) => {
                     match received {
                         Received::Frames(n) => Step::Write(n),
                         Received::End => Step::Write(0),

@@ -249,7 +249,7 @@ impl Outbox {
     }
 }
 
-/// What the writer got from [`OutboxReceiver::recv_many`].
+/// What the writer got from [`OutboxReceiver::recv_coalesced`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Received {
     /// This many frames were moved into the batch.
@@ -276,11 +276,21 @@ impl OutboxReceiver {
         &self.queue.closer
     }
 
+    /// Wait for frames and move up to `max` of them into `batch`. 0: every sender is gone.
+    /// Never holds (see [`OutboxReceiver::recv_coalesced`]).
+    pub async fn recv_many(&self, batch: &mut Vec<Frame>, max: usize) -> usize {
+        match self.recv_coalesced(batch, max, None).await {
+            Received::Frames(n) => n,
+            // Without a window there is no hold.
+            Received::Hold | Received::End => 0,
+        }
+    }
+
     /// Wait for frames and move up to `max` of them into `batch`.
     ///
     /// `hold_until` is the end of the writer's coalescing window: before it, queued frames
     /// stay queued ([`Received::Hold`]) unless a reply is among them.
-    pub async fn recv_many(
+    pub async fn recv_coalesced(
         &self,
         batch: &mut Vec<Frame>,
         max: usize,
@@ -402,34 +412,29 @@ mod tests {
         let other = tx.clone();
         let waiting = tokio::spawn(async move {
             let mut batch = Vec::new();
-            let got = rx.recv_many(&mut batch, 8, None).await;
-            (got, batch, rx)
+            let n = rx.recv_many(&mut batch, 8).await;
+            (n, batch, rx)
         });
         tx.offer(Frame::plain_pong());
         other.offer(Frame::plain_pong());
-        let (got, batch, rx) = waiting.await.expect("receiver");
-        let Received::Frames(n) = got else {
-            panic!("woken with frames, got {got:?}");
-        };
+        let (n, batch, rx) = waiting.await.expect("receiver");
         assert!(n >= 1 && batch.len() == n, "woken with what was queued");
         let mut rest = Vec::new();
         if n < 2 {
-            assert_eq!(
-                rx.recv_many(&mut rest, 8, None).await,
-                Received::Frames(2 - n)
-            );
+            assert_eq!(rx.recv_many(&mut rest, 8).await, 2 - n);
         }
         assert!(rx.try_recv().is_err());
         drop(tx);
         drop(other);
+        assert_eq!(rx.recv_many(&mut rest, 8).await, 0, "every sender gone");
         assert_eq!(
-            rx.recv_many(&mut rest, 8, None).await,
+            rx.recv_coalesced(&mut rest, 8, None).await,
             Received::End,
             "every sender gone"
         );
     }
 
-    /// Poll `recv_many` once, with a waker that records whether it was woken.
+    /// Poll `recv_coalesced` once, with a waker that records whether it was woken.
     fn poll_once(
         rx: &OutboxReceiver,
         batch: &mut Vec<Frame>,
@@ -444,7 +449,7 @@ mod tests {
         }
         let waker = Waker::from(Arc::new(Flag(woken.clone())));
         let mut cx = std::task::Context::from_waker(&waker);
-        let fut = std::pin::pin!(rx.recv_many(batch, 8, hold_until));
+        let fut = std::pin::pin!(rx.recv_coalesced(batch, 8, hold_until));
         fut.poll(&mut cx)
     }
 
