@@ -40,6 +40,9 @@ use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
 
+mod deadlines;
+use deadlines::{Due, Heartbeat, on_timer};
+
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 256;
 /// What a writer keeps of its batch buffer between bursts.
@@ -290,144 +293,6 @@ enum Flow {
     Stop,
 }
 
-/// The deadlines of a connection: idle, server ping, and its token's warning and expiry.
-struct Heartbeat {
-    idle: Duration,
-    ping_every: Duration,
-    /// `auth.expiry_warning_ms`: how long before the token's expiry `token_expiring` goes.
-    warning: Duration,
-    last_read: Instant,
-    next_ping: Instant,
-    token: Option<TokenClock>,
-    /// The end of the write coalescing window of the last flush (`None` until a flush, or
-    /// when `server.write_coalesce_ms` is 0).
-    window_end: Option<Instant>,
-    /// Frames are held until `window_end`: the timer includes it.
-    holding: bool,
-}
-
-/// When a connection's token runs out (close 4001) and when it is warned of it.
-struct TokenClock {
-    /// The `Identity::expires_at` these instants come from: a refresh that changes it re-arms
-    /// both, so every token is warned of once.
-    expires_at: u64,
-    expiry: Instant,
-    /// `None` once `token_expiring` is sent.
-    warn_at: Option<Instant>,
-}
-
-impl TokenClock {
-    fn new(expires_at: u64, warning: Duration) -> Self {
-        let expiry = token_deadline(expires_at);
-        // A token that has less than the warning left is warned of at once.
-        let warn_at = expiry.checked_sub(warning).unwrap_or_else(Instant::now);
-        TokenClock {
-            expires_at,
-            expiry,
-            warn_at: Some(warn_at),
-        }
-    }
-}
-
-impl Heartbeat {
-    /// The deadlines of a connection opening now with `session`'s token, if it has one (a
-    /// connection lives no longer than its token).
-    fn new(config: &crate::config::Config, session: Option<&Session>) -> Self {
-        let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
-        let last_read = Instant::now();
-        let mut beat = Heartbeat {
-            idle: Duration::from_millis(config.limits.idle_timeout_ms),
-            ping_every,
-            warning: Duration::from_millis(config.auth.expiry_warning_ms),
-            last_read,
-            next_ping: last_read + ping_every,
-            token: None,
-            window_end: None,
-            holding: false,
-        };
-        if let Some(session) = session {
-            beat.retoken(session);
-        }
-        beat
-    }
-
-    /// Follow the session's token: true when its expiry changed (the timer must be re-armed).
-    fn retoken(&mut self, session: &Session) -> bool {
-        let Some(identity) = &session.identity else {
-            return false;
-        };
-        if self
-            .token
-            .as_ref()
-            .is_some_and(|t| t.expires_at == identity.expires_at)
-        {
-            return false;
-        }
-        self.token = Some(TokenClock::new(identity.expires_at, self.warning));
-        true
-    }
-
-    /// The earliest deadline.
-    fn deadline(&self) -> Instant {
-        let mut due = (self.last_read + self.idle).min(self.next_ping);
-        if self.holding
-            && let Some(window_end) = self.window_end
-        {
-            due = due.min(window_end);
-        }
-        match &self.token {
-            None => due,
-            Some(token) => {
-                let due = due.min(token.expiry);
-                token.warn_at.map_or(due, |warn_at| due.min(warn_at))
-            }
-        }
-    }
-}
-
-/// What the timer found due.
-enum Due {
-    Nothing,
-    /// The connection is idle or its token ran out: it is closing.
-    Close,
-    Ping,
-    /// Send `token_expiring`: the token runs out in `in_ms`.
-    Warning {
-        in_ms: u64,
-    },
-}
-
-/// The timer fired: close an idle or expired connection, or say what to send.
-fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
-    let now = Instant::now();
-    if beat.holding && beat.window_end.is_none_or(|end| now >= end) {
-        // The outbox hands the held frames over on the loop's next turn.
-        beat.holding = false;
-    }
-    if now >= beat.last_read + beat.idle {
-        closer.close(Disconnect::Idle);
-        return Due::Close;
-    }
-    if let Some(token) = &mut beat.token {
-        if now >= token.expiry {
-            closer.close(Disconnect::TokenExpired);
-            return Due::Close;
-        }
-        if token.warn_at.is_some_and(|warn_at| now >= warn_at) {
-            token.warn_at = None;
-            let left = token.expiry.saturating_duration_since(now).as_millis();
-            return Due::Warning {
-                in_ms: u64::try_from(left).unwrap_or(u64::MAX),
-            };
-        }
-    }
-    if now >= beat.next_ping {
-        beat.next_ping = now + beat.ping_every;
-        return Due::Ping;
-    }
-    Due::Nothing
-}
-
 /// The timer fired: close, or send what is due.
 async fn on_tick<S, F>(
     ws: &mut WebSocketStream<S>,
@@ -585,17 +450,6 @@ fn uncork(ws: &WebSocketStream<TcpStream>) {
     if let Err(err) = socket2::SockRef::from(ws.get_ref()).set_tcp_cork(false) {
         debug!(%err, "cannot uncork the socket");
     }
-}
-
-/// The instant a token with `exp` (seconds since the epoch) runs out.
-fn token_deadline(exp: u64) -> Instant {
-    let left = (exp as f64 - crate::clock::now_secs_f64()).max(0.0);
-    Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
-}
-
-fn far_future_secs() -> f64 {
-    // About 30 years: effectively never, and far from Instant overflow.
-    86_400.0 * 365.0 * 30.0
 }
 
 /// Apply the rate limit to one client frame. Returns false when the frame must be dropped
