@@ -296,7 +296,7 @@ enum Flow {
 /// The timer fired: close, or send what is due.
 async fn on_tick<S, F>(
     ws: &mut WebSocketStream<S>,
-    beat: &mut Heartbeat,
+    beat: &mut Heartbeat<'_>,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow

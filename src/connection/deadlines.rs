@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::Config;
 use crate::node::Session;
 use crate::outbox::Closer;
 use crate::protocol::Disconnect;
 
 /// The deadlines of a connection: idle, server ping, and its token's warning and expiry.
-pub(super) struct Heartbeat {
-    idle: Duration,
-    ping_every: Duration,
-    /// `auth.expiry_warning_ms`: how long before the token's expiry `token_expiring` goes.
-    warning: Duration,
+/// The intervals are read from the node's configuration when needed, not copied into every
+/// connection.
+pub(super) struct Heartbeat<'a> {
+    config: &'a Config,
     pub(super) last_read: Instant,
     next_ping: Instant,
     token: Option<TokenClock>,
@@ -50,18 +50,15 @@ impl TokenClock {
     }
 }
 
-impl Heartbeat {
+impl<'a> Heartbeat<'a> {
     /// The deadlines of a connection opening now with `session`'s token, if it has one (a
     /// connection lives no longer than its token).
-    pub(super) fn new(config: &crate::config::Config, session: Option<&Session>) -> Self {
-        let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
+    pub(super) fn new(config: &'a Config, session: Option<&Session>) -> Self {
         let last_read = Instant::now();
         let mut beat = Heartbeat {
-            idle: Duration::from_millis(config.limits.idle_timeout_ms),
-            ping_every,
-            warning: Duration::from_millis(config.auth.expiry_warning_ms),
+            config,
             last_read,
-            next_ping: last_read + ping_every,
+            next_ping: last_read + ping_every(config),
             token: None,
             window_end: None,
             holding: false,
@@ -84,13 +81,15 @@ impl Heartbeat {
         {
             return false;
         }
-        self.token = Some(TokenClock::new(identity.expires_at, self.warning));
+        // `auth.expiry_warning_ms`: how long before the expiry `token_expiring` goes.
+        let warning = Duration::from_millis(self.config.auth.expiry_warning_ms);
+        self.token = Some(TokenClock::new(identity.expires_at, warning));
         true
     }
 
     /// The earliest deadline.
     pub(super) fn deadline(&self) -> Instant {
-        let mut due = (self.last_read + self.idle).min(self.next_ping);
+        let mut due = (self.last_read + idle(self.config)).min(self.next_ping);
         if self.holding
             && let Some(window_end) = self.window_end
         {
@@ -119,13 +118,13 @@ pub(super) enum Due {
 }
 
 /// The timer fired: close an idle or expired connection, or say what to send.
-pub(super) fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
+pub(super) fn on_timer(beat: &mut Heartbeat<'_>, closer: &Closer) -> Due {
     let now = Instant::now();
     if beat.holding && beat.window_end.is_none_or(|end| now >= end) {
         // The outbox hands the held frames over on the loop's next turn.
         beat.holding = false;
     }
-    if now >= beat.last_read + beat.idle {
+    if now >= beat.last_read + idle(beat.config) {
         closer.close(Disconnect::Idle);
         return Due::Close;
     }
@@ -143,10 +142,18 @@ pub(super) fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
         }
     }
     if now >= beat.next_ping {
-        beat.next_ping = now + beat.ping_every;
+        beat.next_ping = now + ping_every(beat.config);
         return Due::Ping;
     }
     Due::Nothing
+}
+
+fn idle(config: &Config) -> Duration {
+    Duration::from_millis(config.limits.idle_timeout_ms)
+}
+
+fn ping_every(config: &Config) -> Duration {
+    Duration::from_millis(config.limits.ping_interval_ms)
 }
 
 /// The instant a token with `exp` (seconds since the epoch) runs out.
