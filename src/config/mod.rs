@@ -106,7 +106,10 @@ impl Default for ServerConfig {
             read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
             tcp_nodelay: true,
-            write_coalesce_ms: 2,
+            // Measured (BENCHMARKS.md, issue 20): at 100k-200k deliveries/s over 1,000
+            // members, 20 ms halves the segments per delivery and cuts CPU per delivery by
+            // about a quarter; 5 and 10 ms hardly coalesce at those per-connection rates.
+            write_coalesce_ms: 20,
             listen_backlog: 4096,
             shutdown_grace_ms: 10_000,
         }
