@@ -119,6 +119,12 @@ pub enum ServerRoom {
 }
 
 impl Queue {
+    /// Queued frames that end a coalescing hold: half the capacity, so that a burst is written
+    /// before it could fill the outbox and close the connection as a slow consumer.
+    fn hold_limit(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
     fn state(&self) -> MutexGuard<'_, QueueState> {
         // A panic while holding this lock cannot leave the queue inconsistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -236,7 +242,7 @@ impl Outbox {
         state.frames.push_back(frame);
         state.urgent |= urgent;
         // A holding writer comes back by its own timer: waking it per frame would only cost.
-        let waiter = if state.held && !urgent {
+        let waiter = if state.held && !urgent && state.frames.len() < self.queue.hold_limit() {
             None
         } else {
             state.waiter.take()
@@ -289,7 +295,8 @@ impl OutboxReceiver {
     /// Wait for frames and move up to `max` of them into `batch`.
     ///
     /// `hold_until` is the end of the writer's coalescing window: before it, queued frames
-    /// stay queued ([`Received::Hold`]) unless a reply is among them.
+    /// stay queued ([`Received::Hold`]) unless a reply is among them or they fill half the
+    /// outbox.
     pub async fn recv_coalesced(
         &self,
         batch: &mut Vec<Frame>,
@@ -308,7 +315,10 @@ impl OutboxReceiver {
                 }
                 return Poll::Pending;
             }
-            if !state.urgent && hold_until.is_some_and(|until| Instant::now() < until) {
+            if !state.urgent
+                && state.frames.len() < self.queue.hold_limit()
+                && hold_until.is_some_and(|until| Instant::now() < until)
+            {
                 // Registered still: a reply (or the end of every sender) must wake it.
                 match &state.waiter {
                     Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -480,6 +490,21 @@ mod tests {
             poll_once(&rx, &mut batch, later, &woken),
             Poll::Ready(Received::Frames(3)),
             "a reply takes everything queued before it, window or not"
+        );
+        // Half the capacity queued ends the hold, window or not: a burst must not overflow.
+        for _ in 0..3 {
+            tx.offer(Frame::plain_pong());
+        }
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Hold)
+        );
+        woken.store(false, Ordering::SeqCst);
+        tx.offer(Frame::plain_pong());
+        assert!(woken.load(Ordering::SeqCst), "half full wakes the writer");
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Frames(4))
         );
         // The window over, a plain frame is taken at once again.
         tx.offer(Frame::plain_pong());
