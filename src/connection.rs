@@ -4,8 +4,13 @@
 //! One task drives the socket: it handles commands one at a time, so replies leave in the
 //! order the commands arrived, while it keeps draining the bounded outbox, many frames per
 //! flush, and one timer serves the idle limit, the server ping, the token's expiry and the
-//! `token_expiring` warning before it (moved by a `refresh`). An idle connection is that one
-//! task, its socket and one timer entry. Everything stops when the
+//! `token_expiring` warning before it (moved by a `refresh`), and the end of the write
+//! coalescing window. An idle connection is that one task, its socket and one timer entry.
+//!
+//! Write coalescing (`server.write_coalesce_ms`): a connection that flushed within the window
+//! holds its next flush until the window has passed, so the frames queued meanwhile leave in
+//! one write (one TCP segment); a quiet connection flushes at once, and replies to the
+//! client's own commands ([`Outbox::reply`](crate::outbox::Outbox::reply)) are never held. Everything stops when the
 //! connection's [`Closer`](crate::outbox::Closer) fires, whoever fired it. The handshake and
 //! its checks are the listener's; rooms and publishing are the node's.
 
@@ -30,10 +35,15 @@ use crate::auth::Identity;
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::DropReason;
 use crate::node::{Node, Session};
-use crate::outbox::{Closer, OutboxReceiver, ServerRoom};
+use crate::outbox::{Closer, OutboxReceiver, Received, ServerRoom};
 use crate::protocol::{
     self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
 };
+
+mod deadlines;
+/// When a token runs out, as an instant (SSE streams end at it too).
+pub(crate) use deadlines::token_deadline;
+use deadlines::{Due, Heartbeat, on_timer};
 
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 256;
@@ -180,7 +190,13 @@ where
                     running = None;
                     Step::Go
                 }
-                received = outbox.recv_many(&mut batch, WRITE_BATCH) => Step::Write(received),
+                received = outbox.recv_coalesced(&mut batch, WRITE_BATCH, beat.window_end) => {
+                    match received {
+                        Received::Frames(n) => Step::Write(n),
+                        Received::End => Step::Write(0),
+                        Received::Hold => Step::Hold,
+                    }
+                }
                 rooms = outbox.server_rooms(), if running.is_none() => {
                     running = apply_server_rooms(node, &mut idle_state, rooms);
                     if running.is_some() { Step::Go } else { Step::Stop }
@@ -198,8 +214,23 @@ where
                     timer.as_mut().reset(beat.deadline());
                     flow
                 }
+                Step::Hold => {
+                    // Frames wait for the window's end: the one timer comes back for them.
+                    beat.holding = true;
+                    timer.as_mut().reset(beat.deadline());
+                    Flow::Go
+                }
                 Step::Write(received) => {
-                    on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await
+                    let flow =
+                        on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await;
+                    // The window starts when the write is done: what is queued from now on
+                    // waits for its end, unless the connection stays quiet until then.
+                    beat.holding = false;
+                    let window = node.config().server.write_coalesce_ms;
+                    if window > 0 {
+                        beat.window_end = Some(Instant::now() + Duration::from_millis(window));
+                    }
+                    flow
                 }
             };
             if matches!(flow, Flow::Stop) {
@@ -230,6 +261,8 @@ enum Step {
     Go,
     Stop,
     Tick,
+    /// Frames are queued within the coalescing window: arm the timer for its end.
+    Hold,
     Write(usize),
 }
 
@@ -262,132 +295,10 @@ enum Flow {
     Stop,
 }
 
-/// The deadlines of a connection: idle, server ping, and its token's warning and expiry.
-struct Heartbeat {
-    idle: Duration,
-    ping_every: Duration,
-    /// `auth.expiry_warning_ms`: how long before the token's expiry `token_expiring` goes.
-    warning: Duration,
-    last_read: Instant,
-    next_ping: Instant,
-    token: Option<TokenClock>,
-}
-
-/// When a connection's token runs out (close 4001) and when it is warned of it.
-struct TokenClock {
-    /// The `Identity::expires_at` these instants come from: a refresh that changes it re-arms
-    /// both, so every token is warned of once.
-    expires_at: u64,
-    expiry: Instant,
-    /// `None` once `token_expiring` is sent.
-    warn_at: Option<Instant>,
-}
-
-impl TokenClock {
-    fn new(expires_at: u64, warning: Duration) -> Self {
-        let expiry = token_deadline(expires_at);
-        // A token that has less than the warning left is warned of at once.
-        let warn_at = expiry.checked_sub(warning).unwrap_or_else(Instant::now);
-        TokenClock {
-            expires_at,
-            expiry,
-            warn_at: Some(warn_at),
-        }
-    }
-}
-
-impl Heartbeat {
-    /// The deadlines of a connection opening now with `session`'s token, if it has one (a
-    /// connection lives no longer than its token).
-    fn new(config: &crate::config::Config, session: Option<&Session>) -> Self {
-        let ping_every = Duration::from_millis(config.limits.ping_interval_ms);
-        let last_read = Instant::now();
-        let mut beat = Heartbeat {
-            idle: Duration::from_millis(config.limits.idle_timeout_ms),
-            ping_every,
-            warning: Duration::from_millis(config.auth.expiry_warning_ms),
-            last_read,
-            next_ping: last_read + ping_every,
-            token: None,
-        };
-        if let Some(session) = session {
-            beat.retoken(session);
-        }
-        beat
-    }
-
-    /// Follow the session's token: true when its expiry changed (the timer must be re-armed).
-    fn retoken(&mut self, session: &Session) -> bool {
-        let Some(identity) = &session.identity else {
-            return false;
-        };
-        if self
-            .token
-            .as_ref()
-            .is_some_and(|t| t.expires_at == identity.expires_at)
-        {
-            return false;
-        }
-        self.token = Some(TokenClock::new(identity.expires_at, self.warning));
-        true
-    }
-
-    /// The earliest deadline.
-    fn deadline(&self) -> Instant {
-        let due = (self.last_read + self.idle).min(self.next_ping);
-        match &self.token {
-            None => due,
-            Some(token) => {
-                let due = due.min(token.expiry);
-                token.warn_at.map_or(due, |warn_at| due.min(warn_at))
-            }
-        }
-    }
-}
-
-/// What the timer found due.
-enum Due {
-    Nothing,
-    /// The connection is idle or its token ran out: it is closing.
-    Close,
-    Ping,
-    /// Send `token_expiring`: the token runs out in `in_ms`.
-    Warning {
-        in_ms: u64,
-    },
-}
-
-/// The timer fired: close an idle or expired connection, or say what to send.
-fn on_timer(beat: &mut Heartbeat, closer: &Closer) -> Due {
-    let now = Instant::now();
-    if now >= beat.last_read + beat.idle {
-        closer.close(Disconnect::Idle);
-        return Due::Close;
-    }
-    if let Some(token) = &mut beat.token {
-        if now >= token.expiry {
-            closer.close(Disconnect::TokenExpired);
-            return Due::Close;
-        }
-        if token.warn_at.is_some_and(|warn_at| now >= warn_at) {
-            token.warn_at = None;
-            let left = token.expiry.saturating_duration_since(now).as_millis();
-            return Due::Warning {
-                in_ms: u64::try_from(left).unwrap_or(u64::MAX),
-            };
-        }
-    }
-    if now >= beat.next_ping {
-        beat.next_ping = now + beat.ping_every;
-        return Due::Ping;
-    }
-    Due::Nothing
-}
-
 /// The timer fired: close, or send what is due.
 async fn on_tick<S, F>(
     ws: &mut WebSocketStream<S>,
-    beat: &mut Heartbeat,
+    beat: &mut Heartbeat<'_>,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
@@ -543,17 +454,6 @@ fn uncork(ws: &WebSocketStream<TcpStream>) {
     }
 }
 
-/// The instant a token with `exp` (seconds since the epoch) runs out.
-pub(crate) fn token_deadline(exp: u64) -> Instant {
-    let left = (exp as f64 - crate::clock::now_secs_f64()).max(0.0);
-    Instant::now() + Duration::from_secs_f64(left.min(far_future_secs()))
-}
-
-fn far_future_secs() -> f64 {
-    // About 30 years: effectively never, and far from Instant overflow.
-    86_400.0 * 365.0 * 30.0
-}
-
 /// Apply the rate limit to one client frame. Returns false when the frame must be dropped
 /// (the client has been told, or is being closed).
 fn check_rate(
@@ -568,7 +468,7 @@ fn check_rate(
             node.metrics().rate_limited.inc();
             node.metrics().dropped(DropReason::RateLimited, 1);
             let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
-            session.outbox.offer(protocol::error(&err, id));
+            session.outbox.reply(protocol::error(&err, id));
             false
         }
         RateDecision::Exceeded => {
@@ -584,7 +484,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
     if text == "ping" {
         if check_rate(node, session, rate, None) {
             node.metrics().received(CommandKind::TextPing);
-            session.outbox.offer(Frame::plain_pong());
+            session.outbox.reply(Frame::plain_pong());
         }
         return;
     }
@@ -610,9 +510,9 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
         } => match node.join(session, &room, since.as_deref(), history).await {
             Ok(outcome) => {
                 let joined = protocol::joined(&room, id, outcome.recovered, outcome.history);
-                session.outbox.offer(joined);
+                session.outbox.reply(joined);
                 for frame in outcome.replay {
-                    session.outbox.offer(frame);
+                    session.outbox.reply(frame);
                 }
                 if let Some((gate, after)) = outcome.gate {
                     node.open_gate(session, gate, after);
@@ -638,7 +538,7 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
     };
     match reply {
         Ok(frame) => {
-            session.outbox.offer(frame);
+            session.outbox.reply(frame);
         }
         Err(err) => reply_error(node, session, &err, id),
     }
@@ -656,7 +556,7 @@ async fn refresh(
     for room in &refreshed.left {
         session
             .outbox
-            .offer(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
+            .reply(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
     }
     Ok(protocol::refreshed(refreshed.exp, id))
 }
@@ -666,7 +566,7 @@ fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&R
     if err.code == ErrorCode::BadRequest {
         node.metrics().dropped(DropReason::Invalid, 1);
     }
-    session.outbox.offer(protocol::error(err, id));
+    session.outbox.reply(protocol::error(err, id));
 }
 
 /// Map a read error to why the connection ends.

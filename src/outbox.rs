@@ -3,13 +3,17 @@
 //! Producers (the hub fanning out, the connection's own reader replying) hold an [`Outbox`];
 //! the connection's writer holds the [`OutboxReceiver`]. A full outbox never waits: it closes the
 //! connection as a slow consumer (1013). What is written to the socket, and when, is the
-//! connection's business.
+//! connection's business; the outbox only carries its decision to hold frames for write
+//! coalescing (`server.write_coalesce_ms`): while it holds, a queued frame does not wake it,
+//! unless the frame is a reply to the client's own command ([`Outbox::reply`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
+
+use tokio::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
@@ -86,6 +90,12 @@ struct QueueState {
     /// The writer waiting for a frame.
     waiter: Option<Waker>,
     receiver_gone: bool,
+    /// The writer holds its frames until its coalescing window ends (and comes back for them
+    /// by its own timer): a frame queued meanwhile does not wake it.
+    held: bool,
+    /// A reply to the client's own command is queued: the writer takes everything at once,
+    /// window or not.
+    urgent: bool,
     /// What the backend asked of this connection; boxed, so a connection it never steers
     /// pays one pointer.
     control: Option<Box<Steering>>,
@@ -109,6 +119,12 @@ pub enum ServerRoom {
 }
 
 impl Queue {
+    /// Queued frames that end a coalescing hold: half the capacity, so that a burst is written
+    /// before it could fill the outbox and close the connection as a slow consumer.
+    fn hold_limit(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
     fn state(&self) -> MutexGuard<'_, QueueState> {
         // A panic while holding this lock cannot leave the queue inconsistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -200,6 +216,16 @@ impl Outbox {
 
     /// Queue a frame without waiting. A full queue closes the connection with 1013.
     pub fn offer(&self, frame: Frame) -> Offer {
+        self.push(frame, false)
+    }
+
+    /// Queue a reply to the client's own command (an ack, an error, `joined`, a pong): like
+    /// [`Outbox::offer`], but the writer takes it at once, never holding it for coalescing.
+    pub fn reply(&self, frame: Frame) -> Offer {
+        self.push(frame, true)
+    }
+
+    fn push(&self, frame: Frame, urgent: bool) -> Offer {
         let mut state = self.queue.state();
         if state.receiver_gone {
             return Offer::Closed;
@@ -214,13 +240,31 @@ impl Outbox {
             return Offer::Overflowed;
         }
         state.frames.push_back(frame);
-        let waiter = state.waiter.take();
+        state.urgent |= urgent;
+        // A holding writer comes back by its own timer: waking it per frame would only cost.
+        let waiter = if state.held && !urgent && state.frames.len() < self.queue.hold_limit() {
+            None
+        } else {
+            state.waiter.take()
+        };
         drop(state);
         if let Some(waker) = waiter {
             waker.wake();
         }
         Offer::Queued
     }
+}
+
+/// What the writer got from [`OutboxReceiver::recv_coalesced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// This many frames were moved into the batch.
+    Frames(usize),
+    /// Frames are queued, but the coalescing window has not ended: the writer arms its timer
+    /// for the window's end and comes back then (a reply wakes it before). Said once per hold.
+    Hold,
+    /// Every sender is gone.
+    End,
 }
 
 /// The empty outbox, from [`OutboxReceiver::try_recv`].
@@ -239,12 +283,31 @@ impl OutboxReceiver {
     }
 
     /// Wait for frames and move up to `max` of them into `batch`. 0: every sender is gone.
+    /// Never holds (see [`OutboxReceiver::recv_coalesced`]).
     pub async fn recv_many(&self, batch: &mut Vec<Frame>, max: usize) -> usize {
+        match self.recv_coalesced(batch, max, None).await {
+            Received::Frames(n) => n,
+            // Without a window there is no hold.
+            Received::Hold | Received::End => 0,
+        }
+    }
+
+    /// Wait for frames and move up to `max` of them into `batch`.
+    ///
+    /// `hold_until` is the end of the writer's coalescing window: before it, queued frames
+    /// stay queued ([`Received::Hold`]) unless a reply is among them or they fill half the
+    /// outbox.
+    pub async fn recv_coalesced(
+        &self,
+        batch: &mut Vec<Frame>,
+        max: usize,
+        hold_until: Option<Instant>,
+    ) -> Received {
         std::future::poll_fn(|cx| {
             let mut state = self.queue.state();
             if state.frames.is_empty() {
                 if self.queue.senders.load(Ordering::Acquire) == 0 {
-                    return Poll::Ready(0);
+                    return Poll::Ready(Received::End);
                 }
                 match &state.waiter {
                     Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -252,12 +315,31 @@ impl OutboxReceiver {
                 }
                 return Poll::Pending;
             }
+            if !state.urgent
+                && state.frames.len() < self.queue.hold_limit()
+                && hold_until.is_some_and(|until| Instant::now() < until)
+            {
+                // Registered still: a reply (or the end of every sender) must wake it.
+                match &state.waiter {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => state.waiter = Some(cx.waker().clone()),
+                }
+                if state.held {
+                    return Poll::Pending;
+                }
+                state.held = true;
+                return Poll::Ready(Received::Hold);
+            }
+            state.held = false;
             let n = state.frames.len().min(max);
             batch.extend(state.frames.drain(..n));
-            if state.frames.is_empty() && state.frames.capacity() > IDLE_QUEUE_CAPACITY {
-                state.frames.shrink_to(IDLE_QUEUE_CAPACITY);
+            if state.frames.is_empty() {
+                state.urgent = false;
+                if state.frames.capacity() > IDLE_QUEUE_CAPACITY {
+                    state.frames.shrink_to(IDLE_QUEUE_CAPACITY);
+                }
             }
-            Poll::Ready(n)
+            Poll::Ready(Received::Frames(n))
         })
         .await
     }
@@ -355,6 +437,82 @@ mod tests {
         drop(tx);
         drop(other);
         assert_eq!(rx.recv_many(&mut rest, 8).await, 0, "every sender gone");
+        assert_eq!(
+            rx.recv_coalesced(&mut rest, 8, None).await,
+            Received::End,
+            "every sender gone"
+        );
+    }
+
+    /// Poll `recv_coalesced` once, with a waker that records whether it was woken.
+    fn poll_once(
+        rx: &OutboxReceiver,
+        batch: &mut Vec<Frame>,
+        hold_until: Option<Instant>,
+        woken: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Poll<Received> {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let waker = Waker::from(Arc::new(Flag(woken.clone())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let fut = std::pin::pin!(rx.recv_coalesced(batch, 8, hold_until));
+        fut.poll(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn within_the_window_frames_are_held_without_waking_and_a_reply_takes_them_all() {
+        let (tx, rx) = outbox(1, 8);
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut batch = Vec::new();
+        let later = Some(Instant::now() + std::time::Duration::from_secs(3600));
+        tx.offer(Frame::plain_pong());
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Hold)
+        );
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Pending,
+            "the hold is said once"
+        );
+        tx.offer(Frame::plain_pong());
+        assert!(
+            !woken.load(Ordering::SeqCst),
+            "a frame does not wake a holding writer"
+        );
+        tx.reply(Frame::plain_pong());
+        assert!(woken.load(Ordering::SeqCst), "a reply wakes it");
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Frames(3)),
+            "a reply takes everything queued before it, window or not"
+        );
+        // Half the capacity queued ends the hold, window or not: a burst must not overflow.
+        for _ in 0..3 {
+            tx.offer(Frame::plain_pong());
+        }
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Hold)
+        );
+        woken.store(false, Ordering::SeqCst);
+        tx.offer(Frame::plain_pong());
+        assert!(woken.load(Ordering::SeqCst), "half full wakes the writer");
+        assert_eq!(
+            poll_once(&rx, &mut batch, later, &woken),
+            Poll::Ready(Received::Frames(4))
+        );
+        // The window over, a plain frame is taken at once again.
+        tx.offer(Frame::plain_pong());
+        let past = Some(Instant::now());
+        assert_eq!(
+            poll_once(&rx, &mut batch, past, &woken),
+            Poll::Ready(Received::Frames(1))
+        );
     }
 
     #[test]

@@ -61,6 +61,15 @@ impl Config {
             self.server.write_buffer_bytes as u64,
         )?;
         positive("server.listen_backlog", self.server.listen_backlog.into())?;
+        if self.server.write_coalesce_ms > super::MAX_WRITE_COALESCE_MS {
+            return Err(ConfigError::key(
+                "server.write_coalesce_ms",
+                format!(
+                    "must be at most {} (0 turns coalescing off)",
+                    super::MAX_WRITE_COALESCE_MS
+                ),
+            ));
+        }
         self.admin.validate()?;
         if self.admin.api_key.is_none() && !self.admin_addr().ip().is_loopback() {
             return Err(ConfigError::key(

@@ -181,6 +181,10 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.listen_backlog",
         ),
         (
+            vec![("ROOMCAST_SERVER__WRITE_COALESCE_MS", "10001")],
+            "server.write_coalesce_ms",
+        ),
+        (
             vec![("ROOMCAST_LIMITS__RATE_LIMIT_WINDOW_MS", "0")],
             "limits.rate_limit_window_ms",
         ),
@@ -546,4 +550,32 @@ fn webhook_keys_have_defaults_load_and_are_validated_by_name() {
     off.webhooks.batch_size = 0;
     off.validate()
         .expect("bounds are not checked while webhooks are off");
+}
+
+/// `server.write_coalesce_ms` (issue 20): 0 (off) and the bound load, one past it is refused
+/// naming the key.
+#[test]
+fn write_coalesce_key_loads_from_0_to_its_bound_and_refuses_above() {
+    use roomcast::config::MAX_WRITE_COALESCE_MS;
+    for ok in [0, 5, MAX_WRITE_COALESCE_MS] {
+        let value = ok.to_string();
+        let config = Config::load(
+            None,
+            env(&[("ROOMCAST_SERVER__WRITE_COALESCE_MS", &value)]),
+            &Overrides::default(),
+        )
+        .unwrap_or_else(|err| panic!("{ok} loads: {err}"));
+        assert_eq!(config.server.write_coalesce_ms, ok);
+    }
+    let above = (MAX_WRITE_COALESCE_MS + 1).to_string();
+    let err = Config::load(
+        None,
+        env(&[("ROOMCAST_SERVER__WRITE_COALESCE_MS", &above)]),
+        &Overrides::default(),
+    )
+    .expect_err("above the bound is refused");
+    assert!(
+        err.to_string().contains("server.write_coalesce_ms"),
+        "`{err}` names the key"
+    );
 }

@@ -8,6 +8,7 @@ mod admin;
 mod architecture;
 mod auth;
 mod cli;
+mod coalesce;
 mod config;
 mod console;
 mod control;
