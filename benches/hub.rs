@@ -29,6 +29,7 @@ fn deliver(c: &mut Criterion) {
         from: "5f3a9c1b2d4e.1".into(),
         ts: 1,
         origin: None,
+        key: None,
     }
     .frame();
 
@@ -39,7 +40,7 @@ fn deliver(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let started = Instant::now();
-                let d = hub.deliver_room(black_box("bench"), &frame, None, None);
+                let d = hub.deliver_room(black_box("bench"), &frame, None, None, None);
                 timed += started.elapsed();
                 assert_eq!(d.delivered, MEMBERS);
                 for rx in receivers.iter_mut() {
