@@ -9,6 +9,7 @@ mod architecture;
 mod auth;
 mod cli;
 mod config;
+mod conflate;
 mod console;
 mod control;
 mod fuzz_regressions;
