@@ -423,4 +423,30 @@ async fn keys_from_a_plain_redis_publish_and_the_admin_api_conflate_on_another_n
         assert_eq!(metric(&node_a.metrics().await, CONFLATED), 0.0);
     }
     assert_eq!(metric(&node_b.metrics().await, OVERFLOWED), 0.0);
+
+    // A service's key over `conflate.max_key_bytes` cannot be refused: delivered, with its
+    // key, unconflated, and counted on each node.
+    let mut members = [node_a.connect().await, node_b.connect().await];
+    for m in members.iter_mut() {
+        m.join("px:long").await;
+    }
+    let channel = format!("{prefix}room:px:long");
+    wait_numsub(&conn, &channel, 2, "both nodes subscribed").await;
+    let long = "k".repeat(257);
+    let mut raw = conn.clone();
+    raw_publish(
+        &mut raw,
+        &channel,
+        &json!({"data":1,"key":long}).to_string(),
+    )
+    .await;
+    for (m, node) in members.iter_mut().zip([&node_a, &node_b]) {
+        let frame = m.recv_type("message").await;
+        assert_eq!(frame["key"], long.as_str());
+        let metrics = node.metrics().await;
+        assert_eq!(
+            metric(&metrics, "roomcast_conflation_keys_too_long_total"),
+            1.0
+        );
+    }
 }
