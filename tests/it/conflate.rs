@@ -72,7 +72,7 @@ async fn post(node: &TestNode, body: Value) -> (u16, Value) {
 }
 
 async fn post_to(node: &TestNode, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(node.admin_url(path))
         .json(&body)
         .send()
@@ -229,7 +229,9 @@ async fn a_conflated_history_room_keeps_every_message() {
     let mut via = Via::Client(&mut publisher);
     let flood = flood(&mut via, "px:h", &mut [&mut fast], &node, CONFLATED, 10.0).await;
     let got = drain(&mut slow, &flood).await;
-    let kept: Value = reqwest::get(node.admin_url("/api/history/px:h?limit=64"))
+    let kept: Value = http_client()
+        .get(node.admin_url("/api/history/px:h?limit=64"))
+        .send()
         .await
         .expect("history")
         .json()
@@ -310,6 +312,26 @@ async fn keys_are_validated_and_carried_in_the_message_frame() {
     assert_eq!(status, 202, "{reply}");
     let m = a.recv_type("message").await;
     assert_eq!((&m["data"], &m["key"]), (&json!(3), &json!("k")));
+
+    // POST /publish on the public port (the SSE transport's publish): the same key rules.
+    let url = format!("http://{}/publish", node.ws_addr);
+    for (key, code) in [("123456789", "bad_request"), ("k2", "")] {
+        let body = json!({"type":"publish","room":"px:v","data":4,"key":key});
+        let response = http_client()
+            .post(&url)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST /publish");
+        let reply: Value = response.json().await.expect("json answer");
+        if code.is_empty() {
+            assert_eq!(reply["type"], "ack", "{reply}");
+        } else {
+            assert_eq!(reply["code"], code, "{reply}");
+        }
+    }
+    let m = a.recv_type("message").await;
+    assert_eq!((&m["data"], &m["key"]), (&json!(4), &json!("k2")));
 }
 
 /// Publish with echo and return the echoed message, whether it comes before or after the ack.
