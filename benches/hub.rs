@@ -1,6 +1,8 @@
 //! Criterion benchmark of the hub fan-out: one encoded frame offered to 10,000 local members
 //! of one room (`Hub::deliver_room`). Receivers are drained outside the timed part after every
 //! iteration, so no outbox ever fills (a full one would close its member as a slow consumer).
+//! The `keyed` variants offer a conflated room's keyed frame: to members that keep up (queued,
+//! its key remembered) and to members that are behind (it replaces the queued one).
 //!
 //! Run with `cargo bench --bench hub`.
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use roomcast::hub::Hub;
-use roomcast::outbox::{OutboxReceiver, outbox};
+use roomcast::outbox::{OutboxReceiver, conflation_key, outbox};
 use roomcast::protocol::{Envelope, Target, data_from_payload};
 
 const MEMBERS: u64 = 10_000;
@@ -29,6 +31,7 @@ fn deliver(c: &mut Criterion) {
         from: "5f3a9c1b2d4e.1".into(),
         ts: 1,
         origin: None,
+        key: None,
     }
     .frame();
 
@@ -39,7 +42,7 @@ fn deliver(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let started = Instant::now();
-                let d = hub.deliver_room(black_box("bench"), &frame, None, None);
+                let d = hub.deliver_room(black_box("bench"), &frame, None, None, None);
                 timed += started.elapsed();
                 assert_eq!(d.delivered, MEMBERS);
                 for rx in receivers.iter_mut() {
@@ -47,6 +50,29 @@ fn deliver(c: &mut Criterion) {
                 }
             }
             timed
+        })
+    });
+    let key = conflation_key("bench", "AAPL");
+    g.bench_function("deliver_room_10k_members_keyed", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let d = hub.deliver_room(black_box("bench"), &frame, None, None, Some(&key));
+                timed += started.elapsed();
+                assert_eq!(d.delivered, MEMBERS);
+                for rx in receivers.iter_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            timed
+        })
+    });
+    hub.deliver_room("bench", &frame, None, None, Some(&key));
+    g.bench_function("deliver_room_10k_members_keyed_behind", |b| {
+        b.iter(|| {
+            let d = hub.deliver_room(black_box("bench"), &frame, None, None, Some(&key));
+            assert_eq!(d.conflated, MEMBERS);
         })
     });
     g.finish();

@@ -44,6 +44,7 @@ fn encode(c: &mut Criterion) {
             conn: 17,
             echo: false,
         }),
+        key: None,
     };
     let mut g = c.benchmark_group("encode_frame");
     g.throughput(Throughput::Elements(1));

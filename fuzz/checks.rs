@@ -9,9 +9,9 @@
 
 use roomcast::auth::{glob_match, token_from_request};
 use roomcast::protocol::{
-    self, AdminRoute, Command, CommandError, Envelope, ErrorCode, Frame, MAX_REQUEST_ID_CHARS,
-    MAX_USER_BYTES, RequestId, Target, decode_admin_body, decode_command, decode_envelope,
-    encode_envelope, validate_room,
+    self, AdminPublish, AdminRoute, Command, CommandError, Envelope, ErrorCode, Frame,
+    MAX_REQUEST_ID_CHARS, MAX_USER_BYTES, RequestId, Target, decode_admin_body, decode_command,
+    decode_envelope, encode_envelope, validate_room,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -151,8 +151,11 @@ pub fn check_decode_command(data: &[u8]) {
         );
         assert_eq!(fields.room.as_deref(), Some(room));
     }
-    if let Command::Publish { room, data, .. } = command {
-        let message = protocol::message(room, "m-1", data, "c-1", 7);
+    if let Command::Publish {
+        room, data, key, ..
+    } = command
+    {
+        let message = protocol::message(room, "m-1", data, "c-1", 7, key.as_deref());
         let fields = frame_fields(&message);
         assert_eq!(fields.kind, "message");
         assert_eq!(fields.data.map(RawValue::get), Some(data.get()));
@@ -219,9 +222,19 @@ fn canonical_command(command: &Command, id: Option<&RequestId>) -> Option<String
         out
     } else if let Command::Leave { room } = command {
         format!(r#"{{"type":"leave","room":{}"#, json(room))
-    } else if let Command::Publish { room, data, echo } = command {
+    } else if let Command::Publish {
+        room,
+        data,
+        echo,
+        key,
+    } = command
+    {
+        let key = key
+            .as_ref()
+            .map(|k| format!(r#","key":{}"#, json(k)))
+            .unwrap_or_default();
         format!(
-            r#"{{"type":"publish","room":{},"data":{},"echo":{echo}"#,
+            r#"{{"type":"publish","room":{},"data":{},"echo":{echo}{key}"#,
             json(room),
             data.get()
         )
@@ -289,6 +302,7 @@ fn check_envelope_round_trip(envelope: &Envelope) {
     assert_eq!(back.ts, envelope.ts);
     assert_eq!(back.data.get(), envelope.data.get());
     assert_eq!(back.origin, envelope.origin);
+    assert_eq!(back.key, envelope.key);
 }
 
 /// Arbitrary bytes as a payload received on each kind of Redis channel.
@@ -327,7 +341,11 @@ pub fn check_admin_body(data: &[u8]) {
         AdminRoute::Broadcast,
     ] {
         match decode_admin_body(route, data) {
-            Ok((target, payload)) => {
+            Ok(AdminPublish {
+                target,
+                data: payload,
+                key,
+            }) => {
                 match (&route, &target) {
                     (AdminRoute::Publish, Target::Room(room)) => {
                         assert!(validate_room(room).is_ok(), "accepted room {room:?}");
@@ -345,6 +363,7 @@ pub fn check_admin_body(data: &[u8]) {
                     from: "server".to_owned(),
                     ts: 99,
                     origin: None,
+                    key,
                 };
                 check_envelope_frame(&envelope);
                 check_envelope_round_trip(&envelope);

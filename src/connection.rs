@@ -525,8 +525,13 @@ async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate,
             .leave(session, &room)
             .await
             .map(|()| protocol::left(&room, id)),
-        Command::Publish { room, data, echo } => node
-            .publish_from_client(session, &room, data, echo)
+        Command::Publish {
+            room,
+            data,
+            echo,
+            key,
+        } => node
+            .publish_from_client(session, &room, data, echo, key)
             .await
             .map(|msg_id| protocol::ack(&room, &msg_id, id)),
         Command::Ping => Ok(protocol::pong(id)),

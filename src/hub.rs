@@ -10,7 +10,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::outbox::{ConnId, Offer, Outbox, ServerRoom};
+use crate::outbox::{ConflationKey, ConnId, Offer, Outbox, ServerRoom};
 use crate::protocol::{Disconnect, Frame, issued_before};
 
 const SHARDS: usize = 64;
@@ -30,11 +30,18 @@ struct RoomMember {
 
 struct GateState {
     open: bool,
-    held: Vec<(Option<u64>, Frame)>,
+    /// Each held frame with its history offset and conflation key.
+    held: Vec<Held>,
     capacity: usize,
     /// Once open: the replay covered offsets up to here. A live frame for one of them can
     /// still be on its way (history was read before the dispatcher delivered it): drop it.
     after: Option<u64>,
+}
+
+struct Held {
+    offset: Option<u64>,
+    frame: Frame,
+    key: Option<ConflationKey>,
 }
 
 /// Holds back one member's room traffic until [`Gate::open`]: what a joining client receives
@@ -52,13 +59,13 @@ impl Gate {
         let mut delivery = Delivery::default();
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            for (offset, frame) in state.held.drain(..) {
-                let newer = match (offset, after) {
+            for held in state.held.drain(..) {
+                let newer = match (held.offset, after) {
                     (Some(o), Some(a)) => o > a,
                     _ => true,
                 };
                 if newer {
-                    delivery.count(outbox.offer(frame));
+                    delivery.count(outbox.offer_with(held.frame, held.key.as_ref()));
                 }
             }
             state.open = true;
@@ -113,12 +120,16 @@ pub struct Delivery {
     pub delivered: u64,
     /// Members whose outbox was full: they are now closing with 1013.
     pub overflowed: u64,
+    /// Members for whom the frame replaced an older one of the same key still waiting
+    /// (conflated rooms): the older one is never sent.
+    pub conflated: u64,
 }
 
 impl Delivery {
     fn count(&mut self, offer: Offer) {
         match offer {
             Offer::Queued => self.delivered += 1,
+            Offer::Replaced => self.conflated += 1,
             Offer::Overflowed => self.overflowed += 1,
             Offer::Closed => {}
         }
@@ -346,13 +357,15 @@ impl Hub {
 
     /// Offer `frame` to every local member of `room`, except `skip`. `offset` is the
     /// message's history offset, if it is kept, so gated members can drop what their replay
-    /// already covered.
+    /// already covered. `key` (a conflated room's keyed message) replaces the frame of the same
+    /// key still waiting for a member, held or queued.
     pub fn deliver_room(
         &self,
         room: &str,
         frame: &Frame,
         skip: Option<ConnId>,
         offset: Option<u64>,
+        key: Option<&ConflationKey>,
     ) -> Delivery {
         let mut shard = self.rooms.shard(room);
         let mut delivery = Delivery::default();
@@ -363,19 +376,29 @@ impl Hub {
                 }
                 let mut passed_gate = false;
                 match &member.gate {
-                    None => delivery.count(member.outbox.offer(frame.clone())),
+                    None => delivery.count(member.outbox.offer_with(frame.clone(), key)),
                     Some(gate) => {
                         let mut state = gate.lock().unwrap_or_else(|p| p.into_inner());
                         if state.open {
                             let replayed =
                                 matches!((offset, state.after), (Some(o), Some(a)) if o <= a);
                             if !replayed {
-                                delivery.count(member.outbox.offer(frame.clone()));
+                                delivery.count(member.outbox.offer_with(frame.clone(), key));
                                 // Newer than the replay: everything after it is new too.
                                 passed_gate = offset.is_some();
                             }
+                        } else if let Some(held) = key
+                            .and_then(|k| state.held.iter_mut().find(|h| h.key.as_ref() == Some(k)))
+                        {
+                            held.offset = offset;
+                            held.frame = frame.clone();
+                            delivery.conflated += 1;
                         } else if state.held.len() < state.capacity {
-                            state.held.push((offset, frame.clone()));
+                            state.held.push(Held {
+                                offset,
+                                frame: frame.clone(),
+                                key: key.cloned(),
+                            });
                         } else {
                             member.outbox.closer().close(Disconnect::SlowConsumer);
                             delivery.overflowed += 1;
@@ -548,23 +571,11 @@ mod tests {
         let (b, rb) = outbox(2, 1);
         hub.join("r", &a);
         hub.join("r", &b);
-        let d = hub.deliver_room("r", &Frame::plain_pong(), Some(1), None);
-        assert_eq!(
-            d,
-            Delivery {
-                delivered: 1,
-                overflowed: 0
-            }
-        );
+        let d = hub.deliver_room("r", &Frame::plain_pong(), Some(1), None, None);
+        assert_eq!((d.delivered, d.overflowed, d.conflated), (1, 0, 0));
         assert!(ra.try_recv().is_err());
-        let d = hub.deliver_room("r", &Frame::plain_pong(), None, None);
-        assert_eq!(
-            d,
-            Delivery {
-                delivered: 1,
-                overflowed: 1
-            }
-        );
+        let d = hub.deliver_room("r", &Frame::plain_pong(), None, None, None);
+        assert_eq!((d.delivered, d.overflowed, d.conflated), (1, 1, 0));
         assert_eq!(rb.closer().reason(), Some(Disconnect::SlowConsumer));
         assert_eq!(
             ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
@@ -612,9 +623,9 @@ mod tests {
         assert!(joined.first);
         let gate = gate.expect("gate");
         let frame = |t: &str| Frame::text_for_tests(t);
-        hub.deliver_room("h", &frame("m4"), None, Some(4));
-        hub.deliver_room("h", &frame("m5"), None, Some(5));
-        hub.deliver_room("h", &frame("ext"), None, None);
+        hub.deliver_room("h", &frame("m4"), None, Some(4), None);
+        hub.deliver_room("h", &frame("m5"), None, Some(5), None);
+        hub.deliver_room("h", &frame("ext"), None, None, None);
         assert!(ra.try_recv().is_err(), "held while the gate is closed");
         // The replay covered offsets up to 4.
         let released = gate.open(&hub, &a, Some(4));
@@ -623,10 +634,31 @@ mod tests {
             .map(|f| f.text().to_owned())
             .collect();
         assert_eq!(got, ["m5", "ext"]);
-        hub.deliver_room("h", &frame("m6"), None, Some(6));
+        hub.deliver_room("h", &frame("m6"), None, Some(6), None);
         assert_eq!(
             ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
             Some("m6")
+        );
+    }
+
+    #[test]
+    fn a_gate_holds_only_the_latest_frame_per_key() {
+        let (hub, (a, ra)) = (Hub::new(), outbox(1, 16));
+        let gate = hub.join_gated("h", &a, 1).1.expect("gate");
+        let key = crate::outbox::conflation_key("h", "k");
+        for i in 1..=3 {
+            let frame = Frame::text_for_tests(&format!("k{i}"));
+            hub.deliver_room("h", &frame, None, Some(i), Some(&key));
+        }
+        assert_eq!(
+            ra.closer().reason(),
+            None,
+            "one place held, never overflowed"
+        );
+        assert_eq!(gate.open(&hub, &a, Some(1)).delivered, 1);
+        assert_eq!(
+            ra.try_recv().map(|f| f.text().to_owned()).ok().as_deref(),
+            Some("k3")
         );
     }
 
@@ -636,7 +668,7 @@ mod tests {
         let (a, ra) = outbox(1, 16);
         let (_, gate) = hub.join_gated("h", &a, 2);
         for i in 0..3 {
-            hub.deliver_room("h", &Frame::plain_pong(), None, Some(i));
+            hub.deliver_room("h", &Frame::plain_pong(), None, Some(i), None);
         }
         assert_eq!(ra.closer().reason(), Some(Disconnect::SlowConsumer));
         drop(gate);
@@ -652,9 +684,9 @@ mod tests {
         let gate = gate.expect("gate");
         // The replay covered offsets up to 5; nothing was held.
         gate.open(&hub, &a, Some(5));
-        hub.deliver_room("h", &Frame::text_for_tests("m5"), None, Some(5));
-        hub.deliver_room("h", &Frame::text_for_tests("m6"), None, Some(6));
-        hub.deliver_room("h", &Frame::text_for_tests("m7"), None, Some(7));
+        hub.deliver_room("h", &Frame::text_for_tests("m5"), None, Some(5), None);
+        hub.deliver_room("h", &Frame::text_for_tests("m6"), None, Some(6), None);
+        hub.deliver_room("h", &Frame::text_for_tests("m7"), None, Some(7), None);
         let got: Vec<String> = std::iter::from_fn(|| ra.try_recv().ok())
             .map(|f| f.text().to_owned())
             .collect();

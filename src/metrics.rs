@@ -185,6 +185,8 @@ pub struct Metrics {
     broker_resubscribes: IntCounterVec,
     pub pubsub_lag: Histogram,
     pub history_unkept: IntCounter,
+    pub messages_conflated: IntCounter,
+    pub conflation_keys_too_long: IntCounter,
     pub history_caught_up: IntCounter,
     pub presence_writes: IntCounter,
     pub presence_room_writes: IntCounter,
@@ -350,6 +352,16 @@ impl Metrics {
             history_unkept: counter(
                 "roomcast_history_unkept_total",
                 "Messages delivered in a history room without being kept (a plain PUBLISH)",
+            ),
+            messages_conflated: counter(
+                "roomcast_messages_conflated_total",
+                "Queued frames replaced by a newer message with the same key in a conflated room \
+                 (the older one is never sent)",
+            ),
+            conflation_keys_too_long: counter(
+                "roomcast_conflation_keys_too_long_total",
+                "Broker messages whose key is longer than conflate.max_key_bytes, delivered \
+                 without conflation",
             ),
             history_caught_up: counter(
                 "roomcast_history_caught_up_total",

@@ -2,12 +2,14 @@
 //!
 //! Producers (the hub fanning out, the connection's own reader replying) hold an [`Outbox`];
 //! the connection's writer holds the [`OutboxReceiver`]. A full outbox never waits: it closes the
-//! connection as a slow consumer (1013). What is written to the socket, and when, is the
-//! connection's business; the outbox only carries its decision to hold frames for write
-//! coalescing (`server.write_coalesce_ms`): while it holds, a queued frame does not wake it,
-//! unless the frame is a reply to the client's own command ([`Outbox::reply`]).
+//! connection as a slow consumer (1013). A frame offered with a [`ConflationKey`] (a conflated
+//! room's keyed message) instead replaces the frame of the same key still queued, in its place.
+//! What is written to the socket, and when, is the connection's business; the outbox only
+//! carries its decision to hold frames for write coalescing (`server.write_coalesce_ms`):
+//! while it holds, a queued frame does not wake it, unless the frame is a reply to the
+//! client's own command ([`Outbox::reply`]). Which rooms are conflated is the node's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,12 +98,14 @@ struct QueueState {
     /// A reply to the client's own command is queued: the writer takes everything at once,
     /// window or not.
     urgent: bool,
-    /// What the backend asked of this connection; boxed, so a connection it never steers
-    /// pays one pointer.
+    /// What the backend asked of this connection, and its conflation state; boxed, so a
+    /// connection that the backend never steers and that is in no conflated room pays one
+    /// pointer.
     control: Option<Box<Steering>>,
 }
 
-/// The backend's requests to one connection.
+/// The backend's requests to one connection, and (in the same box, as rare) its conflation
+/// state.
 #[derive(Debug, Default)]
 struct Steering {
     /// The close frame's reason when the backend gave one (`/api/disconnect`).
@@ -109,6 +113,50 @@ struct Steering {
     /// Rooms to join or leave (server subscriptions), for the connection's task to apply
     /// between two commands.
     server_rooms: Vec<ServerRoom>,
+    /// Made at the first keyed frame: where each key's frame sits in the queue.
+    conflation: Option<Conflation>,
+}
+
+/// What identifies a conflated frame: its room and key, as one string `ROOM\nKEY` (a room
+/// name holds no `\n`, so two pairs never share one). Made once per delivery and shared by
+/// every member's outbox.
+pub type ConflationKey = Arc<str>;
+
+/// The conflation key of a keyed message in `room`.
+pub fn conflation_key(room: &str, key: &str) -> ConflationKey {
+    let mut joined = String::with_capacity(room.len() + 1 + key.len());
+    joined.push_str(room);
+    joined.push('\n');
+    joined.push_str(key);
+    Arc::from(joined)
+}
+
+/// Frames are numbered as they are pushed; the queue's front is number `taken`, so a number
+/// at or above it is still queued, at index `number - taken`. Frames only leave from the
+/// front and a replaced frame keeps its place, so the indexes stay true.
+#[derive(Debug, Default)]
+struct Conflation {
+    taken: u64,
+    pushed: u64,
+    /// The number of the last frame pushed for each key; below `taken`: already taken.
+    pending: HashMap<ConflationKey, u64>,
+}
+
+impl Conflation {
+    fn took(&mut self, n: usize, now_empty: bool) {
+        if now_empty {
+            // Every number is stale: start over, keeping the table's memory for the next burst
+            // unless it grew large.
+            self.taken = 0;
+            self.pushed = 0;
+            self.pending.clear();
+            if self.pending.capacity() > IDLE_QUEUE_CAPACITY * 4 {
+                self.pending.shrink_to(IDLE_QUEUE_CAPACITY);
+            }
+        } else {
+            self.taken += n as u64;
+        }
+    }
 }
 
 /// A server subscription change for one connection.
@@ -166,6 +214,9 @@ impl std::ops::Drop for Outbox {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
+    /// A frame with the same conflation key was still queued: the new one took its place,
+    /// the old one will never be sent.
+    Replaced,
     /// The outbox was full: the connection is now closing as a slow consumer.
     Overflowed,
     /// The connection is already gone or closing.
@@ -241,6 +292,9 @@ impl Outbox {
         }
         state.frames.push_back(frame);
         state.urgent |= urgent;
+        if let Some(conflation) = state.control.as_mut().and_then(|c| c.conflation.as_mut()) {
+            conflation.pushed += 1;
+        }
         // A holding writer comes back by its own timer: waking it per frame would only cost.
         let waiter = if state.held && !urgent && state.frames.len() < self.queue.hold_limit() {
             None
@@ -248,6 +302,73 @@ impl Outbox {
             state.waiter.take()
         };
         drop(state);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+        Offer::Queued
+    }
+
+    /// [`Outbox::offer_keyed`] when `key` is given, else [`Outbox::offer`].
+    pub fn offer_with(&self, frame: Frame, key: Option<&ConflationKey>) -> Offer {
+        match key {
+            Some(key) => self.offer_keyed(frame, key),
+            None => self.offer(frame),
+        }
+    }
+
+    /// Queue a conflated room's keyed frame: it replaces, in its place in the queue, the
+    /// frame of the same key that is still waiting to be written (never closing the
+    /// connection for it); with none waiting it is queued as [`Outbox::offer`] does, taking a
+    /// place (a full queue still closes with 1013).
+    pub fn offer_keyed(&self, frame: Frame, key: &ConflationKey) -> Offer {
+        let mut guard = self.queue.state();
+        let state = &mut *guard;
+        if state.receiver_gone {
+            return Offer::Closed;
+        }
+        let queued = state.frames.len();
+        let conflation = state
+            .control
+            .get_or_insert_default()
+            .conflation
+            .get_or_insert_with(|| Conflation {
+                // The frames already queued hold the numbers before this one.
+                pushed: queued as u64,
+                ..Conflation::default()
+            });
+        if let Some(&number) = conflation.pending.get(key)
+            && number >= conflation.taken
+            && let Some(slot) = state.frames.get_mut((number - conflation.taken) as usize)
+        {
+            // The writer was woken when the replaced frame was queued.
+            *slot = frame;
+            return Offer::Replaced;
+        }
+        if queued >= self.queue.capacity {
+            drop(guard);
+            let closer = &self.queue.closer;
+            if closer.is_closing() {
+                return Offer::Closed;
+            }
+            closer.close(Disconnect::SlowConsumer);
+            return Offer::Overflowed;
+        }
+        state.frames.push_back(frame);
+        conflation.pending.insert(key.clone(), conflation.pushed);
+        conflation.pushed += 1;
+        // Stale numbers (frames already taken) are dropped when the queue empties; a queue
+        // that never quite empties drops them here, so the table stays within twice the queue.
+        if conflation.pending.len() > self.queue.capacity.saturating_mul(2) {
+            let taken = conflation.taken;
+            conflation.pending.retain(|_, number| *number >= taken);
+        }
+        // As in `push`: a holding writer comes back by its own timer.
+        let waiter = if state.held && state.frames.len() < self.queue.hold_limit() {
+            None
+        } else {
+            state.waiter.take()
+        };
+        drop(guard);
         if let Some(waker) = waiter {
             waker.wake();
         }
@@ -333,11 +454,15 @@ impl OutboxReceiver {
             state.held = false;
             let n = state.frames.len().min(max);
             batch.extend(state.frames.drain(..n));
-            if state.frames.is_empty() {
+            let empty = state.frames.is_empty();
+            if empty {
                 state.urgent = false;
                 if state.frames.capacity() > IDLE_QUEUE_CAPACITY {
                     state.frames.shrink_to(IDLE_QUEUE_CAPACITY);
                 }
+            }
+            if let Some(conflation) = state.control.as_mut().and_then(|c| c.conflation.as_mut()) {
+                conflation.took(n, empty);
             }
             Poll::Ready(Received::Frames(n))
         })
@@ -373,7 +498,13 @@ impl OutboxReceiver {
 
     /// The next frame, if one is queued.
     pub fn try_recv(&self) -> Result<Frame, Empty> {
-        self.queue.state().frames.pop_front().ok_or(Empty)
+        let mut state = self.queue.state();
+        let frame = state.frames.pop_front().ok_or(Empty)?;
+        let empty = state.frames.is_empty();
+        if let Some(conflation) = state.control.as_mut().and_then(|c| c.conflation.as_mut()) {
+            conflation.took(1, empty);
+        }
+        Ok(frame)
     }
 }
 
@@ -572,6 +703,82 @@ mod tests {
             got,
             [ServerRoom::Join(room("a")), ServerRoom::Leave(room("a"))]
         );
+    }
+
+    fn texts(rx: &OutboxReceiver) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f| f.text().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_keyed_frame_replaces_the_queued_one_in_its_place_and_never_overflows() {
+        let (tx, rx) = outbox(1, 3);
+        let (a, b) = (conflation_key("r", "a"), conflation_key("r", "b"));
+        let f = Frame::text_for_tests;
+        assert_eq!(tx.offer_keyed(f("a1"), &a), Offer::Queued);
+        assert_eq!(tx.offer(f("x")), Offer::Queued);
+        assert_eq!(tx.offer_keyed(f("b1"), &b), Offer::Queued);
+        for i in 2..50 {
+            assert_eq!(tx.offer_keyed(f(&format!("a{i}")), &a), Offer::Replaced);
+        }
+        assert_eq!(tx.offer_keyed(f("b2"), &b), Offer::Replaced);
+        assert_eq!(
+            rx.closer().reason(),
+            None,
+            "full, yet never closed for a key"
+        );
+        assert_eq!(texts(&rx), ["a49", "x", "b2"]);
+        // The same key in another room is another key; a new key in a full queue overflows.
+        for (i, room) in ["r", "s", "t"].iter().enumerate() {
+            assert_eq!(
+                tx.offer_keyed(f(&i.to_string()), &conflation_key(room, "a")),
+                Offer::Queued
+            );
+        }
+        assert_eq!(tx.offer_keyed(f("b3"), &b), Offer::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn a_frame_already_taken_is_not_replaced_and_positions_stay_true() {
+        let (tx, rx) = outbox(1, 8);
+        let (a, b) = (conflation_key("r", "a"), conflation_key("r", "b"));
+        let f = Frame::text_for_tests;
+        // Queued before the first keyed frame: numbered all the same.
+        tx.offer(f("x"));
+        tx.offer_keyed(f("a1"), &a);
+        tx.offer_keyed(f("b1"), &b);
+        let mut batch = Vec::new();
+        assert_eq!(
+            rx.recv_many(&mut batch, 2).await,
+            2,
+            "x and a1 are the writer's now"
+        );
+        assert_eq!(tx.offer_keyed(f("a2"), &a), Offer::Queued);
+        assert_eq!(tx.offer_keyed(f("b2"), &b), Offer::Replaced);
+        assert_eq!(tx.offer_keyed(f("a3"), &a), Offer::Replaced);
+        assert_eq!(texts(&rx), ["b2", "a3"]);
+        // Emptied: every number starts over.
+        assert_eq!(tx.offer_keyed(f("a4"), &a), Offer::Queued);
+        assert_eq!(tx.offer_keyed(f("a5"), &a), Offer::Replaced);
+        assert_eq!(texts(&rx), ["a5"]);
+    }
+
+    #[test]
+    fn the_key_table_stays_within_twice_the_queue_when_it_never_empties() {
+        let (tx, rx) = outbox(1, 4);
+        tx.offer(Frame::plain_pong());
+        for i in 0..1000 {
+            tx.offer_keyed(Frame::plain_pong(), &conflation_key("r", &i.to_string()));
+            assert!(rx.try_recv().is_ok());
+        }
+        let state = rx.queue.state();
+        let pending = state
+            .control
+            .as_ref()
+            .and_then(|c| c.conflation.as_ref())
+            .map_or(0, |c| c.pending.len());
+        assert!(pending <= 2 * 4 + 1, "{pending} keys remembered");
     }
 
     #[test]

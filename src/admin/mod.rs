@@ -121,14 +121,20 @@ async fn accept(node: Arc<Node>, route: AdminRoute, request: Request) -> Respons
             );
         }
     };
-    let (target, data) = match protocol::decode_admin_body(route, &body) {
-        Ok(decoded) => decoded,
-        Err(err) => return json_error(StatusCode::BAD_REQUEST, err.code.as_str(), &err.message),
-    };
-    if let Err(err) = node.check_service_data(&target, &data) {
+    let protocol::AdminPublish { target, data, key } =
+        match protocol::decode_admin_body(route, &body) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                return json_error(StatusCode::BAD_REQUEST, err.code.as_str(), &err.message);
+            }
+        };
+    if let Err(err) = node
+        .check_key(key.as_deref())
+        .and_then(|()| node.check_service_data(&target, &data))
+    {
         return json_error(StatusCode::BAD_REQUEST, err.code.as_str(), &err.message);
     }
-    match node.publish_from_service(target, data).await {
+    match node.publish_from_service(target, data, key).await {
         Ok(id) => (
             StatusCode::ACCEPTED,
             [(header::CONTENT_TYPE, "application/json")],

@@ -304,6 +304,7 @@ mod tests {
             from: "server".into(),
             ts: 0,
             origin: None,
+            key: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct PublishArgs {
     /// The room to publish to.
     #[arg(long)]
     room: String,
+    /// The message's conflation key (docs/protocol.md "Conflated rooms").
+    #[arg(long)]
+    key: Option<String>,
     #[command(flatten)]
     send: AdminFlags,
 }
@@ -63,18 +66,21 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
     data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
 }
 
 pub fn publish(args: &PublishArgs) -> Result<(), Failure> {
-    send(&args.send, "/api/publish", Some(&args.room), None)
+    let key = args.key.as_deref();
+    send(&args.send, "/api/publish", Some(&args.room), None, key)
 }
 
 pub fn notify(args: &NotifyArgs) -> Result<(), Failure> {
-    send(&args.send, "/api/notify", None, Some(&args.user))
+    send(&args.send, "/api/notify", None, Some(&args.user), None)
 }
 
 pub fn broadcast(args: &BroadcastArgs) -> Result<(), Failure> {
-    send(&args.send, "/api/broadcast", None, None)
+    send(&args.send, "/api/broadcast", None, None, None)
 }
 
 fn send(
@@ -82,11 +88,17 @@ fn send(
     path: &str,
     room: Option<&str>,
     user: Option<&str>,
+    key: Option<&str>,
 ) -> Result<(), Failure> {
     let data: &RawValue = serde_json::from_str(&flags.data)
         .map_err(|err| Failure::new(format!("--data is not JSON: {err}")))?;
-    let body = serde_json::to_string(&Body { room, user, data })
-        .map_err(|err| Failure::new(format!("cannot encode the body: {err}")))?;
+    let body = serde_json::to_string(&Body {
+        room,
+        user,
+        data,
+        key,
+    })
+    .map_err(|err| Failure::new(format!("cannot encode the body: {err}")))?;
     let config = load_config(flags.config.as_deref())?;
     let base = match &flags.admin {
         Some(url) => base_url(url),

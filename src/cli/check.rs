@@ -30,6 +30,7 @@ const STAND_INS: &[(&str, &str)] = &[
     ("history.rooms[].pattern", "*"),
     ("presence.rooms[].pattern", "*"),
     ("validation.rooms[].pattern", "*"),
+    ("conflate.rooms[].pattern", "*"),
     ("hooks.join_rooms[]", "*"),
     ("hooks.publish_rooms[]", "*"),
     ("hooks.forward_headers[]", "cookie"),

@@ -36,6 +36,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
     pub validation: ValidationConfig,
+    pub conflate: ConflateConfig,
     pub hooks: HooksConfig,
     pub log: LogConfig,
     pub webhooks: WebhooksConfig,
@@ -304,6 +305,35 @@ pub struct PresenceRule {
 
 fn default_max_members() -> usize {
     1_000
+}
+
+/// Conflated rooms (`conflate.rooms`): a member that is behind gets only the latest message
+/// per `key` (docs/protocol.md "Conflated rooms").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConflateConfig {
+    pub rooms: Vec<ConflateRule>,
+    /// Longest `key` of a publish, in bytes (client command, admin API, Redis envelope).
+    pub max_key_bytes: usize,
+}
+
+/// The most `conflate.max_key_bytes` may be: a key is an identifier, not a payload.
+pub const MAX_KEY_BYTES_CEILING: usize = 4096;
+
+impl Default for ConflateConfig {
+    fn default() -> Self {
+        ConflateConfig {
+            rooms: Vec::new(),
+            max_key_bytes: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflateRule {
+    /// A room glob (`*`, `?`), as `history.rooms`.
+    pub pattern: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

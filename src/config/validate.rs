@@ -184,6 +184,20 @@ impl Config {
             )?;
         }
         positive("presence.ttl_s", self.presence.ttl_s)?;
+        for (i, rule) in self.conflate.rooms.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                return Err(ConfigError::key(
+                    &format!("conflate.rooms[{i}].pattern"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if !(1..=super::MAX_KEY_BYTES_CEILING).contains(&self.conflate.max_key_bytes) {
+            return Err(ConfigError::key(
+                "conflate.max_key_bytes",
+                format!("must be between 1 and {}", super::MAX_KEY_BYTES_CEILING),
+            ));
+        }
         self.hooks.validate()?;
         if !self.hooks.connect_url.is_empty()
             && self.hooks.timeout_ms >= self.server.handshake_timeout_ms

@@ -362,9 +362,11 @@ impl Listener {
                     "rate limit exceeded",
                 ))
             }
-            Ok(Command::Publish { room, data, .. }) => {
+            Ok(Command::Publish {
+                room, data, key, ..
+            }) => {
                 node.metrics().received(CommandKind::Publish);
-                node.publish_over_http(identity, &room, data)
+                node.publish_over_http(identity, &room, data, key)
                     .await
                     .map(|msg_id| protocol::ack(&room, &msg_id, id))
             }

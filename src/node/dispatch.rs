@@ -11,6 +11,7 @@ use tracing::warn;
 use super::{Node, now_ms};
 use crate::broker::{BrokerEvent, Envelope, Position, Target};
 use crate::metrics::DropReason;
+use crate::outbox::{ConflationKey, conflation_key};
 
 impl Node {
     /// Hand one broker event to the hub.
@@ -65,7 +66,9 @@ impl Node {
                     .as_ref()
                     .filter(|o| !o.echo && o.node == self.instance)
                     .map(|o| o.conn);
-                self.hub.deliver_room(room, &frame, skip, offset)
+                let key = self.conflation_key(room, envelope.key.as_deref());
+                self.hub
+                    .deliver_room(room, &frame, skip, offset, key.as_ref())
             }
             Target::User(user) => self.hub.deliver_user(user, &frame),
             Target::Broadcast => self.hub.deliver_all(&frame),
@@ -73,6 +76,23 @@ impl Node {
         self.metrics.messages_delivered.inc_by(delivery.delivered);
         self.metrics
             .dropped(DropReason::SlowConsumer, delivery.overflowed);
+        self.metrics.messages_conflated.inc_by(delivery.conflated);
+    }
+
+    /// The key under which a room message replaces older ones still queued: only in a
+    /// `conflate.rooms` room, and only for a key within `conflate.max_key_bytes` (publishes
+    /// through this node were refused above it; a service's own Redis PUBLISH cannot be, so
+    /// its message is delivered unconflated and counted).
+    fn conflation_key(&self, room: &str, key: Option<&str>) -> Option<ConflationKey> {
+        let key = key?;
+        if !self.policies.conflated(room) {
+            return None;
+        }
+        if key.len() > self.config.conflate.max_key_bytes {
+            self.metrics.conflation_keys_too_long.inc();
+            return None;
+        }
+        Some(conflation_key(room, key))
     }
 
     /// Feed broker events to the hub until the broker's queue closes.

@@ -174,6 +174,7 @@ mod tests {
                 from: "server".into(),
                 ts: 0,
                 origin: None,
+                key: None,
             })
             .collect();
         HistoryPage {

@@ -25,7 +25,9 @@ impl Node {
         identity: Option<&Identity>,
         room: &RoomName,
         data: Box<RawValue>,
+        key: Option<String>,
     ) -> Result<String, CommandError> {
+        self.check_key(key.as_deref())?;
         if room.starts_with(RESERVED_ROOM_PREFIX) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -62,6 +64,7 @@ impl Node {
                 .map_or_else(|| conn_id.clone(), str::to_owned),
             conn,
             echo: true,
+            key,
         };
         let room: Arc<str> = room.as_arc().clone();
         self.publish_checked(sender, &room, data).await

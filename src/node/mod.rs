@@ -100,6 +100,8 @@ struct Sender<'a> {
     from: String,
     conn: ConnId,
     echo: bool,
+    /// The publish's conflation key, checked against `conflate.max_key_bytes` first.
+    key: Option<String>,
 }
 
 /// Outcome of a successful join: what goes into `joined`, the history to send right after
@@ -342,7 +344,9 @@ impl Node {
         room: &RoomName,
         data: Box<RawValue>,
         echo: bool,
+        key: Option<String>,
     ) -> Result<String, CommandError> {
+        self.check_key(key.as_deref())?;
         let Some(room) = session.rooms.get(room.as_str()) else {
             return Err(CommandError::new(
                 ErrorCode::NotJoined,
@@ -362,6 +366,7 @@ impl Node {
             from: session.from(),
             conn: session.conn,
             echo,
+            key,
         };
         self.publish_checked(sender, room, data).await
     }
@@ -392,6 +397,7 @@ impl Node {
                 conn: sender.conn,
                 echo: sender.echo,
             }),
+            key: sender.key,
         };
         self.publish(envelope).await.map_err(|err| {
             CommandError::new(ErrorCode::Unavailable, format!("not published: {err}"))
@@ -427,12 +433,25 @@ impl Node {
         }
     }
 
+    /// A publish's conflation key, if any, is within `conflate.max_key_bytes` (in any room:
+    /// a key is carried to members wherever it is given).
+    pub fn check_key(&self, key: Option<&str>) -> Result<(), CommandError> {
+        let max = self.config.conflate.max_key_bytes;
+        match key {
+            Some(key) if key.len() > max => Err(CommandError::bad_request(format!(
+                "`key` must be at most {max} bytes (conflate.max_key_bytes)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Publish on behalf of a service (admin API); `from` is "server". The caller checks the
-    /// data with [`Node::check_service_data`] first.
+    /// data with [`Node::check_service_data`] and the key with [`Node::check_key`] first.
     pub async fn publish_from_service(
         &self,
         target: Target,
         data: Box<RawValue>,
+        key: Option<String>,
     ) -> Result<String, BrokerError> {
         let envelope = Envelope {
             target,
@@ -441,6 +460,7 @@ impl Node {
             from: "server".to_owned(),
             ts: now_ms(),
             origin: None,
+            key,
         };
         self.publish(envelope).await
     }

@@ -1,7 +1,8 @@
 //! Per-room policy: how a room's traffic is kept (`history.rooms`) and whether and how its
-//! presence is kept (`presence.rooms`), resolved together, once per join.
+//! presence is kept (`presence.rooms`), resolved together, once per join; and whether a room's
+//! keyed messages are conflated (`conflate.rooms`), asked once per keyed delivery.
 //!
-//! Owns the parsed patterns of both lists (first matching rule wins in each). Token
+//! Owns the parsed patterns of the three lists (first matching rule wins in each). Token
 //! permissions are the identity's (`auth`); what the policy is used for is the node's.
 
 use std::time::Duration;
@@ -49,6 +50,7 @@ impl RoomPolicy {
 pub struct RoomPolicies {
     history: Vec<(Glob, Retention)>,
     presence: PresenceRules,
+    conflate: Vec<Glob>,
 }
 
 impl RoomPolicies {
@@ -68,6 +70,12 @@ impl RoomPolicies {
         RoomPolicies {
             history,
             presence: PresenceRules::new(&config.presence),
+            conflate: config
+                .conflate
+                .rooms
+                .iter()
+                .map(|rule| Glob::new(&rule.pattern))
+                .collect(),
         }
     }
 
@@ -93,6 +101,12 @@ impl RoomPolicies {
     /// `room`'s presence rule: the first `presence.rooms` rule whose pattern matches.
     pub fn presence(&self, room: &str) -> Option<RoomPresence> {
         self.presence.rule(room).map(RoomPresence::from)
+    }
+
+    /// `room` matches a `conflate.rooms` pattern: its keyed messages replace the older ones
+    /// still queued for a member.
+    pub fn conflated(&self, room: &str) -> bool {
+        self.conflate.iter().any(|glob| glob.matches(room))
     }
 
     /// No room keeps presence: the presence writer has nothing to do.
@@ -152,5 +166,17 @@ mod tests {
         let policies = RoomPolicies::new(&Config::default());
         assert_eq!(policies.for_room("anything"), RoomPolicy::default());
         assert!(policies.no_presence());
+        assert!(!policies.conflated("anything"));
+    }
+
+    #[test]
+    fn conflated_rooms_are_those_matching_a_pattern() {
+        let mut config = Config::default();
+        config.conflate.rooms = vec![crate::config::ConflateRule {
+            pattern: "px:*".into(),
+        }];
+        let policies = RoomPolicies::new(&config);
+        assert!(policies.conflated("px:AAPL"));
+        assert!(!policies.conflated("chat:a"));
     }
 }

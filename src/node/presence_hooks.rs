@@ -119,7 +119,7 @@ impl Node {
             event.ts,
             event.info.as_deref(),
         );
-        let delivery = self.hub.deliver_room(&event.room, &frame, None, None);
+        let delivery = self.hub.deliver_room(&event.room, &frame, None, None, None);
         self.metrics.messages_delivered.inc_by(delivery.delivered);
         self.metrics
             .dropped(DropReason::SlowConsumer, delivery.overflowed);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::codes::CommandError;
-use super::command::{present, required_room, string_field};
+use super::command::{optional_key, present, required_room, string_field};
 use super::envelope::Target;
 use super::frame::PresenceList;
 
@@ -30,14 +30,23 @@ struct AdminBody<'a> {
     user: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
-/// Decode the JSON body of `POST /api/publish` (`{room, data}`), `/api/notify`
-/// (`{user, data}`) or `/api/broadcast` (`{data}`).
-pub fn decode_admin_body(
-    route: AdminRoute,
-    body: &[u8],
-) -> Result<(Target, Box<RawValue>), CommandError> {
+/// A decoded admin publish body: where to, the data, and (`/api/publish` only) the
+/// conflation key.
+#[derive(Debug)]
+pub struct AdminPublish {
+    pub target: Target,
+    pub data: Box<RawValue>,
+    pub key: Option<String>,
+}
+
+/// Decode the JSON body of `POST /api/publish` (`{room, data, key?}`), `/api/notify`
+/// (`{user, data}`) or `/api/broadcast` (`{data}`). A `key` is refused on the last two: only
+/// room messages are conflated.
+pub fn decode_admin_body(route: AdminRoute, body: &[u8]) -> Result<AdminPublish, CommandError> {
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(CommandError::bad_request("the body must be a JSON object"));
     }
@@ -71,7 +80,13 @@ pub fn decode_admin_body(
         }
         AdminRoute::Broadcast => Target::Broadcast,
     };
-    Ok((target, data))
+    let key = optional_key(body.key)?;
+    if key.is_some() && route != AdminRoute::Publish {
+        return Err(CommandError::bad_request(
+            "`key` is for room messages only (POST /api/publish)",
+        ));
+    }
+    Ok(AdminPublish { target, data, key })
 }
 
 #[derive(Serialize)]
@@ -116,15 +131,21 @@ mod tests {
 
     #[test]
     fn admin_bodies() {
-        let (t, d) = decode_admin_body(AdminRoute::Publish, br#"{"room":"news","data":{"h":1}}"#)
+        let p = decode_admin_body(AdminRoute::Publish, br#"{"room":"news","data":{"h":1}}"#)
             .expect("ok");
-        assert_eq!(t, Target::Room("news".into()));
-        assert_eq!(d.get(), r#"{"h":1}"#);
-        let (t, _) =
-            decode_admin_body(AdminRoute::Notify, br#"{"user":"42","data":1}"#).expect("ok");
-        assert_eq!(t, Target::User("42".into()));
-        let (t, _) = decode_admin_body(AdminRoute::Broadcast, br#"{"data":"x"}"#).expect("ok");
-        assert_eq!(t, Target::Broadcast);
+        assert_eq!(p.target, Target::Room("news".into()));
+        assert_eq!(p.data.get(), r#"{"h":1}"#);
+        assert_eq!(p.key, None);
+        let p = decode_admin_body(
+            AdminRoute::Publish,
+            br#"{"room":"px","data":1,"key":"AAPL"}"#,
+        )
+        .expect("ok");
+        assert_eq!(p.key.as_deref(), Some("AAPL"));
+        let p = decode_admin_body(AdminRoute::Notify, br#"{"user":"42","data":1}"#).expect("ok");
+        assert_eq!(p.target, Target::User("42".into()));
+        let p = decode_admin_body(AdminRoute::Broadcast, br#"{"data":"x"}"#).expect("ok");
+        assert_eq!(p.target, Target::Broadcast);
         for (route, body, code) in [
             (AdminRoute::Publish, &b"nope"[..], ErrorCode::BadRequest),
             (
@@ -145,6 +166,26 @@ mod tests {
                 ErrorCode::BadRequest,
             ),
             (AdminRoute::Broadcast, br#"[]"#, ErrorCode::BadRequest),
+            (
+                AdminRoute::Publish,
+                br#"{"room":"a","data":1,"key":7}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                AdminRoute::Publish,
+                br#"{"room":"a","data":1,"key":""}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                AdminRoute::Notify,
+                br#"{"user":"u","data":1,"key":"k"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                AdminRoute::Broadcast,
+                br#"{"data":1,"key":"k"}"#,
+                ErrorCode::BadRequest,
+            ),
         ] {
             assert_eq!(
                 decode_admin_body(route, body).expect_err("invalid").code,

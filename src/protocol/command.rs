@@ -40,6 +40,9 @@ pub enum Command {
         room: RoomName,
         data: Box<RawValue>,
         echo: bool,
+        /// The conflation key (docs/protocol.md "Conflated rooms"); its length is checked by
+        /// the node against `conflate.max_key_bytes`.
+        key: Option<String>,
     },
     Ping,
     /// Who is in a room (`presence.rooms`).
@@ -134,6 +137,8 @@ struct RawCommand<'a> {
     history: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
 /// A field that is present is `Some`, even when its value is `null` (serde's `Option` would
@@ -261,7 +266,13 @@ fn command_from_raw(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
                 Some(v) => serde_json::from_str::<bool>(v.get())
                     .map_err(|_| CommandError::bad_request("`echo` must be a boolean"))?,
             };
-            Ok(Command::Publish { room, data, echo })
+            let key = optional_key(raw.key)?;
+            Ok(Command::Publish {
+                room,
+                data,
+                echo,
+                key,
+            })
         }
         "ping" => Ok(Command::Ping),
         "presence" => Ok(Command::Presence {
@@ -284,6 +295,19 @@ fn command_from_raw(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
             truncate(other, 32)
         ))),
     }
+}
+
+/// The `key` of a publish (client command or admin body): absent or `null` is none, else a
+/// non-empty string. Its longest length is configuration, checked by the node.
+pub(super) fn optional_key(raw: Option<&RawValue>) -> Result<Option<String>, CommandError> {
+    let Some(raw) = raw.filter(|v| !is_null(v)) else {
+        return Ok(None);
+    };
+    let key = string_field(raw, "key")?;
+    if key.is_empty() {
+        return Err(CommandError::bad_request("`key` must not be empty"));
+    }
+    Ok(Some(key.into_owned()))
 }
 
 fn is_null(raw: &RawValue) -> bool {
@@ -340,13 +364,23 @@ mod tests {
 
         let d = decode(r#"{"type":"publish","room":"r","data":{"x":[1,2]},"echo":false}"#);
         match d.result {
-            Ok(Command::Publish { room, data, echo }) => {
+            Ok(Command::Publish {
+                room,
+                data,
+                echo,
+                key,
+            }) => {
                 assert_eq!(room, "r");
                 assert_eq!(data.get(), r#"{"x":[1,2]}"#);
                 assert!(!echo);
+                assert_eq!(key, None);
             }
             other => panic!("unexpected {other:?}"),
         }
+        let d = decode(r#"{"type":"publish","room":"r","data":1,"key":"AAPL"}"#);
+        assert!(matches!(d.result, Ok(Command::Publish { key: Some(ref k), .. }) if k == "AAPL"));
+        let d = decode(r#"{"type":"publish","room":"r","data":1,"key":null}"#);
+        assert!(matches!(d.result, Ok(Command::Publish { key: None, .. })));
         let d = decode(r#"{"type":"publish","room":"r","data":null}"#);
         assert!(matches!(d.result, Ok(Command::Publish { echo: true, .. })));
 
@@ -386,6 +420,14 @@ mod tests {
             (r#"{"type":"publish","room":"r","id":"a"}"#, true),
             (
                 r#"{"type":"publish","room":"r","data":1,"echo":"no","id":"a"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"publish","room":"r","data":1,"key":5,"id":"a"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"publish","room":"r","data":1,"key":"","id":"a"}"#,
                 true,
             ),
             (r#"{"type":"refresh","id":"a"}"#, true),

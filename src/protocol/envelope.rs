@@ -136,13 +136,23 @@ pub struct Envelope {
     /// Milliseconds since the Unix epoch, set where the message entered the system.
     pub ts: u64,
     pub origin: Option<Origin>,
+    /// The conflation key of a room message (docs/protocol.md "Conflated rooms"): in a room
+    /// matching `conflate.rooms`, a member that is behind gets only the latest message per key.
+    pub key: Option<String>,
 }
 
 impl Envelope {
     /// The client frame for this publication, encoded once for all local recipients.
     pub fn frame(&self) -> Frame {
         match &self.target {
-            Target::Room(room) => message(room, &self.id, &self.data, &self.from, self.ts),
+            Target::Room(room) => message(
+                room,
+                &self.id,
+                &self.data,
+                &self.from,
+                self.ts,
+                self.key.as_deref(),
+            ),
             Target::User(_) => notification(&self.id, &self.data, self.ts),
             Target::Broadcast => broadcast(&self.id, &self.data, self.ts),
         }
@@ -165,6 +175,8 @@ struct WireEnvelope<'a> {
     conn: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     echo: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    key: Option<Cow<'a, str>>,
 }
 
 /// The payload a node PUBLISHes on a broker channel for `envelope` (the channel names the
@@ -191,13 +203,16 @@ fn encode_wire(envelope: &Envelope, with_id: bool) -> Vec<u8> {
             .map(|o| Cow::Borrowed(o.node.as_str())),
         conn: envelope.origin.as_ref().map(|o| o.conn),
         echo: envelope.origin.as_ref().map(|o| o.echo),
+        key: envelope.key.as_deref().map(Cow::Borrowed),
     };
     serde_json::to_vec(&wire).unwrap_or_default()
 }
 
 /// Decode a payload received on a broker channel. A JSON object with `data` fills the
-/// envelope (missing fields from `fresh_id` and `now_ms`, `from` = "server"); any other payload
-/// is the data itself, as JSON when it parses, else as a string.
+/// envelope (missing fields from `fresh_id` and `now_ms`, `from` = "server", no `key`); any
+/// other payload (also an object whose fields have the wrong types, a number as `key`) is the
+/// data itself, as JSON when it parses, else as a string. The key's length is the node's to
+/// check (`conflate.max_key_bytes`).
 pub fn decode_envelope(
     target: Target,
     payload: &[u8],
@@ -222,6 +237,7 @@ pub fn decode_envelope(
                 .map_or_else(|| "server".to_owned(), Cow::into_owned),
             ts: wire.ts.unwrap_or(now_ms),
             origin,
+            key: wire.key.map(Cow::into_owned),
         };
     }
     Envelope {
@@ -231,6 +247,7 @@ pub fn decode_envelope(
         from: "server".to_owned(),
         ts: now_ms,
         origin: None,
+        key: None,
     }
 }
 
@@ -259,6 +276,7 @@ mod tests {
                 conn: 9,
                 echo: false,
             }),
+            key: Some("cursor:7".into()),
         };
         let bytes = encode_envelope(&env);
         let back = decode_envelope(Target::Room("r".into()), &bytes, || "x".into(), 1);
@@ -267,6 +285,9 @@ mod tests {
         assert_eq!(back.from, "c9");
         assert_eq!(back.ts, 42);
         assert_eq!(back.origin, env.origin);
+        assert_eq!(back.key.as_deref(), Some("cursor:7"));
+        let frame: serde_json::Value = serde_json::from_str(back.frame().text()).expect("json");
+        assert_eq!(frame["key"], "cursor:7");
 
         let ext = decode_envelope(
             Target::Broadcast,
@@ -280,6 +301,22 @@ mod tests {
         );
         assert_eq!(ext.data.get(), r#"{"headline":"hi"}"#);
         assert!(ext.origin.is_none());
+        assert!(ext.key.is_none());
+        let keyed = decode_envelope(
+            Target::Room("r".into()),
+            br#"{"data":1,"key":"AAPL"}"#,
+            || "g5".into(),
+            7,
+        );
+        assert_eq!(keyed.key.as_deref(), Some("AAPL"));
+        // A key of the wrong type makes the whole object the data, as any wrong field does.
+        let bad = decode_envelope(
+            Target::Room("r".into()),
+            br#"{"data":1,"key":5}"#,
+            || "g6".into(),
+            7,
+        );
+        assert_eq!((bad.key, bad.data.get()), (None, r#"{"data":1,"key":5}"#));
 
         let plain = decode_envelope(Target::Broadcast, b"hello world", || "g2".into(), 7);
         assert_eq!(plain.data.get(), r#""hello world""#);

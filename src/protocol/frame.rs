@@ -97,6 +97,9 @@ enum Outbound<'a> {
         data: &'a RawValue,
         from: &'a str,
         ts: u64,
+        /// The conflation key the publisher gave, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     },
     Notification {
         id: &'a str,
@@ -216,13 +219,22 @@ pub fn error(err: &CommandError, id: Option<&RequestId>) -> Frame {
     })
 }
 
-pub fn message(room: &str, id: &str, data: &RawValue, from: &str, ts: u64) -> Frame {
+/// A room `message`; `key` (the publisher's conflation key) is sent when given.
+pub fn message(
+    room: &str,
+    id: &str,
+    data: &RawValue,
+    from: &str,
+    ts: u64,
+    key: Option<&str>,
+) -> Frame {
     Frame::encode(&Outbound::Message {
         room,
         id,
         data,
         from,
         ts,
+        key,
     })
 }
 
@@ -314,7 +326,7 @@ mod tests {
         );
         let data = RawValue::from_string(r#"{"k":1}"#.to_owned()).expect("json");
         let v: serde_json::Value =
-            serde_json::from_str(message("r", "m1", &data, "c1", 5).text()).expect("json");
+            serde_json::from_str(message("r", "m1", &data, "c1", 5, None).text()).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"type":"message","room":"r","id":"m1","data":{"k":1},"from":"c1","ts":5})

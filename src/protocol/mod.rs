@@ -16,8 +16,8 @@ mod nodes;
 mod room;
 
 pub use admin::{
-    AdminRoute, MAX_USER_BYTES, admin_accepted_body, admin_error_body, admin_presence_body,
-    decode_admin_body,
+    AdminPublish, AdminRoute, MAX_USER_BYTES, admin_accepted_body, admin_error_body,
+    admin_presence_body, decode_admin_body,
 };
 pub use codes::{CommandError, Disconnect, ErrorCode};
 pub use command::{

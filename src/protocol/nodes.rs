@@ -144,6 +144,8 @@ pub fn admin_history_body(
         from: &'a str,
         ts: u64,
         data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     }
     #[derive(Serialize)]
     struct Body<'a> {
@@ -160,6 +162,7 @@ pub fn admin_history_body(
             from: &e.from,
             ts: e.ts,
             data: &e.data,
+            key: e.key.as_deref(),
         })
         .collect();
     serde_json::to_string(&Body {

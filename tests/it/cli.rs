@@ -248,7 +248,7 @@ async fn publish_notify_and_broadcast_reach_a_member_through_the_admin_api() {
     let data = r#"{"headline":"hello","n":12345678901234567890}"#;
     let output = send(
         &node,
-        &["publish", "--room", "news", "--data", data],
+        &["publish", "--room", "news", "--key", "top", "--data", data],
         API_KEY,
     )
     .await;
@@ -256,6 +256,7 @@ async fn publish_notify_and_broadcast_reach_a_member_through_the_admin_api() {
     let message = dana.recv_type("message").await;
     assert_eq!(message["room"], "news");
     assert_eq!(message["id"], id);
+    assert_eq!(message["key"], "top");
     assert_eq!(message["data"]["headline"], "hello");
 
     let output = send(&node, &["notify", "--user", "dana", "--data", "7"], API_KEY).await;

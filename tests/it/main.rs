@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod coalesce;
 mod config;
+mod conflate;
 mod console;
 mod control;
 mod fuzz_regressions;

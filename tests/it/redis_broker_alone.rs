@@ -106,6 +106,7 @@ fn envelope(target: Target, id: &str, data: &str) -> Envelope {
             conn: 7,
             echo: false,
         }),
+        key: None,
     }
 }
 
