@@ -82,13 +82,7 @@ pub fn serve(
                 return;
             }
         };
-        {
-            let span = tracing::Span::current();
-            span.record("conn", session.conn_id.as_str());
-            if let Some(user) = session.user.as_deref() {
-                span.record("user", user);
-            }
-        }
+        session.name_in_span();
         // Written here rather than through the outbox, so that it leaves with the 101 response
         // (see above); nothing reaches the socket from the outbox before it.
         let welcome = protocol::welcome(

@@ -283,12 +283,7 @@ impl Outbox {
         }
         if state.frames.len() >= self.queue.capacity {
             drop(state);
-            let closer = &self.queue.closer;
-            if closer.is_closing() {
-                return Offer::Closed;
-            }
-            closer.close(Disconnect::SlowConsumer);
-            return Offer::Overflowed;
+            return self.overflow();
         }
         state.frames.push_back(frame);
         state.urgent |= urgent;
@@ -306,6 +301,17 @@ impl Outbox {
             waker.wake();
         }
         Offer::Queued
+    }
+
+    /// The queue is full: close the connection as a slow consumer (1013), unless it is
+    /// closing already. Called without the queue's lock.
+    fn overflow(&self) -> Offer {
+        let closer = &self.queue.closer;
+        if closer.is_closing() {
+            return Offer::Closed;
+        }
+        closer.close(Disconnect::SlowConsumer);
+        Offer::Overflowed
     }
 
     /// [`Outbox::offer_keyed`] when `key` is given, else [`Outbox::offer`].
@@ -346,12 +352,7 @@ impl Outbox {
         }
         if queued >= self.queue.capacity {
             drop(guard);
-            let closer = &self.queue.closer;
-            if closer.is_closing() {
-                return Offer::Closed;
-            }
-            closer.close(Disconnect::SlowConsumer);
-            return Offer::Overflowed;
+            return self.overflow();
         }
         state.frames.push_back(frame);
         conflation.pending.insert(key.clone(), conflation.pushed);

@@ -67,13 +67,7 @@ pub fn serve(
                 return;
             }
         };
-        {
-            let span = tracing::Span::current();
-            span.record("conn", session.conn_id.as_str());
-            if let Some(user) = session.user.as_deref() {
-                span.record("user", user);
-            }
-        }
+        session.name_in_span();
         let mut out = response_head(&request.headers);
         let welcome = protocol::welcome(
             &session.conn_id,

@@ -84,6 +84,16 @@ impl Session {
         }
     }
 
+    /// Name the connection in the current tracing span (its `conn` and `user` fields), once
+    /// the node has registered it: every later log line of the socket then says whose it is.
+    pub fn name_in_span(&self) {
+        let span = tracing::Span::current();
+        span.record("conn", self.conn_id.as_str());
+        if let Some(user) = self.user.as_deref() {
+            span.record("user", user);
+        }
+    }
+
     /// `from` of the messages this connection publishes, and who it is in presence.
     fn from(&self) -> String {
         match &self.user {

@@ -26,11 +26,16 @@ impl Source {
 }
 
 fn sources() -> Vec<Source> {
+    sources_under("src")
+}
+
+/// Every `.rs` file under `dir` (relative to the package), comments and literals blanked.
+fn sources_under(dir: &str) -> Vec<Source> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    collect_rs(&root.join("src"), &mut files);
+    collect_rs(&root.join(dir), &mut files);
     files.sort();
-    assert!(!files.is_empty(), "no source files under src/");
+    assert!(!files.is_empty(), "no source files under {dir}/");
     files
         .into_iter()
         .map(|file| {
@@ -319,6 +324,30 @@ fn no_unwrap_or_expect_outside_tests_and_start_up() {
         }));
     }
     assert_none("unwrap()/expect( outside tests and src/main.rs", hits);
+}
+
+/// reqwest here has rustls without a provider (the node hands its own clients ring): a client
+/// built before anything installed the process-wide provider panics. Which test runs first
+/// decides that, so the tests' own clients come from `support::http_client()`, which installs
+/// it first.
+#[test]
+fn the_tests_build_http_clients_through_support() {
+    let hits = sources_under("tests/it")
+        .into_iter()
+        .filter(|s| s.path != "tests/it/support/mod.rs")
+        .flat_map(|s| {
+            s.lines_where(|line| {
+                [
+                    "reqwest::Client::new(",
+                    "reqwest::Client::builder(",
+                    "reqwest::get(",
+                ]
+                .iter()
+                .any(|call| line.contains(call))
+            })
+        })
+        .collect();
+    assert_none("reqwest clients built outside support::http_client()", hits);
 }
 
 /// The longest a source file may grow (CONTRIBUTING: split a file before it gets there).

@@ -30,7 +30,7 @@ fn data_segments_in(client: &Client) -> u32 {
 }
 
 async fn admin_post(node: &TestNode, path: &str, body: Value) {
-    let status = reqwest::Client::new()
+    let status = crate::support::http_client()
         .post(node.admin_url(path))
         .header("content-type", "application/json")
         .body(body.to_string())
