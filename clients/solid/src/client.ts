@@ -93,6 +93,14 @@ export interface HeartbeatOptions {
   message?: string;
 }
 
+/** Options of a publish. */
+export interface PublishOptions {
+  /** Default true: the sender receives its own message too. */
+  echo?: boolean;
+  /** Conflation key, for rooms matching `conflate.rooms` on the gateway. */
+  key?: string;
+}
+
 export interface RoomcastOptions {
   /**
    * Called before every connect (its token goes in the `token` query parameter), and on
@@ -498,9 +506,10 @@ export class RoomcastClient {
   }
 
   /** Publish to a joined room; queued (bounded) while disconnected. Resolves with the `ack`. */
-  publish(room: string, data: unknown, opts: { echo?: boolean } = {}): Promise<AckFrame> {
+  publish(room: string, data: unknown, opts: PublishOptions = {}): Promise<AckFrame> {
     const cmd: Command = { type: "publish", room, data };
     if (opts.echo !== undefined) cmd.echo = opts.echo;
+    if (opts.key !== undefined) cmd.key = opts.key;
     return this.request(cmd).then((f) => f as AckFrame);
   }
 

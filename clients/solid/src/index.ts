@@ -13,6 +13,7 @@ export {
   type LeftEvent,
   type PresenceEvent,
   type PresenceState,
+  type PublishOptions,
   type RefusalOptions,
   type RoomErrorEvent,
   type RoomOptions,

@@ -25,6 +25,9 @@ export interface PublishCommand {
   id?: RequestId;
   /** Default true: the sender receives its own message too. */
   echo?: boolean;
+  /** Conflation key (rooms matching `conflate.rooms`): a member behind gets only the latest
+   * message of each key. */
+  key?: string;
 }
 export interface PingCommand {
   type: "ping";
@@ -148,6 +151,8 @@ export interface MessageFrame<T = unknown> {
   from: string;
   /** Milliseconds since the Unix epoch, set where the message entered the system. */
   ts: number;
+  /** The conflation key the message was published with, if any. */
+  key?: string;
 }
 export interface NotificationFrame<T = unknown> {
   type: "notification";

@@ -8,6 +8,7 @@ import {
   type ConnectionState,
   type JoinedEvent,
   type PresenceState,
+  type PublishOptions,
   type RoomOptions,
   type RoomcastOptions,
 } from "./client.js";
@@ -51,7 +52,7 @@ export interface Room<T = unknown> {
   /** The last error about this room (join refused, publish failed). */
   error: Accessor<RoomcastError | undefined>;
   /** Publish to the room (queued while disconnected); resolves with the `ack`. */
-  publish(data: T, opts?: { echo?: boolean }): Promise<AckFrame>;
+  publish(data: T, opts?: PublishOptions): Promise<AckFrame>;
   /** Leave the room; also done on cleanup of the owner that created it. */
   leave(): Promise<void>;
 }

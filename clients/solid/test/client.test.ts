@@ -264,6 +264,17 @@ describe("send queue", () => {
     await expect(p).rejects.toMatchObject({ code: "disconnected" });
   });
 
+  it("sends publish options: echo and a conflation key", async () => {
+    const c = client({ heartbeat: false });
+    const ws = FakeWebSocket.last.accept();
+    void c.publish("prices", { p: 1 }, { key: "EURUSD", echo: false });
+    void c.publish("prices", { p: 2 });
+    expect(ws.commands.map(({ id: _, ...cmd }) => cmd)).toEqual([
+      { type: "publish", room: "prices", data: { p: 1 }, echo: false, key: "EURUSD" },
+      { type: "publish", room: "prices", data: { p: 2 } },
+    ]);
+  });
+
   it("rejects a command with the server's error code", async () => {
     const c = client({ heartbeat: false });
     const ws = FakeWebSocket.last.accept();
