@@ -272,8 +272,10 @@ export class RoomcastError extends Error {
   }
 }
 
-/** Client-side close code for a connection given up on because its heartbeat went unanswered. */
-export const HEARTBEAT_TIMEOUT_CODE = 4000;
+/** Client-side close code for a connection given up on because its heartbeat went unanswered:
+ * in the private range, apart from the gateway's own codes (4000 is the backend's "reconnect"),
+ * so `lastClose` tells the two apart. */
+export const HEARTBEAT_TIMEOUT_CODE = 4408;
 
 const OPEN = 1;
 const TERMINAL_JOIN_ERRORS = new Set(["invalid_room", "forbidden", "too_many_rooms", "bad_request"]);

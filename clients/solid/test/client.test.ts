@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { RoomcastClient, RoomcastError, type RoomcastOptions } from "../src/client.js";
+import { HEARTBEAT_TIMEOUT_CODE, RoomcastClient, RoomcastError, type RoomcastOptions } from "../src/client.js";
 import { FakeWebSocket } from "./fake-ws.js";
 
 const URL = "ws://gw.test/ws";
@@ -212,8 +212,9 @@ describe("heartbeat", () => {
     await tick(1499);
     expect(sockets()).toBe(1);
     await tick(1);
-    expect(dead.closedWith?.code).toBe(4000);
-    expect(c.info.lastClose).toEqual({ code: 4000, reason: "heartbeat timeout", wasOpen: true });
+    expect(dead.closedWith?.code).toBe(HEARTBEAT_TIMEOUT_CODE);
+    expect(HEARTBEAT_TIMEOUT_CODE, "not a code the gateway uses").toBe(4408);
+    expect(c.info.lastClose).toEqual({ code: 4408, reason: "heartbeat timeout", wasOpen: true });
     const fresh = await expectReconnectAfter(500);
     fresh.accept({ autoReply: true });
     await tick(600_000); // the dead socket's close event comes meanwhile
