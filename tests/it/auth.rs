@@ -7,8 +7,6 @@ use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use roomcast::config::{AuthMode, Config};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub(crate) const SECRET: &str = "test-secret-of-reasonable-length";
 
@@ -44,28 +42,12 @@ pub(crate) fn claims(sub: &str) -> Value {
 }
 
 pub(crate) async fn status_of(url: &str, bearer: Option<&str>) -> Result<Client, u16> {
-    let mut request = url.into_client_request().expect("request");
-    if let Some(token) = bearer {
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
-    }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-    {
-        Ok((ws, _)) => {
-            let mut client = Client {
-                ws,
-                welcome: Value::Null,
-            };
-            client.welcome = client.recv_json().await;
-            Ok(client)
-        }
-        Err(WsError::Http(response)) => Err(response.status().as_u16()),
-        Err(other) => panic!("unexpected handshake error {other}"),
-    }
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    open_ws(url, &headers).await
 }
 
 pub(crate) fn with_token(node: &TestNode, token: &str) -> String {

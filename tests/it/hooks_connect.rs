@@ -6,10 +6,8 @@
 use std::time::Instant;
 
 use roomcast::config::Config;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Error as WsError;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderName;
 
 use crate::auth::{claims, hs256, jwt_config};
 use crate::support::backend::{Backend, Reply};
@@ -36,33 +34,6 @@ fn hooked(config: Config, backend: &Backend) -> Config {
     config
 }
 
-/// Open a WebSocket to `url` with `headers`: the client, or the handshake's HTTP status.
-pub(super) async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
-    let mut request = url.into_client_request().expect("request");
-    for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
-        request
-            .headers_mut()
-            .insert(name, value.parse().expect("header value"));
-    }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-    {
-        Ok((ws, _)) => {
-            let mut client = Client {
-                ws,
-                welcome: Value::Null,
-            };
-            client.welcome = client.recv_json().await;
-            assert_eq!(client.welcome["type"], "welcome");
-            Ok(client)
-        }
-        Err(WsError::Http(response)) => Err(response.status().as_u16()),
-        Err(other) => panic!("unexpected handshake error {other}"),
-    }
-}
-
 async fn calls(node: &TestNode, outcome: &str) -> f64 {
     metric(
         &node.metrics().await,
@@ -75,7 +46,7 @@ async fn a_session_cookie_becomes_the_connections_identity() {
     let backend = sessions().await;
     let node = TestNode::start(hooked(test_config(), &backend)).await;
     let url = format!("{}?room=chat%3Aa&x=1+2", node.ws_url());
-    let mut alice = open(&url, &[("cookie", "session=alice"), ("x-other", "no")])
+    let mut alice = open_ws(&url, &[("cookie", "session=alice"), ("x-other", "no")])
         .await
         .expect("alice is let in");
     assert_eq!(alice.welcome["user"], "alice", "{}", alice.welcome);
@@ -119,12 +90,16 @@ async fn the_backends_401_or_403_is_the_handshakes_answer() {
     let node = TestNode::start(hooked(test_config(), &backend)).await;
     let url = node.ws_url();
     assert_eq!(
-        open(&url, &[("cookie", "session=nobody")]).await.err(),
+        open_ws(&url, &[("cookie", "session=nobody")]).await.err(),
         Some(401)
     );
-    assert_eq!(open(&url, &[]).await.err(), Some(401), "no cookie at all");
     assert_eq!(
-        open(&url, &[("cookie", "session=banned")]).await.err(),
+        open_ws(&url, &[]).await.err(),
+        Some(401),
+        "no cookie at all"
+    );
+    assert_eq!(
+        open_ws(&url, &[("cookie", "session=banned")]).await.err(),
         Some(403)
     );
     assert_eq!(calls(&node, "refused").await, 3.0);
@@ -145,8 +120,12 @@ async fn a_slow_backend_is_a_503_at_the_timeout_while_connected_clients_flow() {
     config.hooks.timeout_ms = 300;
     let node = TestNode::start(config).await;
     let url = node.ws_url();
-    let mut a = open(&url, &[("cookie", "session=alice")]).await.expect("a");
-    let mut b = open(&url, &[("cookie", "session=alice")]).await.expect("b");
+    let mut a = open_ws(&url, &[("cookie", "session=alice")])
+        .await
+        .expect("a");
+    let mut b = open_ws(&url, &[("cookie", "session=alice")])
+        .await
+        .expect("b");
     // The backend's `subs` first.
     a.recv_type("joined").await;
     b.recv_type("joined").await;
@@ -156,7 +135,7 @@ async fn a_slow_backend_is_a_503_at_the_timeout_while_connected_clients_flow() {
     let started = Instant::now();
     let slow = tokio::spawn({
         let url = url.clone();
-        async move { open(&url, &[("cookie", "session=slow")]).await.err() }
+        async move { open_ws(&url, &[("cookie", "session=slow")]).await.err() }
     });
     backend
         .wait_for(3, "the slow handshake reached the backend")
@@ -192,19 +171,19 @@ async fn a_backend_that_is_down_is_a_503_and_a_valid_token_needs_no_backend() {
     let node = TestNode::start(config).await;
     // A valid token is the identity: the (dead) backend is not asked.
     let url = format!("{}?token={}", node.ws_url(), hs256(claims("bob")));
-    let mut bob = open(&url, &[]).await.expect("a valid token is let in");
+    let mut bob = open_ws(&url, &[]).await.expect("a valid token is let in");
     assert_eq!(bob.welcome["user"], "bob");
     assert_eq!(calls(&node, "failed").await, 0.0);
 
     assert_eq!(
-        open(&node.ws_url(), &[("cookie", "session=alice")])
+        open_ws(&node.ws_url(), &[("cookie", "session=alice")])
             .await
             .err(),
         Some(503)
     );
     // An invalid token is no identity either: the backend is asked, and it is down.
     let bad = format!("{}?token=not-a-jwt", node.ws_url());
-    assert_eq!(open(&bad, &[]).await.err(), Some(503));
+    assert_eq!(open_ws(&bad, &[]).await.err(), Some(503));
     assert_eq!(calls(&node, "failed").await, 2.0);
     // Bob is still connected and served.
     let reply = bob.request(json!({"type": "ping"}), "ping").await;
@@ -218,12 +197,12 @@ async fn connect_always_asks_the_backend_even_with_a_valid_token() {
     config.hooks.connect_always = true;
     let node = TestNode::start(config).await;
     let url = format!("{}?token={}", node.ws_url(), hs256(claims("bob")));
-    let alice = open(&url, &[("cookie", "session=alice")])
+    let alice = open_ws(&url, &[("cookie", "session=alice")])
         .await
         .expect("let in");
     assert_eq!(alice.welcome["user"], "alice", "the backend's answer wins");
     assert_eq!(
-        open(&url, &[]).await.err(),
+        open_ws(&url, &[]).await.err(),
         Some(401),
         "no session: refused"
     );
@@ -242,7 +221,7 @@ async fn a_backend_answer_off_the_contract_is_a_503() {
     let node = TestNode::start(hooked(test_config(), &backend)).await;
     for case in ["no-user", "bad-sub", "expired", "500"] {
         let url = format!("{}?case={case}", node.ws_url());
-        assert_eq!(open(&url, &[]).await.err(), Some(503), "{case}");
+        assert_eq!(open_ws(&url, &[]).await.err(), Some(503), "{case}");
     }
     assert_eq!(calls(&node, "failed").await, 4.0);
 }
@@ -264,7 +243,7 @@ async fn an_upgrade_request_above_max_message_bytes_is_dropped_unasked() {
     assert!(result.is_err(), "refused");
     assert!(backend.seen().is_empty(), "the backend was not asked");
     // A request that fits is served.
-    let alice = open(&node.ws_url(), &[("cookie", "session=alice")])
+    let alice = open_ws(&node.ws_url(), &[("cookie", "session=alice")])
         .await
         .expect("alice");
     assert_eq!(alice.welcome["user"], "alice");

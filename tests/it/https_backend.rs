@@ -6,14 +6,13 @@
 
 use serde_json::json;
 
-use crate::hooks_connect::open;
 use crate::support::backend::{Backend, Reply};
 use crate::support::tls::{TlsProxy, make_server_certificate};
 use crate::support::*;
 
 /// The handshake's HTTP status, or the welcome's `user` and the client, joined to `chat:tls`.
 async fn connect_with_cookie(url: &str) -> Result<(String, Client), u16> {
-    let mut client = open(url, &[("cookie", "session=alice")]).await?;
+    let mut client = open_ws(url, &[("cookie", "session=alice")]).await?;
     client
         .send_json(json!({"type": "join", "room": "chat:tls"}))
         .await;

@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use roomcast::config::{AuthMode, Config, PresenceRule};
 use serde_json::{Value, json};
 
-use crate::hooks_connect::open;
 use crate::presence::{Peer, connect_as, next_member_event, redis_config};
 use crate::support::backend::{Backend, Reply};
 use crate::support::*;
@@ -54,7 +53,7 @@ fn with_hooks(mut config: Config, backend: &Backend) -> Config {
 
 async fn alice(url: &str) -> Peer {
     Peer {
-        client: open(url, &[("cookie", "session=alice")])
+        client: open_ws(url, &[("cookie", "session=alice")])
             .await
             .expect("alice is let in"),
         backlog: VecDeque::new(),
@@ -185,7 +184,7 @@ async fn an_info_above_max_info_bytes_is_refused_like_any_bad_answer() {
     let backend = backend().await;
     let node = TestNode::start(with_hooks(test_config(), &backend)).await;
     assert_eq!(
-        open(&node.ws_url(), &[("cookie", "session=huge")])
+        open_ws(&node.ws_url(), &[("cookie", "session=huge")])
             .await
             .err(),
         Some(503),

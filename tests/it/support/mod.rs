@@ -527,3 +527,35 @@ pub async fn spawn_binary(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> (
         .expect("address");
     (child, format!("ws://{addr}/ws"))
 }
+
+/// Open a WebSocket to `url` with `headers`: the client, or the handshake's HTTP status.
+pub async fn open_ws(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .expect("request");
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .expect("header name");
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+    {
+        Ok((ws, _)) => {
+            let mut client = Client {
+                ws,
+                welcome: Value::Null,
+            };
+            client.welcome = client.recv_json().await;
+            assert_eq!(client.welcome["type"], "welcome");
+            Ok(client)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("unexpected handshake error {other}"),
+    }
+}
