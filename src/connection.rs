@@ -23,7 +23,6 @@ use std::pin::Pin;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,6 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error};
 
 use crate::auth::Identity;
+use crate::deflate::{self, ClientSocket, InflateError};
 use crate::limits::{MessageRate, RateDecision};
 use crate::metrics::DropReason;
 use crate::node::{Node, Session};
@@ -63,7 +63,7 @@ const IDLE_BATCH_CAPACITY: usize = 8;
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
     node: Arc<Node>,
-    mut ws: Box<WebSocketStream<TcpStream>>,
+    mut ws: Box<WebSocketStream<ClientSocket>>,
     identity: Option<Arc<Identity>>,
 ) -> impl Future<Output = ()> + Send {
     async move {
@@ -139,16 +139,13 @@ type Running<'a> = Pin<Box<dyn Future<Output = (Session, MessageRate)> + Send + 
 /// which every idle connection would pay for.
 // Not `async fn`, on purpose: see above.
 #[allow(clippy::manual_async_fn)]
-fn drive<'a, S>(
+fn drive<'a>(
     node: &'a Node,
-    mut ws: Box<WebSocketStream<S>>,
+    mut ws: Box<WebSocketStream<ClientSocket>>,
     mut idle_state: Option<(Session, MessageRate)>,
     outbox: OutboxReceiver,
     close_timeout: Duration,
-) -> impl Future<Output = Option<Session>> + Send + 'a
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
-{
+) -> impl Future<Output = Option<Session>> + Send + 'a {
     async move {
         let closer = outbox.closer();
         let mut beat = Heartbeat::new(node.config(), idle_state.as_ref().map(|(s, _)| s));
@@ -215,8 +212,18 @@ where
                     Flow::Go
                 }
                 Step::Write(received) => {
+                    let server = &node.config().server;
+                    let compress_from = ws
+                        .get_ref()
+                        .deflates()
+                        .then_some(server.compression_min_bytes);
+                    let written = Written {
+                        received,
+                        compress_from,
+                    };
                     let flow =
-                        on_outbox(&mut ws, &mut batch, received, closer, closed.as_mut()).await;
+                        on_outbox(node, &mut ws, &mut batch, written, closer, closed.as_mut())
+                            .await;
                     // The window starts when the write is done: what is queued from now on
                     // waits for its end, unless the connection stays quiet until then.
                     beat.holding = false;
@@ -339,11 +346,20 @@ where
     Flow::Go
 }
 
+/// What a write takes out of the batch, and how.
+struct Written {
+    /// Frames received from the outbox (0: the outbox is gone).
+    received: usize,
+    /// With permessage-deflate negotiated, the frame length from which frames leave compressed.
+    compress_from: Option<usize>,
+}
+
 /// Frames came out of the outbox: write them in one flush (0 received: the outbox is gone).
 async fn on_outbox<S, F>(
+    node: &Node,
     ws: &mut WebSocketStream<S>,
     batch: &mut Vec<Frame>,
-    received: usize,
+    written: Written,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
@@ -351,13 +367,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    if received == 0 {
+    if written.received == 0 {
         return Flow::Stop;
     }
     {
         let write = std::pin::pin!(async {
+            let mut compressed = 0;
             for frame in batch.drain(..) {
-                ws.feed(Message::Text(frame.into_utf8_bytes())).await?;
+                let message = wire_message(node, frame, written.compress_from);
+                compressed += u64::from(matches!(message, Message::Frame(_)));
+                ws.feed(message).await?;
+            }
+            if compressed > 0 {
+                node.metrics().compressed_deliveries.inc_by(compressed);
             }
             ws.flush().await
         });
@@ -369,6 +391,21 @@ where
         batch.shrink_to(IDLE_BATCH_CAPACITY);
     }
     Flow::Go
+}
+
+/// A frame as it goes on the wire: compressed when the connection negotiated it, the frame is
+/// long enough, and compressing shrinks it.
+fn wire_message(node: &Node, frame: Frame, compress_from: Option<usize>) -> Message {
+    if compress_from.is_some_and(|min| frame.text().len() >= min) {
+        let (payload, computed) = frame.compressed();
+        if computed {
+            node.metrics().frames_compressed.inc();
+        }
+        if let Some(payload) = payload {
+            return Message::Frame(deflate::compressed_text_frame(payload));
+        }
+    }
+    Message::Text(frame.into_utf8_bytes())
 }
 
 /// The client sent something (or the socket ended). A text frame starts a command, which
@@ -442,8 +479,8 @@ async fn close_handshake<S>(
 
 /// Let the kernel send what the listener's `TCP_CORK` held back. Failing leaves the data to
 /// the kernel's 200 ms cork ceiling: later, not lost.
-fn uncork(ws: &WebSocketStream<TcpStream>) {
-    if let Err(err) = socket2::SockRef::from(ws.get_ref()).set_tcp_cork(false) {
+fn uncork(ws: &WebSocketStream<ClientSocket>) {
+    if let Err(err) = socket2::SockRef::from(ws.get_ref().tcp()).set_tcp_cork(false) {
         debug!(%err, "cannot uncork the socket");
     }
 }
@@ -574,6 +611,11 @@ fn classify(err: &WsError) -> Disconnect {
         WsError::Capacity(_) => Disconnect::TooLarge,
         WsError::Utf8(_) => Disconnect::InvalidUtf8,
         WsError::Protocol(_) | WsError::AttackAttempt => Disconnect::ProtocolError,
+        WsError::Io(err) => match InflateError::of(err) {
+            Some(InflateError::TooLarge) => Disconnect::TooLarge,
+            Some(InflateError::Corrupt) => Disconnect::ProtocolError,
+            None => Disconnect::PeerGone,
+        },
         _ => Disconnect::PeerGone,
     }
 }

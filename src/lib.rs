@@ -5,6 +5,8 @@
 //! Leaves first; imports flow one way:
 //!
 //! - `clock`: wall-clock milliseconds and time-bounded calls.
+//! - `deflate`: permessage-deflate (RFC 7692): the offer's answer, a message compressed once,
+//!   client messages inflated under the socket, bounded.
 //! - `protocol`: wire types, decoding and validation, frames encoded once, error and close codes.
 //! - `config`: the keys of docs/protocol.md "Running a node", loading and validation.
 //! - `metrics`: every Prometheus metric.
@@ -32,6 +34,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod hooks;
 pub mod hub;
 pub mod limits;

@@ -186,6 +186,8 @@ pub struct Metrics {
     pub pubsub_lag: Histogram,
     pub history_unkept: IntCounter,
     pub messages_conflated: IntCounter,
+    pub frames_compressed: IntCounter,
+    pub compressed_deliveries: IntCounter,
     pub conflation_keys_too_long: IntCounter,
     pub history_caught_up: IntCounter,
     pub presence_writes: IntCounter,
@@ -357,6 +359,15 @@ impl Metrics {
                 "roomcast_messages_conflated_total",
                 "Queued frames replaced by a newer message with the same key in a conflated room \
                  (the older one is never sent)",
+            ),
+            frames_compressed: counter(
+                "roomcast_frames_compressed_total",
+                "Frames compressed for permessage-deflate: once per message for all the members \
+                 that negotiated it, once per frame for a connection's own replies",
+            ),
+            compressed_deliveries: counter(
+                "roomcast_compressed_deliveries_total",
+                "Frames written compressed (permessage-deflate) to a connection",
             ),
             conflation_keys_too_long: counter(
                 "roomcast_conflation_keys_too_long_total",

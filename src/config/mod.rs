@@ -46,6 +46,10 @@ pub struct Config {
 /// write.
 pub const MAX_WRITE_COALESCE_MS: u64 = 10_000;
 
+/// The largest `server.compression_min_bytes`: above it nothing a node sends is compressed,
+/// which is `server.compression = false`.
+pub const MAX_COMPRESSION_MIN_BYTES: usize = 1 << 20;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -84,6 +88,12 @@ pub struct ServerConfig {
     /// queued meanwhile leave in one write; a quiet connection flushes at once, and replies to
     /// the client's own commands are never held. At most [`MAX_WRITE_COALESCE_MS`].
     pub write_coalesce_ms: u64,
+    /// permessage-deflate (RFC 7692) for clients that offer it: each message compressed once
+    /// per node, the same bytes to every member that negotiated it.
+    pub compression: bool,
+    /// Frames shorter than this leave uncompressed (compressing them saves little and costs
+    /// CPU). At most [`MAX_COMPRESSION_MIN_BYTES`].
+    pub compression_min_bytes: usize,
     /// Connections the kernel queues for the accept loop (`listen` backlog; the kernel caps it
     /// at `net.core.somaxconn`). A reconnect storm overflowing it costs each dropped client a
     /// 1 s SYN retransmission.
@@ -111,6 +121,8 @@ impl Default for ServerConfig {
             // members, 20 ms halves the segments per delivery and cuts CPU per delivery by
             // about a quarter; 5 and 10 ms hardly coalesce at those per-connection rates.
             write_coalesce_ms: 20,
+            compression: false,
+            compression_min_bytes: 256,
             listen_backlog: 4096,
             shutdown_grace_ms: 10_000,
         }

@@ -70,6 +70,12 @@ impl Config {
                 ),
             ));
         }
+        if self.server.compression_min_bytes > super::MAX_COMPRESSION_MIN_BYTES {
+            return Err(ConfigError::key(
+                "server.compression_min_bytes",
+                format!("must be at most {}", super::MAX_COMPRESSION_MIN_BYTES),
+            ));
+        }
         self.admin.validate()?;
         if self.admin.api_key.is_none() && !self.admin_addr().ip().is_loopback() {
             return Err(ConfigError::key(

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Admission, Listener, Refused, error_response};
+use crate::deflate::ClientSocket;
 use crate::hooks::ConnectRefused;
 use crate::metrics::Refusal;
 
@@ -30,14 +31,15 @@ impl Listener {
         &self,
         mut tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Result<(WebSocketStream<TcpStream>, Admission), Refusal> {
+    ) -> Result<(WebSocketStream<ClientSocket>, Admission), Refusal> {
         let max = self.node.config().limits.max_message_bytes;
         let request = read_request(&mut tcp, max).await?;
         // As tungstenite does before its callback: not an upgrade request, no answer.
-        let response = create_response(&request).map_err(|err| {
+        let mut response = create_response(&request).map_err(|err| {
             debug!(%err, "not a WebSocket upgrade");
             Refusal::HandshakeFailed
         })?;
+        let deflates = self.answer_compression(&request, &mut response);
         let mut out = Vec::new();
         let path = self.node.config().server.path.clone();
         let admission = match self.admit_hooked(&request, peer, &path).await {
@@ -58,7 +60,11 @@ impl Listener {
         tcp.write_all(&out)
             .await
             .map_err(|_| Refusal::HandshakeFailed)?;
-        let ws = WebSocketStream::from_raw_socket(tcp, Role::Server, Some(self.ws_config)).await;
+        let mut socket = ClientSocket::new(tcp);
+        if deflates {
+            socket.inflate_from_now(max);
+        }
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(self.ws_config)).await;
         Ok((ws, admission))
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::auth::{AuthFailure, Authenticator, Identity, token_from_cookies, token_from_request};
 use crate::config::trusted_proxy_addrs;
 use crate::connection;
+use crate::deflate::{self, ClientSocket};
 use crate::metrics::Refusal;
 use crate::node::{Node, SlotGuard};
 
@@ -171,15 +172,17 @@ impl Listener {
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;
+            let mut deflates = false;
             // The Err type is fixed by tungstenite's handshake `Callback` signature.
             #[allow(clippy::result_large_err)]
-            let check = |request: &Request, response: Response| match self.admit(
+            let check = |request: &Request, mut response: Response| match self.admit(
                 request,
                 peer,
                 &node.config().server.path,
             ) {
                 Ok(admission) => {
                     admitted = Some(admission);
+                    deflates = self.answer_compression(request, &mut response);
                     Ok(response)
                 }
                 Err((reason, status, message)) => {
@@ -209,7 +212,7 @@ impl Listener {
                 }
             } else {
                 let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-                    tcp,
+                    ClientSocket::new(tcp),
                     check,
                     Some(self.ws_config),
                 );
@@ -225,7 +228,13 @@ impl Listener {
                         debug!(%peer, %err, "handshake refused");
                         return;
                     }
-                    Ok(Ok(ws)) => ws,
+                    Ok(Ok(mut ws)) => {
+                        if deflates {
+                            let max = node.config().limits.max_message_bytes;
+                            ws.get_mut().inflate_from_now(max);
+                        }
+                        ws
+                    }
                 }
             };
             // `admitted` keeps the address slots until the connection ends; only the identity
@@ -237,6 +246,26 @@ impl Listener {
             node.metrics().connections_accepted.inc();
             connection::serve(node.clone(), Box::new(ws), identity).await;
             drop(admitted);
+        }
+    }
+
+    /// Answer a permessage-deflate offer when `server.compression` is on; whether the
+    /// connection now compresses.
+    fn answer_compression(&self, request: &Request, response: &mut Response) -> bool {
+        if !self.node.config().server.compression {
+            return false;
+        }
+        let Some(answer) = deflate::negotiate(request.headers()) else {
+            return false;
+        };
+        match HeaderValue::from_str(&answer) {
+            Ok(value) => {
+                response
+                    .headers_mut()
+                    .insert(deflate::EXTENSIONS_HEADER, value);
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -12,6 +12,7 @@ use super::{Node, now_ms};
 use crate::broker::{BrokerEvent, Envelope, Position, Target};
 use crate::metrics::DropReason;
 use crate::outbox::{ConflationKey, conflation_key};
+use crate::protocol::Frame;
 
 impl Node {
     /// Hand one broker event to the hub.
@@ -58,7 +59,7 @@ impl Node {
         self.metrics
             .delivery_latency
             .observe(age_ms as f64 / 1000.0);
-        let frame = envelope.frame();
+        let frame = self.compressible(envelope.frame());
         let delivery = match &envelope.target {
             Target::Room(room) => {
                 let skip = envelope
@@ -77,6 +78,17 @@ impl Node {
         self.metrics
             .dropped(DropReason::SlowConsumer, delivery.overflowed);
         self.metrics.messages_conflated.inc_by(delivery.conflated);
+    }
+
+    /// A frame for many members: with `server.compression` on and the frame long enough, its
+    /// compressed form is computed once, by the first writer of a member that negotiated it.
+    fn compressible(&self, frame: Frame) -> Frame {
+        let server = &self.config.server;
+        if server.compression && frame.text().len() >= server.compression_min_bytes {
+            frame.sharing_compressed()
+        } else {
+            frame
+        }
     }
 
     /// The key under which a room message replaces older ones still queued: only in a

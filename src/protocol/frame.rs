@@ -3,7 +3,9 @@
 //!
 //! Owns the serde shape of every outbound frame; what to send and to whom is the caller's.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -15,15 +17,50 @@ use super::command::RequestId;
 /// An encoded server frame: JSON text, built once, cloned cheaply (reference counted) for every
 /// recipient.
 #[derive(Clone, Debug)]
-pub struct Frame(Utf8Bytes);
+pub struct Frame {
+    text: Utf8Bytes,
+    /// Its permessage-deflate form, when it is to be shared ([`Frame::sharing_compressed`]):
+    /// filled by the first writer that needs it, then taken by every other one.
+    compressed: Option<Arc<OnceLock<Option<Bytes>>>>,
+}
 
 impl Frame {
+    fn new(text: Utf8Bytes) -> Frame {
+        Frame {
+            text,
+            compressed: None,
+        }
+    }
+
     pub fn text(&self) -> &str {
-        self.0.as_str()
+        self.text.as_str()
     }
 
     pub fn into_utf8_bytes(self) -> Utf8Bytes {
-        self.0
+        self.text
+    }
+
+    /// This frame, its compressed form to be computed at most once for all its clones (for a
+    /// frame fanned out to many members).
+    pub fn sharing_compressed(mut self) -> Frame {
+        self.compressed = Some(Arc::default());
+        self
+    }
+
+    /// The frame's permessage-deflate payload, `None` when compressing does not shrink it;
+    /// and whether this call compressed it. Computed once for a frame
+    /// [sharing](Frame::sharing_compressed) it, else per call.
+    pub fn compressed(&self) -> (Option<Bytes>, bool) {
+        let mut computed = false;
+        let mut compress = || {
+            computed = true;
+            crate::deflate::compress(self.text.as_bytes())
+        };
+        let payload = match &self.compressed {
+            Some(shared) => shared.get_or_init(compress).clone(),
+            None => compress(),
+        };
+        (payload, computed)
     }
 
     fn encode<T: Serialize>(value: &T) -> Frame {
@@ -31,18 +68,18 @@ impl Frame {
         let text = serde_json::to_string(value).unwrap_or_else(|_| {
             r#"{"type":"error","code":"internal","message":"encoding failed"}"#.to_owned()
         });
-        Frame(Utf8Bytes::from(text))
+        Frame::new(Utf8Bytes::from(text))
     }
 
     /// A frame with arbitrary text, for tests of code that only moves frames.
     #[doc(hidden)]
     pub fn text_for_tests(text: &str) -> Frame {
-        Frame(Utf8Bytes::from(text))
+        Frame::new(Utf8Bytes::from(text))
     }
 
     /// The plain-text heartbeat reply.
     pub fn plain_pong() -> Frame {
-        Frame(Utf8Bytes::from_static("pong"))
+        Frame::new(Utf8Bytes::from_static("pong"))
     }
 }
 

@@ -185,6 +185,10 @@ fn bad_values_and_unknown_keys_name_the_key() {
             "server.write_coalesce_ms",
         ),
         (
+            vec![("ROOMCAST_SERVER__COMPRESSION_MIN_BYTES", "1048577")],
+            "server.compression_min_bytes",
+        ),
+        (
             vec![("ROOMCAST_LIMITS__RATE_LIMIT_WINDOW_MS", "0")],
             "limits.rate_limit_window_ms",
         ),
@@ -578,4 +582,28 @@ fn write_coalesce_key_loads_from_0_to_its_bound_and_refuses_above() {
         err.to_string().contains("server.write_coalesce_ms"),
         "`{err}` names the key"
     );
+}
+
+/// `server.compression` (off unless asked) and `server.compression_min_bytes` (0 and its bound
+/// load; one past it is in the refusal table above).
+#[test]
+fn compression_keys_load_and_default_to_off() {
+    use roomcast::config::MAX_COMPRESSION_MIN_BYTES;
+    let defaults = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+    assert!(!defaults.server.compression);
+    assert_eq!(defaults.server.compression_min_bytes, 256);
+    for min in [0, MAX_COMPRESSION_MIN_BYTES] {
+        let value = min.to_string();
+        let config = Config::load(
+            None,
+            env(&[
+                ("ROOMCAST_SERVER__COMPRESSION", "true"),
+                ("ROOMCAST_SERVER__COMPRESSION_MIN_BYTES", &value),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_or_else(|err| panic!("{min} loads: {err}"));
+        assert!(config.server.compression);
+        assert_eq!(config.server.compression_min_bytes, min);
+    }
 }

@@ -9,6 +9,7 @@ mod architecture;
 mod auth;
 mod cli;
 mod coalesce;
+mod compression;
 mod config;
 mod conflate;
 mod console;
