@@ -464,3 +464,26 @@ async fn python_websockets_negotiates_compression_and_its_bomb_is_refused() {
     assert!(counter(&node, "roomcast_compressed_deliveries_total").await >= 1.0);
     node.stop().await.expect("stops");
 }
+
+/// With the connect hook the listener answers the upgrade itself (`listener/hooked.rs`): the
+/// offer is answered there too, and the connection inflates and compresses as any other.
+#[tokio::test]
+async fn the_connect_hooks_handshake_negotiates_compression_too() {
+    use crate::support::backend::{Backend, Reply};
+    let backend = Backend::start(|_| Reply::json(json!({"user": "hooked"}))).await;
+    let mut config = compression_config();
+    config.hooks.connect_url = backend.url("/connect");
+    let node = TestNode::start(config).await;
+    let mut client = RawClient::connect(&node, Some("permessage-deflate")).await;
+    assert_eq!(client.extensions.as_deref(), Some(ANSWER));
+    backend.wait_for(1, "the hook was asked").await;
+    raw_join(&mut client, "h").await;
+    let data = chat_data(2_000);
+    let publish = json!({"type": "publish", "room": "h", "data": data, "echo": true});
+    client.send(&publish.to_string(), true).await;
+    let (message, _, compressed) = client.recv_json("message").await;
+    assert!(compressed, "its own echo, compressed");
+    assert_eq!(message["data"], data);
+    assert_eq!(message["from"], "hooked");
+    node.stop().await.expect("stops");
+}
