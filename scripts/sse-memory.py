@@ -2,9 +2,10 @@
 """Memory per held connection of a running roomcast node, WebSocket beside SSE.
 
 Opens N idle connections of one kind from this process (raw sockets: the WebSocket upgrade with
-a fixed key, or GET /sse without rooms), waits for each one's welcome, and reports the node's
+a fixed key, the same offering permessage-deflate (ws-deflate: the node needs
+server.compression = true), or GET /sse without rooms), waits for each one's welcome, and reports the node's
 VmRSS growth per connection. Usage:
-    scripts/sse-memory.py PID HOST:PORT ws|sse N
+    scripts/sse-memory.py PID HOST:PORT ws|ws-deflate|sse N
 The node should have the per-address limits lifted (server.connect_rate_per_ip,
 server.max_connections_per_ip) and limits.idle_timeout_ms longer than the run.
 """
@@ -22,10 +23,12 @@ def rss_kib(pid):
 
 
 def request(kind, host):
-    if kind == "ws":
+    if kind in ("ws", "ws-deflate"):
+        offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if kind == "ws-deflate" else ""
         return (
             f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"{offer}\r\n"
         ).encode()
     return f"GET /sse HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
@@ -47,6 +50,8 @@ def main():
             if not chunk:
                 raise SystemExit(f"connection {i} closed: {got!r}")
             got += chunk
+        if kind == "ws-deflate" and b"permessage-deflate" not in got:
+            raise SystemExit("compression was not negotiated (server.compression = true?)")
         socks.append(s)
     time.sleep(2)
     after = rss_kib(pid)

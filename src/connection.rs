@@ -212,17 +212,8 @@ fn drive<'a>(
                     Flow::Go
                 }
                 Step::Write(received) => {
-                    let server = &node.config().server;
-                    let compress_from = ws
-                        .get_ref()
-                        .deflates()
-                        .then_some(server.compression_min_bytes);
-                    let written = Written {
-                        received,
-                        compress_from,
-                    };
                     let flow =
-                        on_outbox(node, &mut ws, &mut batch, written, closer, closed.as_mut())
+                        on_outbox(node, &mut ws, &mut batch, received, closer, closed.as_mut())
                             .await;
                     // The window starts when the write is done: what is queued from now on
                     // waits for its end, unless the connection stays quiet until then.
@@ -346,46 +337,40 @@ where
     Flow::Go
 }
 
-/// What a write takes out of the batch, and how.
-struct Written {
-    /// Frames received from the outbox (0: the outbox is gone).
-    received: usize,
-    /// With permessage-deflate negotiated, the frame length from which frames leave compressed.
-    compress_from: Option<usize>,
-}
-
 /// Frames came out of the outbox: write them in one flush (0 received: the outbox is gone).
-async fn on_outbox<S, F>(
+async fn on_outbox<F>(
     node: &Node,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<ClientSocket>,
     batch: &mut Vec<Frame>,
-    written: Written,
+    received: usize,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    if written.received == 0 {
+    if received == 0 {
         return Flow::Stop;
     }
     {
         let write = std::pin::pin!(async {
-            let mut compressed = 0;
             for frame in batch.drain(..) {
-                let message = wire_message(node, frame, written.compress_from);
-                compressed += u64::from(matches!(message, Message::Frame(_)));
-                ws.feed(message).await?;
-            }
-            if compressed > 0 {
-                node.metrics().compressed_deliveries.inc_by(compressed);
+                // In a block of its own: the message is not kept beside the write's future.
+                let feed = {
+                    let message = wire_message(node, ws.get_mut(), frame);
+                    ws.feed(message)
+                };
+                feed.await?;
             }
             ws.flush().await
         });
         if let Flow::Stop = write_unless_closed(write, closer, closed).await {
             return Flow::Stop;
         }
+    }
+    let compressed = ws.get_mut().take_compressed_sent();
+    if compressed > 0 {
+        node.metrics().compressed_deliveries.inc_by(compressed);
     }
     if batch.capacity() > IDLE_BATCH_CAPACITY {
         batch.shrink_to(IDLE_BATCH_CAPACITY);
@@ -394,14 +379,15 @@ where
 }
 
 /// A frame as it goes on the wire: compressed when the connection negotiated it, the frame is
-/// long enough, and compressing shrinks it.
-fn wire_message(node: &Node, frame: Frame, compress_from: Option<usize>) -> Message {
-    if compress_from.is_some_and(|min| frame.text().len() >= min) {
+/// at least `server.compression_min_bytes` long, and compressing shrinks it.
+fn wire_message(node: &Node, socket: &mut ClientSocket, frame: Frame) -> Message {
+    if socket.deflates() && frame.text().len() >= node.config().server.compression_min_bytes {
         let (payload, computed) = frame.compressed();
         if computed {
             node.metrics().frames_compressed.inc();
         }
         if let Some(payload) = payload {
+            socket.count_compressed();
             return Message::Frame(deflate::compressed_text_frame(payload));
         }
     }

@@ -40,18 +40,26 @@ impl From<InflateError> for io::Error {
     }
 }
 
-/// A client connection's TCP stream, with an inflater once permessage-deflate is negotiated.
-/// A connection that did not negotiate it pays one pointer.
+/// A client connection's TCP stream, with what permessage-deflate needs once negotiated. A
+/// connection that did not negotiate it pays one pointer.
 pub struct ClientSocket {
     tcp: TcpStream,
-    inflater: Option<Box<Inflater>>,
+    negotiated: Option<Box<Negotiated>>,
+}
+
+/// A connection's permessage-deflate state: the inflater of its messages, and the frames
+/// written compressed that the metrics have not counted yet (counted once per write, not per
+/// frame).
+struct Negotiated {
+    inflater: Inflater,
+    compressed_sent: u64,
 }
 
 impl ClientSocket {
     pub fn new(tcp: TcpStream) -> ClientSocket {
         ClientSocket {
             tcp,
-            inflater: None,
+            negotiated: None,
         }
     }
 
@@ -61,12 +69,29 @@ impl ClientSocket {
 
     /// From now on, compressed client messages are inflated, at most `max_bytes` each.
     pub fn inflate_from_now(&mut self, max_bytes: usize) {
-        self.inflater = Some(Box::new(Inflater::new(max_bytes)));
+        self.negotiated = Some(Box::new(Negotiated {
+            inflater: Inflater::new(max_bytes),
+            compressed_sent: 0,
+        }));
     }
 
     /// Whether permessage-deflate was negotiated on this connection.
     pub fn deflates(&self) -> bool {
-        self.inflater.is_some()
+        self.negotiated.is_some()
+    }
+
+    /// One more frame written compressed.
+    pub fn count_compressed(&mut self) {
+        if let Some(negotiated) = self.negotiated.as_mut() {
+            negotiated.compressed_sent += 1;
+        }
+    }
+
+    /// The frames written compressed since the last call.
+    pub fn take_compressed_sent(&mut self) -> u64 {
+        self.negotiated.as_mut().map_or(0, |negotiated| {
+            std::mem::take(&mut negotiated.compressed_sent)
+        })
     }
 }
 
@@ -77,9 +102,9 @@ impl AsyncRead for ClientSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.inflater.as_mut() {
+        match this.negotiated.as_mut() {
             None => Pin::new(&mut this.tcp).poll_read(cx, buf),
-            Some(inflater) => inflater.poll_read_from(&mut this.tcp, cx, buf),
+            Some(negotiated) => negotiated.inflater.poll_read_from(&mut this.tcp, cx, buf),
         }
     }
 }
@@ -149,6 +174,8 @@ pub(crate) struct Inflater {
     message: Option<(u8, Vec<u8>)>,
     /// An uncompressed fragmented message is passing through (its continuations are not ours).
     plain_fragments: bool,
+    /// A refusal found after frames tungstenite has not read yet: reported once they are read.
+    refused: Option<InflateError>,
 }
 
 impl Inflater {
@@ -162,6 +189,7 @@ impl Inflater {
             at: At::Header,
             message: None,
             plain_fragments: false,
+            refused: None,
         }
     }
 
@@ -191,7 +219,14 @@ impl Inflater {
                 }
                 return Poll::Ready(Ok(()));
             }
-            self.parse()?;
+            if let Some(refused) = self.refused {
+                return Poll::Ready(Err(refused.into()));
+            }
+            if let Err(refused) = self.parse() {
+                // What came before the refused message is still the client's to be read.
+                self.refused = Some(refused);
+                continue;
+            }
             if self.output_at < self.output.len() {
                 continue;
             }

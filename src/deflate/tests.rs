@@ -287,3 +287,39 @@ async fn a_message_inflating_past_the_bound_or_breaking_the_rules_is_an_error() 
         assert_eq!(InflateError::of(&err), Some(InflateError::Corrupt));
     }
 }
+
+#[tokio::test]
+async fn frames_before_a_refused_message_are_still_read_first() {
+    let bomb = compress(&vec![b' '; 1 << 20]).unwrap();
+    let input = [
+        client_frame(true, false, 0x1, b"before"),
+        client_frame(true, true, 0x1, &bomb),
+    ]
+    .concat();
+    let mut inflater = Inflater::new(1024);
+    let mut source = Trickle {
+        bytes: input,
+        at: 0,
+        step: 4096,
+    };
+    let mut out = Vec::new();
+    let err = std::future::poll_fn(|cx| {
+        loop {
+            let mut space = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut space);
+            match inflater.poll_read_from(&mut source, cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => out.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    assert_eq!(InflateError::of(&err), Some(InflateError::TooLarge));
+    assert_eq!(
+        parse_frames(&out),
+        vec![(true, false, 0x1, b"before".to_vec())]
+    );
+}

@@ -172,7 +172,6 @@ impl Listener {
             let node = &self.node;
             let mut admitted: Option<Admission> = None;
             let mut refusal: Option<Refusal> = None;
-            let mut deflates = false;
             // The Err type is fixed by tungstenite's handshake `Callback` signature.
             #[allow(clippy::result_large_err)]
             let check = |request: &Request, mut response: Response| match self.admit(
@@ -180,9 +179,9 @@ impl Listener {
                 peer,
                 &node.config().server.path,
             ) {
-                Ok(admission) => {
+                Ok(mut admission) => {
+                    admission.deflates = self.answer_compression(request, &mut response);
                     admitted = Some(admission);
-                    deflates = self.answer_compression(request, &mut response);
                     Ok(response)
                 }
                 Err((reason, status, message)) => {
@@ -211,11 +210,13 @@ impl Listener {
                     }
                 }
             } else {
-                let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+                // Boxed, as the hooked one: unboxed, tungstenite's handshake state (360 bytes
+                // more than the rest) sized the task every connection holds for its whole life.
+                let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
                     ClientSocket::new(tcp),
                     check,
                     Some(self.ws_config),
-                );
+                ));
                 match tokio::time::timeout(self.handshake_timeout, handshake).await {
                     Err(_) => {
                         node.metrics().refused(Refusal::HandshakeTimeout);
@@ -229,7 +230,10 @@ impl Listener {
                         return;
                     }
                     Ok(Ok(mut ws)) => {
-                        if deflates {
+                        if admitted
+                            .as_ref()
+                            .is_some_and(|admission| admission.deflates)
+                        {
                             let max = node.config().limits.max_message_bytes;
                             ws.get_mut().inflate_from_now(max);
                         }
@@ -317,6 +321,7 @@ impl Listener {
         Ok(Admission {
             _slots: (node_slot, address_slot),
             identity: identity.map(Arc::new),
+            deflates: false,
         })
     }
 }
@@ -422,6 +427,8 @@ struct Admission {
     /// Shared from here on: the connection's future and the session hold a pointer, not the
     /// claims (every idle connection's future is as large as its largest state).
     identity: Option<Arc<Identity>>,
+    /// permessage-deflate was negotiated (set by the handshake's answer).
+    deflates: bool,
 }
 
 /// Open connections per client address.
