@@ -228,7 +228,11 @@ async function main() {
   for (const [name, page] of Object.entries(fastPages)) {
     const got = await gotOf(page);
     const expected = Array.from({ length: sent }, (_, seq) => [KEYS[seq % KEYS.length], seq, KEYS[seq % KEYS.length]]);
-    check(`${name} received all ${sent} messages, in order, with their keys`, JSON.stringify(got) === JSON.stringify(expected), `got ${got.length}: ${JSON.stringify(got.slice(0, 5))}…`);
+    check(
+      `${name} received all ${sent} messages, in order, with their keys`,
+      JSON.stringify(got) === JSON.stringify(expected),
+      `got ${got.length}: ${JSON.stringify(got.slice(0, 5))}…`,
+    );
   }
 
   log(`the slow page received ${slowGot.length} of ${sent}`);
@@ -253,14 +257,24 @@ async function main() {
 
   // still the same connection (since it joined: no open, no close): never closed (no 1013), it
   // publishes and everyone receives it
-  const conn = await slow.evaluate(() => ({ opens: window.e2e.opens, closes: window.e2e.closes, state: window.roomcast.state(), lastClose: window.roomcast.info().lastClose }));
-  check("the slow page's WebSocket never closed (no 1013)", conn.opens === 0 && conn.closes.length === 0 && conn.state === "open" && !conn.lastClose, JSON.stringify(conn));
+  const conn = await slow.evaluate(() => ({
+    opens: window.e2e.opens,
+    closes: window.e2e.closes,
+    state: window.roomcast.state(),
+    lastClose: window.roomcast.info().lastClose,
+  }));
+  check(
+    "the slow page's WebSocket never closed (no 1013)",
+    conn.opens === 0 && conn.closes.length === 0 && conn.state === "open" && !conn.lastClose,
+    JSON.stringify(conn),
+  );
   const seq = sent++;
   const acks = await slow.evaluate(publishBatch, { room: ROOM, batch: [["AAPL", seq]], padBytes: 16 });
   check("the slow page still publishes (ack)", acks === 1);
   for (const [name, page] of Object.entries({ slow, ...fastPages })) {
-    const ok = await page.evaluate((n) => window.e2e.until(n).then(() => window.e2e.got.at(-1)[1]), name === "slow" ? slowGot.length + 1 : sent);
-    check(`${name} received the slow page's message`, ok === seq, String(ok));
+    const n = name === "slow" ? slowGot.length + 1 : sent;
+    const lastSeq = await page.evaluate((n) => window.e2e.until(n).then(() => window.e2e.got.at(-1)[1]), n);
+    check(`${name} received the slow page's message`, lastSeq === seq, String(lastSeq));
   }
   check("no page errors", pageErrors.length === 0, pageErrors.join("; "));
 }
