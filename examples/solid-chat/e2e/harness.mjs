@@ -1,5 +1,6 @@
-// What the browser end-to-end tests share (chat.e2e.mjs, console.e2e.mjs, and
-// examples/solidstart-chat's e2e and stack, which import it from here): pass/fail counting,
+// What the browser end-to-end tests share (chat.e2e.mjs, console.e2e.mjs, sse.e2e.mjs,
+// conflate.e2e.mjs, and examples/solidstart-chat's e2e and stack, which import it from here):
+// pass/fail counting,
 // processes started and stopped by PID (also on failure and on a timeout), free ports, bounded
 // waits, the roomcast binary, a redis-server of the test's own, roomcast nodes on free loopback
 // ports, and Debian's chromium through playwright-core.
