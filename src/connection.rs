@@ -68,44 +68,21 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-        let (session, receiver) = match node.open_session(identity).await {
-            Ok(opened) => opened,
+        // No await inside the match: the result must not be kept across one (see `greet`).
+        let opened = match node.open_session(identity).await {
+            Ok(opened) => Some(opened),
             Err(err) => {
                 error!(%err, "cannot register connection with the broker");
-                let _ = tokio::time::timeout(
-                    close_timeout,
-                    ws.as_mut().close(Some(close_frame(Disconnect::Internal))),
-                )
-                .await;
-                uncork(&ws);
-                node.metrics().disconnected(Disconnect::Internal);
-                return;
+                None
             }
         };
-        session.name_in_span();
-        // Written here rather than through the outbox, so that it leaves with the 101 response
-        // (see above); nothing reaches the socket from the outbox before it.
-        let welcome = protocol::welcome(
-            &session.conn_id,
-            node.node_id(),
-            session.user.as_deref(),
-            node.config().limits.ping_interval_ms,
-        );
-        let greeted = matches!(
-            tokio::time::timeout(
-                close_timeout,
-                ws.send(Message::Text(welcome.into_utf8_bytes())),
-            )
-            .await,
-            Ok(Ok(()))
-        );
-        uncork(&ws);
-        if !greeted {
-            let mut session = session;
-            node.close_session(&mut session).await;
-            node.metrics().disconnected(Disconnect::PeerGone);
+        let Some((session, receiver)) = opened else {
+            Box::pin(close_unregistered(&node, &mut ws, close_timeout)).await;
             return;
-        }
+        };
+        let Some(session) = Box::pin(greet(&node, &mut ws, session, close_timeout)).await else {
+            return;
+        };
         // In a block: what moves into the loop must not stay reserved in this state too.
         let driving = {
             let config = node.config();
@@ -118,7 +95,7 @@ pub fn serve(
             node.metrics().disconnected(Disconnect::Internal);
             return;
         };
-        node.close_session(&mut session).await;
+        Box::pin(node.close_session(&mut session)).await;
         let reason = session
             .outbox
             .closer()
@@ -127,6 +104,52 @@ pub fn serve(
         node.metrics().disconnected(reason);
         debug!(reason = reason.label(), "connection closed");
     }
+}
+
+/// The node could not register the connection: close it with 1011.
+async fn close_unregistered(
+    node: &Node,
+    ws: &mut WebSocketStream<ClientSocket>,
+    close_timeout: Duration,
+) {
+    let close = ws.close(Some(close_frame(Disconnect::Internal)));
+    let _ = tokio::time::timeout(close_timeout, close).await;
+    uncork(ws);
+    node.metrics().disconnected(Disconnect::Internal);
+}
+
+/// Send the welcome; the session back when it went out, else the connection is over.
+///
+/// A future of its own (boxed by `serve`, and gone once the welcome is out): a session
+/// borrowed across two waits would be kept in every state of `serve`'s future, which each
+/// connection holds for its whole life; handed in and out, it is not.
+async fn greet(
+    node: &Node,
+    ws: &mut WebSocketStream<ClientSocket>,
+    mut session: Session,
+    close_timeout: Duration,
+) -> Option<Session> {
+    session.name_in_span();
+    // Written here rather than through the outbox, so that it leaves with the 101 response
+    // (see `serve`); nothing reaches the socket from the outbox before it.
+    let welcome = protocol::welcome(
+        &session.conn_id,
+        node.node_id(),
+        session.user.as_deref(),
+        node.config().limits.ping_interval_ms,
+    );
+    let sent = tokio::time::timeout(
+        close_timeout,
+        ws.send(Message::Text(welcome.into_utf8_bytes())),
+    );
+    let greeted = matches!(sent.await, Ok(Ok(())));
+    uncork(ws);
+    if greeted {
+        return Some(session);
+    }
+    node.close_session(&mut session).await;
+    node.metrics().disconnected(Disconnect::PeerGone);
+    None
 }
 
 /// A command under way; it owns the session and the rate limiter until it is done.
