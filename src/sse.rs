@@ -6,9 +6,11 @@
 //! and this module is its writer. Each frame becomes one event: `event:` is the frame's
 //! `type`, `data:` its JSON (the very text a WebSocket member gets), and `id:` the message id
 //! when the message is kept in a history room, so that the browser's `Last-Event-ID` resumes
-//! it. Heartbeats are comment lines; the close reason is a final `close` event. One task per
-//! client, as for a WebSocket: it writes what the outbox holds (never waiting on the socket in
-//! a way that stops it noticing a close), joins the rooms asked for and the backend's server
+//! it. Heartbeats are comment lines; the close reason is a final `close` event. Writes are
+//! coalesced as a WebSocket's are (`server.write_coalesce_ms`: a stream that wrote less than a
+//! window ago holds what is queued until the window's end). One task per client, as for a
+//! WebSocket: it writes what the outbox holds (never waiting on the socket in a way that stops
+//! it noticing a close), joins the rooms asked for and the backend's server
 //! subscriptions, and watches the socket for the client going away. The HTTP request, its
 //! checks and the response head's status on refusal are the listener's.
 
@@ -26,7 +28,7 @@ use tracing::{debug, error};
 
 use crate::auth::Identity;
 use crate::node::{Node, Session};
-use crate::outbox::{Closer, OutboxReceiver};
+use crate::outbox::{Closer, OutboxReceiver, Received};
 use crate::protocol::{self, Disconnect, Frame, Position, RequestId, RoomName};
 
 /// Most frames taken from the outbox per write.
@@ -180,6 +182,9 @@ fn drive<'a>(
                             // All out: an idle stream keeps no buffer.
                             out = Vec::new();
                             written = 0;
+                            // What is queued from now on waits for the window's end, unless
+                            // the stream stays quiet until then (as `connection::drive`).
+                            beat.wrote();
                         }
                     }
                     _ => {
@@ -187,17 +192,23 @@ fn drive<'a>(
                         break;
                     }
                 },
-                received = outbox.recv_many(&mut batch, WRITE_BATCH), if written == out.len() => {
-                    if received == 0 {
-                        break;
+                received = outbox.recv_coalesced(&mut batch, WRITE_BATCH, beat.window_end),
+                    if written == out.len() => match received {
+                    Received::End => break,
+                    Received::Hold => {
+                        // The one timer comes back for the held frames at the window's end.
+                        beat.holding = true;
+                        timer.as_mut().reset(beat.deadline());
                     }
-                    for frame in batch.drain(..) {
-                        encode_event(&mut out, &frame);
+                    Received::Frames(_) => {
+                        for frame in batch.drain(..) {
+                            encode_event(&mut out, &frame);
+                        }
+                        if batch.capacity() > 8 {
+                            batch.shrink_to(8);
+                        }
                     }
-                    if batch.capacity() > 8 {
-                        batch.shrink_to(8);
-                    }
-                }
+                },
                 rooms = outbox.server_rooms(), if running.is_none() => {
                     let Some(mut session) = idle.take() else { break };
                     running = Some(Box::pin(async move {
@@ -324,6 +335,12 @@ struct Beat {
     warning: Duration,
     /// The token's `exp`, its expiry and, until sent, when `token_expiring` goes.
     token: Option<(u64, Instant, Option<Instant>)>,
+    /// `server.write_coalesce_ms` (zero: off).
+    window: Duration,
+    /// The end of the coalescing window the last write opened.
+    window_end: Option<Instant>,
+    /// The outbox said it holds frames until `window_end`.
+    holding: bool,
 }
 
 impl Beat {
@@ -335,6 +352,9 @@ impl Beat {
             next: Instant::now() + every,
             warning: Duration::from_millis(config.auth.expiry_warning_ms),
             token: None,
+            window: Duration::from_millis(config.server.write_coalesce_ms),
+            window_end: None,
+            holding: false,
         };
         beat.retoken(session);
         beat
@@ -357,11 +377,25 @@ impl Beat {
         self.token = Some((identity.expires_at, expiry, Some(warn_at)));
     }
 
+    /// A write ended: the next coalescing window starts now.
+    fn wrote(&mut self) {
+        self.holding = false;
+        if !self.window.is_zero() {
+            self.window_end = Some(Instant::now() + self.window);
+        }
+    }
+
     fn deadline(&self) -> Instant {
+        let mut due = self.next;
+        if self.holding
+            && let Some(window_end) = self.window_end
+        {
+            due = due.min(window_end);
+        }
         match self.token {
-            None => self.next,
+            None => due,
             Some((_, expiry, warn_at)) => {
-                let due = self.next.min(expiry);
+                let due = due.min(expiry);
                 warn_at.map_or(due, |w| due.min(w))
             }
         }
@@ -372,6 +406,10 @@ impl Beat {
 /// due is appended to `out`. A heartbeat is skipped while events are still being written.
 fn on_timer(beat: &mut Beat, closer: &Closer, out: &mut Vec<u8>, written: usize) -> bool {
     let now = Instant::now();
+    if beat.holding && beat.window_end.is_none_or(|end| now >= end) {
+        // The outbox hands the held frames over on the loop's next turn.
+        beat.holding = false;
+    }
     if let Some((_, expiry, warn_at)) = &mut beat.token {
         if now >= *expiry {
             closer.close(Disconnect::TokenExpired);

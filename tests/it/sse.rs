@@ -643,3 +643,55 @@ async fn with_the_connect_hook_the_backend_decides_who_a_stream_is() {
         (&json!("hooked"), &json!("alice"))
     );
 }
+
+/// `server.write_coalesce_ms` holds a stream's writes as a WebSocket's: five messages queued
+/// within the window of the `joined` write leave in one segment (counted by the client's
+/// kernel), in order; `joined`, a reply, is not held behind a long window.
+#[tokio::test]
+async fn events_queued_within_the_coalescing_window_leave_in_one_segment() {
+    let mut config = test_config();
+    config.server.write_coalesce_ms = 10_000;
+    let node = TestNode::start(config).await;
+    let mut sse = Sse::open(node.ws_addr, "/sse?room=train", &[]).await;
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(5), sse.next_of("joined"))
+        .await
+        .expect("joined is not held");
+    assert_eq!(joined.json()["room"], "train");
+    let before = tcp_info(&sse.tcp).tcpi_data_segs_in;
+    for i in 0..5 {
+        admin_publish(&node, "train", json!(i)).await;
+    }
+    for i in 0..5 {
+        assert_eq!(
+            sse.next_of("message").await.json()["data"],
+            json!(i),
+            "in order"
+        );
+    }
+    let segments = tcp_info(&sse.tcp).tcpi_data_segs_in - before;
+    assert_eq!(
+        segments, 1,
+        "five events within the window came as {segments} segments"
+    );
+}
+
+/// A stream quiet for longer than the window gets the next event at once.
+#[tokio::test]
+async fn a_lone_event_after_a_quiet_spell_is_not_held() {
+    let window = std::time::Duration::from_millis(3_000);
+    let mut config = test_config();
+    config.server.write_coalesce_ms = window.as_millis() as u64;
+    let node = TestNode::start(config).await;
+    let mut sse = Sse::open(node.ws_addr, "/sse?room=quiet", &[]).await;
+    sse.next_of("joined").await;
+    // The precondition, not a race: `joined` was written before it was read here, so once
+    // this much time has passed the stream's window is over.
+    tokio::time::sleep(window + std::time::Duration::from_millis(100)).await;
+    let sent = tokio::time::Instant::now();
+    admin_publish(&node, "quiet", json!("hi")).await;
+    let event = tokio::time::timeout(window / 2, sse.next_of("message"))
+        .await
+        .expect("an event after a quiet spell is not held for the window");
+    assert_eq!(event.json()["data"], "hi");
+    assert!(sent.elapsed() < window / 2, "{:?}", sent.elapsed());
+}
