@@ -7,21 +7,16 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use roomcast::config::LimitsConfig;
-use roomcast::limits::DefaultClock;
 use roomcast::limits::{MessageRate, RateDecision};
 
 fn check(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit");
     g.throughput(Throughput::Elements(1));
-    let clock = DefaultClock::default();
-    let mut allowed = MessageRate::new(
-        &LimitsConfig {
-            rate_per_sec: u32::MAX,
-            rate_burst: u32::MAX,
-            ..LimitsConfig::default()
-        },
-        &clock,
-    );
+    let mut allowed = MessageRate::new(&LimitsConfig {
+        rate_per_sec: u32::MAX,
+        rate_burst: u32::MAX,
+        ..LimitsConfig::default()
+    });
     g.bench_function("check_allowed", |b| {
         b.iter(|| {
             let d = black_box(&mut allowed).check();
@@ -29,15 +24,12 @@ fn check(c: &mut Criterion) {
             d
         })
     });
-    let mut limited = MessageRate::new(
-        &LimitsConfig {
-            rate_per_sec: 1,
-            rate_burst: 1,
-            rate_limit_strikes: u32::MAX,
-            ..LimitsConfig::default()
-        },
-        &clock,
-    );
+    let mut limited = MessageRate::new(&LimitsConfig {
+        rate_per_sec: 1,
+        rate_burst: 1,
+        rate_limit_strikes: u32::MAX,
+        ..LimitsConfig::default()
+    });
     g.bench_function("check_limited", |b| {
         b.iter(|| black_box(&mut limited).check())
     });

@@ -50,60 +50,65 @@ const WRITE_BATCH: usize = 256;
 /// What a writer keeps of its batch buffer between bursts.
 const IDLE_BATCH_CAPACITY: usize = 8;
 
-/// Serve one accepted WebSocket until it closes. A node shutting down closes it with 1001
-/// through its [`Closer`](crate::outbox::Closer), like any other reason.
+/// A WebSocket the node registered and greeted, ready for [`run`]. `keep` is whatever must
+/// live as long as the connection (the listener's address slots).
+pub struct Opened<K> {
+    node: Arc<Node>,
+    ws: Box<WebSocketStream<ClientSocket>>,
+    session: Session,
+    receiver: OutboxReceiver,
+    keep: K,
+}
+
+/// Register an accepted WebSocket with the node and send its welcome; `None` when the
+/// connection is already over (closed 1011 when the node could not register it, or the peer
+/// went away).
 ///
 /// The listener hands the socket over corked (`TCP_CORK`): the handshake's 101 response waits
 /// in the kernel until the welcome is written behind it, then both leave in one segment, one
-/// transmit (and one wake-up of the client) per connect instead of two.
-/// (A plain function around an `async move` block for the reason given at `drive`; the
-/// socket comes boxed so that the futures it passes through hold a pointer, not 312 bytes
-/// each.)
-// Not `async fn`, on purpose: see `drive`.
-#[allow(clippy::manual_async_fn)]
-pub fn serve(
+/// transmit (and one wake-up of the client) per connect instead of two. The listener runs this
+/// in the boxed future of the handshake, so none of its state stays with the connection.
+pub async fn open<K>(
     node: Arc<Node>,
     mut ws: Box<WebSocketStream<ClientSocket>>,
     identity: Option<Arc<Identity>>,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-        // No await inside the match: the result must not be kept across one (see `greet`).
-        let opened = match node.open_session(identity).await {
-            Ok(opened) => Some(opened),
-            Err(err) => {
-                error!(%err, "cannot register connection with the broker");
-                None
-            }
-        };
-        let Some((session, receiver)) = opened else {
-            Box::pin(close_unregistered(&node, &mut ws, close_timeout)).await;
-            return;
-        };
-        let Some(session) = Box::pin(greet(&node, &mut ws, session, close_timeout)).await else {
-            return;
-        };
-        // In a block: what moves into the loop must not stay reserved in this state too.
-        let driving = {
-            let config = node.config();
-            let idle_state = Some((session, MessageRate::new(&config.limits, node.rate_clock())));
-            drive(&node, ws, idle_state, receiver, close_timeout)
-        };
-        let Some(mut session) = driving.await else {
-            // Only a bug could lose it; the node keeps the connection in its tables then.
-            error!("a connection ended without its session");
-            node.metrics().disconnected(Disconnect::Internal);
-            return;
-        };
-        Box::pin(node.close_session(&mut session)).await;
-        let reason = session
-            .outbox
-            .closer()
-            .reason()
-            .unwrap_or(Disconnect::PeerGone);
-        node.metrics().disconnected(reason);
-        debug!(reason = reason.label(), "connection closed");
-    }
+    keep: K,
+) -> Option<Opened<K>> {
+    let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
+    let (session, receiver) = match node.open_session(identity).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            error!(%err, "cannot register connection with the broker");
+            close_unregistered(&node, &mut ws, close_timeout).await;
+            return None;
+        }
+    };
+    let session = greet(&node, &mut ws, session, close_timeout).await?;
+    Some(Opened {
+        node,
+        ws,
+        session,
+        receiver,
+        keep,
+    })
+}
+
+/// Serve an opened WebSocket until it closes, then take it out of the node. A node shutting
+/// down closes it with 1001 through its [`Closer`](crate::outbox::Closer), like any other
+/// reason.
+///
+/// This future is all a connection holds for its life, so it is the connection loop itself,
+/// with nothing of the handshake around it.
+pub fn run<K: Send + 'static>(opened: Opened<K>) -> impl Future<Output = ()> + Send + 'static {
+    let Opened {
+        node,
+        ws,
+        session,
+        receiver,
+        keep,
+    } = opened;
+    let idle_state = Some((session, MessageRate::new(&node.config().limits)));
+    drive(node, ws, idle_state, receiver, keep)
 }
 
 /// The node could not register the connection: close it with 1011.
@@ -120,9 +125,6 @@ async fn close_unregistered(
 
 /// Send the welcome; the session back when it went out, else the connection is over.
 ///
-/// A future of its own (boxed by `serve`, and gone once the welcome is out): a session
-/// borrowed across two waits would be kept in every state of `serve`'s future, which each
-/// connection holds for its whole life; handed in and out, it is not.
 async fn greet(
     node: &Node,
     ws: &mut WebSocketStream<ClientSocket>,
@@ -131,7 +133,7 @@ async fn greet(
 ) -> Option<Session> {
     session.name_in_span();
     // Written here rather than through the outbox, so that it leaves with the 101 response
-    // (see `serve`); nothing reaches the socket from the outbox before it.
+    // (see `open`); nothing reaches the socket from the outbox before it.
     let welcome = protocol::welcome(
         &session.conn_id,
         node.node_id(),
@@ -155,21 +157,23 @@ async fn greet(
 /// A command under way; it owns the session and the rate limiter until it is done.
 type Running<'a> = Pin<Box<dyn Future<Output = (Session, MessageRate)> + Send + 'a>>;
 
-/// Serve the socket until the connection closes; returns the session for the node to forget.
+/// Serve the socket until the connection closes, then take the session out of the node and
+/// let `keep` go.
 ///
 /// A plain function around an `async move` block rather than an `async fn`: an async fn keeps
 /// its arguments twice in its state (as arguments, and as the locals they are moved into),
 /// which every idle connection would pay for.
 // Not `async fn`, on purpose: see above.
 #[allow(clippy::manual_async_fn)]
-fn drive<'a>(
-    node: &'a Node,
+fn drive<K: Send + 'static>(
+    node: Arc<Node>,
     mut ws: Box<WebSocketStream<ClientSocket>>,
     mut idle_state: Option<(Session, MessageRate)>,
     outbox: OutboxReceiver,
-    close_timeout: Duration,
-) -> impl Future<Output = Option<Session>> + Send + 'a {
+    keep: K,
+) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        let node: &Node = &node;
         let closer = outbox.closer();
         let mut beat = Heartbeat::new(node.config(), idle_state.as_ref().map(|(s, _)| s));
         // One timer for every deadline; a frame only moves `last_read`, and the timer is
@@ -235,9 +239,13 @@ fn drive<'a>(
                     Flow::Go
                 }
                 Step::Write(received) => {
-                    let flow =
-                        on_outbox(node, &mut ws, &mut batch, received, closer, closed.as_mut())
-                            .await;
+                    // Boxed: the write's state is the largest of the loop's, and unboxed it
+                    // would size every connection's task for its whole life (128 bytes more);
+                    // one allocation per flush (a syscall's worth of work), which coalescing
+                    // makes rare under load.
+                    let write =
+                        on_outbox(node, &mut ws, &mut batch, received, closer, closed.as_mut());
+                    let flow = Box::pin(write).await;
                     // The window starts when the write is done: what is queued from now on
                     // waits for its end, unless the connection stays quiet until then.
                     beat.holding = false;
@@ -264,11 +272,30 @@ fn drive<'a>(
             &mut ws,
             closer,
             outbox.take_close_text(),
-            close_timeout,
+            Duration::from_millis(node.config().limits.close_timeout_ms),
         ))
         .await;
-        session
+        Box::pin(close(node, session)).await;
+        drop(keep);
     }
+}
+
+/// The connection is over: take it out of the node and count why it closed.
+async fn close(node: &Node, session: Option<Session>) {
+    let Some(mut session) = session else {
+        // Only a bug could lose it; the node keeps the connection in its tables then.
+        error!("a connection ended without its session");
+        node.metrics().disconnected(Disconnect::Internal);
+        return;
+    };
+    node.close_session(&mut session).await;
+    let reason = session
+        .outbox
+        .closer()
+        .reason()
+        .unwrap_or(Disconnect::PeerGone);
+    node.metrics().disconnected(reason);
+    debug!(reason = reason.label(), "connection closed");
 }
 
 /// What woke the connection loop, decided inside its select: go on, stop, or a write to make.

@@ -7,11 +7,13 @@
 //! listener, which owns the keyed limiter.
 
 use std::num::NonZeroU32;
+use std::sync::OnceLock;
 
-pub use governor::clock::DefaultClock;
 use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
 use crate::config::LimitsConfig;
 
@@ -27,23 +29,43 @@ pub enum RateDecision {
     Exceeded,
 }
 
+/// The clock of every connection's limiter: the process's one calibrated quanta clock, read
+/// through a type with no state, so that each connection keeps no clock of its own.
+///
+/// governor's default clock carries its calibration in every limiter (~50 bytes per
+/// connection), and a fresh one per connection calibrates itself with CPUID, which traps to
+/// the hypervisor in a VM. Nanoseconds from the first reading in the process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessClock;
+
+impl Clock for ProcessClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        static START: OnceLock<quanta::Instant> = OnceLock::new();
+        let start = *START.get_or_init(quanta::Instant::now);
+        let elapsed = quanta::Instant::now().saturating_duration_since(start);
+        Nanos::from(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, ProcessClock, NoOpMiddleware<Nanos>>;
+
 pub struct MessageRate {
-    limiter: DefaultDirectRateLimiter,
-    overrun: Overrun<<DefaultClock as Clock>::Instant>,
+    limiter: Limiter,
+    overrun: Overrun<Nanos>,
 }
 
 impl MessageRate {
-    /// `clock` is shared by the node: a fresh one per connection calibrates itself with
-    /// CPUID, which traps to the hypervisor in a VM and showed at the top of the connect path.
-    pub fn new(limits: &LimitsConfig, clock: &DefaultClock) -> Self {
+    pub fn new(limits: &LimitsConfig) -> Self {
         let per_sec = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
         MessageRate {
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(per_sec).allow_burst(burst),
-                clock.clone(),
+                ProcessClock,
             ),
-            overrun: Overrun::new(limits, clock.now()),
+            overrun: Overrun::new(limits, ProcessClock.now()),
         }
     }
 
@@ -135,7 +157,7 @@ mod tests {
             rate_burst: 3,
             ..LimitsConfig::default()
         };
-        let mut rate = MessageRate::new(&limits, &DefaultClock::default());
+        let mut rate = MessageRate::new(&limits);
         for _ in 0..3 {
             assert_eq!(rate.check(), RateDecision::Allowed);
         }

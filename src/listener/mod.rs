@@ -5,8 +5,9 @@
 //! The client address is the TCP peer, or, when the peer is a configured trusted proxy, the
 //! rightmost untrusted address of `server.client_ip_header`: never a header any client can set.
 //!
-//! Once a handshake succeeds the socket is handed to `connection::serve`; this module never
-//! sees a frame. A connection whose request line is `GET /sse`, `POST /publish` (or its CORS
+//! Once a handshake succeeds the socket is handed to `connection::open` (still in the
+//! handshake's boxed future), then served by `connection::run`; this module never sees a
+//! frame. A connection whose request line is `GET /sse`, `POST /publish` (or its CORS
 //! preflight) is plain HTTP: `http` makes the same checks and answers it in a task of its own.
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -127,7 +130,7 @@ impl Listener {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    // Every log line of the connection names it; `connection::serve` fills in
+                    // Every log line of the connection names it; `connection::open` fills in
                     // the ids once the node has registered it.
                     let span = info_span!("conn", %peer, conn = Empty, user = Empty);
                     tracker.spawn(this.clone().handle(tcp, peer).instrument(span));
@@ -142,115 +145,127 @@ impl Listener {
         sweeper.abort();
     }
 
-    /// Not `async fn`, on purpose: an async fn keeps its arguments twice in its state (see
-    /// `connection::drive`), and this state is held for as long as the connection lives.
-    #[allow(clippy::manual_async_fn)]
+    /// One accepted TCP connection, in two phases: the handshake up to the welcome, boxed, then
+    /// the connection loop. The task holds the boxed handshake only until it is done, and then
+    /// nothing but the loop's own state (`connection::run`): none of the handshake's locals
+    /// (the request, the admission checks, the socket before it was wrapped) stays reserved
+    /// for the connection's life, as it would in one future spanning both.
     fn handle(
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + Send + 'static {
-        async move {
-            prepare_socket(&tcp, self.node.config().server.tcp_nodelay);
-            let route = tokio::time::timeout(self.handshake_timeout, http::route(&tcp)).await;
-            match route {
-                Ok(http::Route::WebSocket) => {}
-                Ok(route) => {
-                    // A task of its own, so that an open event stream holds its own state only,
-                    // not this future's (sized by the WebSocket's); same span, same tracker.
-                    let this = self.clone();
-                    let serve = async move { this.serve_http(tcp, peer, route).await };
-                    self.tracker
-                        .spawn(serve.instrument(tracing::Span::current()));
-                    return;
-                }
+        Box::pin(self.accept(tcp, peer))
+            .then(|opened| OptionFuture::from(opened.map(connection::run)))
+            .map(drop)
+    }
+
+    /// Route, check and upgrade one TCP connection, and open it with the node: what
+    /// `connection::run` serves, or `None` when it was refused, answered as plain HTTP (in a
+    /// task of its own), or is already over.
+    async fn accept(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<connection::Opened<Option<Admission>>> {
+        prepare_socket(&tcp, self.node.config().server.tcp_nodelay);
+        let route = tokio::time::timeout(self.handshake_timeout, http::route(&tcp)).await;
+        match route {
+            Ok(http::Route::WebSocket) => {}
+            Ok(route) => {
+                // A task of its own, so that an open event stream holds its own state only,
+                // not this future's (sized by the WebSocket's); same span, same tracker.
+                let this = self.clone();
+                let serve = async move { this.serve_http(tcp, peer, route).await };
+                self.tracker
+                    .spawn(serve.instrument(tracing::Span::current()));
+                return None;
+            }
+            Err(_) => {
+                self.node.metrics().refused(Refusal::HandshakeTimeout);
+                return None;
+            }
+        }
+        let node = &self.node;
+        let mut admitted: Option<Admission> = None;
+        let mut refusal: Option<Refusal> = None;
+        // The Err type is fixed by tungstenite's handshake `Callback` signature.
+        #[allow(clippy::result_large_err)]
+        let check = |request: &Request, mut response: Response| match self.admit(
+            request,
+            peer,
+            &node.config().server.path,
+        ) {
+            Ok(mut admission) => {
+                admission.deflates = self.answer_compression(request, &mut response);
+                admitted = Some(admission);
+                Ok(response)
+            }
+            Err((reason, status, message)) => {
+                refusal = Some(reason);
+                Err(error_response(status, message))
+            }
+        };
+        let ws = if node.hooks().connect_enabled() {
+            // Boxed: this state is needed only during the handshake, and unboxed it would
+            // size the state every connection holds for its whole life.
+            let handshake = Box::pin(self.hooked_handshake(tcp, peer));
+            match tokio::time::timeout(self.handshake_timeout, handshake).await {
                 Err(_) => {
-                    self.node.metrics().refused(Refusal::HandshakeTimeout);
-                    return;
+                    node.metrics().refused(Refusal::HandshakeTimeout);
+                    debug!(%peer, "handshake timed out");
+                    return None;
+                }
+                Ok(Err(reason)) => {
+                    node.metrics().refused(reason);
+                    debug!(%peer, reason = reason.label(), "handshake refused");
+                    return None;
+                }
+                Ok(Ok((ws, admission))) => {
+                    admitted = Some(admission);
+                    ws
                 }
             }
-            let node = &self.node;
-            let mut admitted: Option<Admission> = None;
-            let mut refusal: Option<Refusal> = None;
-            // The Err type is fixed by tungstenite's handshake `Callback` signature.
-            #[allow(clippy::result_large_err)]
-            let check = |request: &Request, mut response: Response| match self.admit(
-                request,
-                peer,
-                &node.config().server.path,
-            ) {
-                Ok(mut admission) => {
-                    admission.deflates = self.answer_compression(request, &mut response);
-                    admitted = Some(admission);
-                    Ok(response)
+        } else {
+            // Boxed, as the hooked one: unboxed, tungstenite's handshake state (360 bytes
+            // more than the rest) sized the task every connection holds for its whole life.
+            let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+                ClientSocket::new(tcp),
+                check,
+                Some(self.ws_config),
+            ));
+            match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                Err(_) => {
+                    node.metrics().refused(Refusal::HandshakeTimeout);
+                    debug!(%peer, "handshake timed out");
+                    return None;
                 }
-                Err((reason, status, message)) => {
-                    refusal = Some(reason);
-                    Err(error_response(status, message))
+                Ok(Err(err)) => {
+                    node.metrics()
+                        .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
+                    debug!(%peer, %err, "handshake refused");
+                    return None;
                 }
-            };
-            let ws = if node.hooks().connect_enabled() {
-                // Boxed: this state is needed only during the handshake, and unboxed it would
-                // size the state every connection holds for its whole life.
-                let handshake = Box::pin(self.hooked_handshake(tcp, peer));
-                match tokio::time::timeout(self.handshake_timeout, handshake).await {
-                    Err(_) => {
-                        node.metrics().refused(Refusal::HandshakeTimeout);
-                        debug!(%peer, "handshake timed out");
-                        return;
+                Ok(Ok(mut ws)) => {
+                    if admitted
+                        .as_ref()
+                        .is_some_and(|admission| admission.deflates)
+                    {
+                        let max = node.config().limits.max_message_bytes;
+                        ws.get_mut().inflate_from_now(max);
                     }
-                    Ok(Err(reason)) => {
-                        node.metrics().refused(reason);
-                        debug!(%peer, reason = reason.label(), "handshake refused");
-                        return;
-                    }
-                    Ok(Ok((ws, admission))) => {
-                        admitted = Some(admission);
-                        ws
-                    }
+                    ws
                 }
-            } else {
-                // Boxed, as the hooked one: unboxed, tungstenite's handshake state (360 bytes
-                // more than the rest) sized the task every connection holds for its whole life.
-                let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-                    ClientSocket::new(tcp),
-                    check,
-                    Some(self.ws_config),
-                ));
-                match tokio::time::timeout(self.handshake_timeout, handshake).await {
-                    Err(_) => {
-                        node.metrics().refused(Refusal::HandshakeTimeout);
-                        debug!(%peer, "handshake timed out");
-                        return;
-                    }
-                    Ok(Err(err)) => {
-                        node.metrics()
-                            .refused(refusal.unwrap_or(Refusal::HandshakeFailed));
-                        debug!(%peer, %err, "handshake refused");
-                        return;
-                    }
-                    Ok(Ok(mut ws)) => {
-                        if admitted
-                            .as_ref()
-                            .is_some_and(|admission| admission.deflates)
-                        {
-                            let max = node.config().limits.max_message_bytes;
-                            ws.get_mut().inflate_from_now(max);
-                        }
-                        ws
-                    }
-                }
-            };
-            // `admitted` keeps the address slots until the connection ends; only the identity
-            // moves on (taken in place, so the state holds one admission, not two).
-            let Some(identity) = admitted.as_mut().map(|admission| admission.identity.take())
-            else {
-                return;
-            };
-            node.metrics().connections_accepted.inc();
-            connection::serve(node.clone(), Box::new(ws), identity).await;
-            drop(admitted);
-        }
+            }
+        };
+        // `admitted` keeps the address slots until the connection ends; only the identity
+        // moves on (taken in place, so the state holds one admission, not two).
+        let identity = admitted
+            .as_mut()
+            .map(|admission| admission.identity.take())?;
+        node.metrics().connections_accepted.inc();
+        // `admitted` keeps the address slots for as long as the connection lives.
+        connection::open(node.clone(), Box::new(ws), identity, admitted).await
     }
 
     /// Answer a permessage-deflate offer when `server.compression` is on; whether the
@@ -475,7 +490,7 @@ fn error_response(status: StatusCode, message: &str) -> ErrorResponse {
     response
 }
 
-/// `server.tcp_nodelay`, and `TCP_CORK` until the welcome is written (`connection::serve`
+/// `server.tcp_nodelay`, and `TCP_CORK` until the welcome is written (`connection::open`
 /// uncorks), so the 101 response and the welcome share one segment; a refused handshake's
 /// response leaves at close. Failures only cost an extra segment or the kernel's default.
 fn prepare_socket(tcp: &TcpStream, nodelay: bool) {

@@ -158,7 +158,6 @@ pub struct Node {
     /// Connections open or mid-handshake, for `server.max_connections`.
     slots: AtomicU64,
     command_timeout: Duration,
-    rate_clock: crate::limits::DefaultClock,
     /// Milliseconds since the Unix epoch, for the node's stats.
     started_at: u64,
     /// The revocations in force, so a handshake checks them without a broker round trip.
@@ -199,7 +198,6 @@ impl Node {
             stopping: tokio_util::sync::CancellationToken::new(),
             presence,
             slots: AtomicU64::new(0),
-            rate_clock: crate::limits::DefaultClock::default(),
             started_at: now_ms(),
             revocations: revocations::RevocationMirror::default(),
             authenticator,
@@ -210,10 +208,6 @@ impl Node {
         &self.config
     }
 
-    /// The clock every connection's rate limiter reads (one calibration per node).
-    pub fn rate_clock(&self) -> &crate::limits::DefaultClock {
-        &self.rate_clock
-    }
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
