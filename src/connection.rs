@@ -124,7 +124,6 @@ async fn close_unregistered(
 }
 
 /// Send the welcome; the session back when it went out, else the connection is over.
-///
 async fn greet(
     node: &Node,
     ws: &mut WebSocketStream<ClientSocket>,
