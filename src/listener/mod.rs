@@ -207,9 +207,8 @@ impl Listener {
             }
         };
         let ws = if node.hooks().connect_enabled() {
-            // Boxed: this state is needed only during the handshake, and unboxed it would
-            // size the state every connection holds for its whole life.
-            let handshake = Box::pin(self.hooked_handshake(tcp, peer));
+            // Not boxed on its own: all of `accept` is, and freed once the welcome is out.
+            let handshake = self.hooked_handshake(tcp, peer);
             match tokio::time::timeout(self.handshake_timeout, handshake).await {
                 Err(_) => {
                     node.metrics().refused(Refusal::HandshakeTimeout);
@@ -227,13 +226,11 @@ impl Listener {
                 }
             }
         } else {
-            // Boxed, as the hooked one: unboxed, tungstenite's handshake state (360 bytes
-            // more than the rest) sized the task every connection holds for its whole life.
-            let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            let handshake = tokio_tungstenite::accept_hdr_async_with_config(
                 ClientSocket::new(tcp),
                 check,
                 Some(self.ws_config),
-            ));
+            );
             match tokio::time::timeout(self.handshake_timeout, handshake).await {
                 Err(_) => {
                     node.metrics().refused(Refusal::HandshakeTimeout);
