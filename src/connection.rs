@@ -266,6 +266,11 @@ fn drive<K: Send + 'static>(
             Some(command) => Some(command.await.0),
             None => idle_state.map(|(session, _)| session),
         };
+        // What was queued before the close still goes out first (the coalescing window may
+        // have held it), except to a client too slow to take what it had.
+        if closer.reason() != Some(Disconnect::SlowConsumer) {
+            Box::pin(write_queued(node, &mut ws, &outbox)).await;
+        }
         // Boxed: it runs once, at the end, and would otherwise size every connection's future.
         Box::pin(close_handshake(
             &mut ws,
@@ -276,6 +281,27 @@ fn drive<K: Send + 'static>(
         .await;
         Box::pin(close(node, session)).await;
         drop(keep);
+    }
+}
+
+/// Write what the outbox still holds, within `limits.close_timeout_ms`.
+async fn write_queued(
+    node: &Node,
+    ws: &mut WebSocketStream<ClientSocket>,
+    outbox: &OutboxReceiver,
+) {
+    let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
+    let _ = tokio::time::timeout(close_timeout, async {
+        while let Ok(frame) = outbox.try_recv() {
+            let message = wire_message(node, ws.get_mut(), frame);
+            ws.feed(message).await?;
+        }
+        ws.flush().await
+    })
+    .await;
+    let compressed = ws.get_mut().take_compressed_sent();
+    if compressed > 0 {
+        node.metrics().compressed_deliveries.inc_by(compressed);
     }
 }
 

@@ -189,3 +189,23 @@ async fn held_frames_leave_when_the_window_ends_under_load() {
         assert_eq!(m["data"], json!(i), "in order");
     }
 }
+
+/// A node shutting down writes what a connection's window still holds before its 1001: a
+/// frame queued within a long window is not lost to the close.
+#[tokio::test]
+async fn held_frames_are_written_before_the_shutdown_close() {
+    let mut node = TestNode::start(config(10_000)).await;
+    let mut member = node.connect().await;
+    member.join("closing").await;
+    // `joined` opened the window: this one is held.
+    admin_post(
+        &node,
+        "/api/publish",
+        json!({"room": "closing", "data": "last words"}),
+    )
+    .await;
+    node.begin_shutdown();
+    let m = member.recv_type("message").await;
+    assert_eq!(m["data"], "last words");
+    member.expect_close(1001).await;
+}
