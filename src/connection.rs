@@ -299,6 +299,11 @@ async fn write_queued(
         ws.flush().await
     })
     .await;
+    count_compressed(node, ws);
+}
+
+/// Count the compressed frames the last writes sent into the metric, once per write.
+fn count_compressed(node: &Node, ws: &mut WebSocketStream<ClientSocket>) {
     let compressed = ws.get_mut().take_compressed_sent();
     if compressed > 0 {
         node.metrics().compressed_deliveries.inc_by(compressed);
@@ -443,10 +448,7 @@ where
             return Flow::Stop;
         }
     }
-    let compressed = ws.get_mut().take_compressed_sent();
-    if compressed > 0 {
-        node.metrics().compressed_deliveries.inc_by(compressed);
-    }
+    count_compressed(node, ws);
     if batch.capacity() > IDLE_BATCH_CAPACITY {
         batch.shrink_to(IDLE_BATCH_CAPACITY);
     }

@@ -231,7 +231,14 @@ fn drive<'a>(
             Some(work) => Some(work.await),
             None => idle,
         };
-        // What was begun is finished, then the close event; bounded like a close frame.
+        // What was begun is finished, then what is still queued (the coalescing window may
+        // have held it; not for a slow consumer, as for a WebSocket), then the close event;
+        // bounded like a close frame.
+        if closer.reason() != Some(Disconnect::SlowConsumer) {
+            while let Ok(frame) = outbox.try_recv() {
+                encode_event(&mut out, &frame);
+            }
+        }
         if let Some(reason) = closer.reason().filter(|r| r.close_code().is_some()) {
             let text = outbox.take_close_text();
             close_event(&mut out, reason, text.as_deref());

@@ -695,3 +695,19 @@ async fn a_lone_event_after_a_quiet_spell_is_not_held() {
     assert_eq!(event.json()["data"], "hi");
     assert!(sent.elapsed() < window / 2, "{:?}", sent.elapsed());
 }
+
+/// A node shutting down writes the events a stream's window still holds before its final
+/// `close` event (1001), as it does for a WebSocket.
+#[tokio::test]
+async fn held_events_are_written_before_the_shutdown_close_event() {
+    let mut config = test_config();
+    config.server.write_coalesce_ms = 10_000;
+    let mut node = TestNode::start(config).await;
+    let mut sse = Sse::open(node.ws_addr, "/sse?room=closing", &[]).await;
+    sse.next_of("joined").await;
+    // `joined` opened the window: this one is held.
+    admin_publish(&node, "closing", json!("last words")).await;
+    node.begin_shutdown();
+    assert_eq!(sse.next_of("message").await.json()["data"], "last words");
+    assert_eq!(sse.next_of("close").await.json()["code"], 1001);
+}
