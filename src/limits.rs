@@ -32,7 +32,7 @@ pub enum RateDecision {
 /// The clock of every connection's limiter: the process's one calibrated quanta clock, read
 /// through a type with no state, so that each connection keeps no clock of its own.
 ///
-/// governor's default clock carries its calibration in every limiter (~50 bytes per
+/// governor's default clock carries its calibration in every limiter (40 bytes per
 /// connection), and a fresh one per connection calibrates itself with CPUID, which traps to
 /// the hypervisor in a VM. Nanoseconds from the first reading in the process.
 #[derive(Clone, Copy, Debug, Default)]
