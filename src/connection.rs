@@ -31,16 +31,16 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error};
 
 use crate::auth::Identity;
-use crate::deflate::{self, ClientSocket, InflateError};
-use crate::limits::{MessageRate, RateDecision};
-use crate::metrics::DropReason;
+use crate::deflate::{ClientSocket, InflateError};
+use crate::limits::MessageRate;
 use crate::node::{Node, Session};
 use crate::outbox::{Closer, OutboxReceiver, Received, ServerRoom};
-use crate::protocol::{
-    self, Command, CommandError, CommandKind, Disconnect, ErrorCode, Frame, RequestId,
-};
+use crate::protocol::{self, CommandError, CommandKind, Disconnect, Frame};
 
+mod commands;
 mod deadlines;
+mod wire;
+use commands::{check_rate, handle_text, reply_error};
 /// When a token runs out, as an instant (SSE streams end at it too).
 pub(crate) use deadlines::token_deadline;
 use deadlines::{Due, Heartbeat, on_timer};
@@ -141,7 +141,7 @@ async fn greet(
     );
     let sent = tokio::time::timeout(
         close_timeout,
-        ws.send(Message::Text(welcome.into_utf8_bytes())),
+        wire::write_one(ws, wire::TEXT, welcome.text().as_bytes()),
     );
     let greeted = matches!(sent.await, Ok(Ok(())));
     uncork(ws);
@@ -227,7 +227,13 @@ fn drive<K: Send + 'static>(
                 Step::Go => Flow::Go,
                 Step::Stop => Flow::Stop,
                 Step::Tick => {
-                    let flow = on_tick(&mut ws, &mut beat, closer, closed.as_mut()).await;
+                    let flow = match on_timer(&mut beat, closer) {
+                        Due::Nothing => Flow::Go,
+                        Due::Close => Flow::Stop,
+                        // Boxed, like the outbox's write: rare (a ping per interval), and
+                        // unboxed its state would size every connection's task.
+                        due => Box::pin(send_due(&mut ws, due, closer, closed.as_mut())).await,
+                    };
                     timer.as_mut().reset(beat.deadline());
                     flow
                 }
@@ -260,28 +266,42 @@ fn drive<K: Send + 'static>(
             }
         }
 
-        // A command under way finishes first (each is bounded by its own timeouts): its session
-        // is what the node needs to take the connection out of its rooms.
-        let session = match running {
-            Some(command) => Some(command.await.0),
-            None => idle_state.map(|(session, _)| session),
-        };
-        // What was queued before the close still goes out first (the coalescing window may
-        // have held it), except to a client too slow to take what it had.
-        if closer.reason() != Some(Disconnect::SlowConsumer) {
-            Box::pin(write_queued(node, &mut ws, &outbox)).await;
-        }
-        // Boxed: it runs once, at the end, and would otherwise size every connection's future.
-        Box::pin(close_handshake(
-            &mut ws,
-            closer,
-            outbox.take_close_text(),
-            Duration::from_millis(node.config().limits.close_timeout_ms),
-        ))
-        .await;
-        Box::pin(close(node, session)).await;
+        // Boxed: it runs once, at the end, and its state (a whole session) would otherwise
+        // size every connection's future.
+        Box::pin(finish(node, &mut ws, running, idle_state, &outbox)).await;
         drop(keep);
     }
+}
+
+/// The loop is over: let a command under way finish, write what is still queued, close the
+/// WebSocket and take the connection out of the node.
+async fn finish(
+    node: &Node,
+    ws: &mut WebSocketStream<ClientSocket>,
+    running: Option<Running<'_>>,
+    idle_state: Option<(Session, MessageRate)>,
+    outbox: &OutboxReceiver,
+) {
+    let closer = outbox.closer();
+    // A command under way finishes first (each is bounded by its own timeouts): its session
+    // is what the node needs to take the connection out of its rooms.
+    let session = match running {
+        Some(command) => Some(command.await.0),
+        None => idle_state.map(|(session, _)| session),
+    };
+    // What was queued before the close still goes out first (the coalescing window may
+    // have held it), except to a client too slow to take what it had.
+    if closer.reason() != Some(Disconnect::SlowConsumer) {
+        write_queued(node, ws, outbox).await;
+    }
+    close_handshake(
+        ws,
+        closer,
+        outbox.take_close_text(),
+        Duration::from_millis(node.config().limits.close_timeout_ms),
+    )
+    .await;
+    close(node, session).await;
 }
 
 /// Write what the outbox still holds, within `limits.close_timeout_ms`.
@@ -292,11 +312,12 @@ async fn write_queued(
 ) {
     let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
     let _ = tokio::time::timeout(close_timeout, async {
+        let write_at = node.config().server.write_buffer_bytes;
         while let Ok(frame) = outbox.try_recv() {
-            let message = wire_message(node, ws.get_mut(), frame);
-            ws.feed(message).await?;
+            let (first_byte, payload) = wire_form(node, ws.get_mut(), frame);
+            wire::push(ws, first_byte, &payload, write_at).await?;
         }
-        ws.flush().await
+        wire::write_unsent(ws).await
     })
     .await;
     count_compressed(node, ws);
@@ -367,29 +388,28 @@ enum Flow {
     Stop,
 }
 
-/// The timer fired: close, or send what is due.
-async fn on_tick<S, F>(
-    ws: &mut WebSocketStream<S>,
-    beat: &mut Heartbeat<'_>,
+/// The timer said a frame is due: send it.
+async fn send_due<F>(
+    ws: &mut WebSocketStream<ClientSocket>,
+    due: Due,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    match on_timer(beat, closer) {
+    match due {
         Due::Nothing => Flow::Go,
         Due::Close => Flow::Stop,
         Due::Ping => {
-            let ping = std::pin::pin!(ws.send(Message::Ping(Bytes::new())));
+            let ping = std::pin::pin!(wire::write_one(ws, wire::PING, &[]));
             write_unless_closed(ping, closer, closed).await
         }
         Due::Warning { in_ms } => {
             // Straight to the socket, like the ping: it answers no command, so it has no place
             // in the order of replies.
-            let frame = protocol::token_expiring(in_ms).into_utf8_bytes();
-            let warn = std::pin::pin!(ws.send(Message::Text(frame)));
+            let frame = protocol::token_expiring(in_ms);
+            let warn = std::pin::pin!(wire::write_one(ws, wire::TEXT, frame.text().as_bytes()));
             write_unless_closed(warn, closer, closed).await
         }
     }
@@ -434,15 +454,12 @@ where
     }
     {
         let write = std::pin::pin!(async {
+            let write_at = node.config().server.write_buffer_bytes;
             for frame in batch.drain(..) {
-                // In a block of its own: the message is not kept beside the write's future.
-                let feed = {
-                    let message = wire_message(node, ws.get_mut(), frame);
-                    ws.feed(message)
-                };
-                feed.await?;
+                let (first_byte, payload) = wire_form(node, ws.get_mut(), frame);
+                wire::push(ws, first_byte, &payload, write_at).await?;
             }
-            ws.flush().await
+            wire::write_unsent(ws).await
         });
         if let Flow::Stop = write_unless_closed(write, closer, closed).await {
             return Flow::Stop;
@@ -455,9 +472,10 @@ where
     Flow::Go
 }
 
-/// A frame as it goes on the wire: compressed when the connection negotiated it, the frame is
-/// at least `server.compression_min_bytes` long, and compressing shrinks it.
-fn wire_message(node: &Node, socket: &mut ClientSocket, frame: Frame) -> Message {
+/// A frame as it goes on the wire, as the first byte of its header and its payload: compressed
+/// when the connection negotiated it, the frame is at least `server.compression_min_bytes`
+/// long, and compressing shrinks it.
+fn wire_form(node: &Node, socket: &mut ClientSocket, frame: Frame) -> (u8, Bytes) {
     if socket.deflates() && frame.text().len() >= node.config().server.compression_min_bytes {
         let (payload, computed) = frame.compressed();
         if computed {
@@ -465,10 +483,10 @@ fn wire_message(node: &Node, socket: &mut ClientSocket, frame: Frame) -> Message
         }
         if let Some(payload) = payload {
             socket.count_compressed();
-            return Message::Frame(deflate::compressed_text_frame(payload));
+            return (wire::TEXT_COMPRESSED, payload);
         }
     }
-    Message::Text(frame.into_utf8_bytes())
+    (wire::TEXT, Bytes::from(frame.into_utf8_bytes()))
 }
 
 /// The client sent something (or the socket ended). A text frame starts a command, which
@@ -546,126 +564,6 @@ fn uncork(ws: &WebSocketStream<ClientSocket>) {
     if let Err(err) = socket2::SockRef::from(ws.get_ref().tcp()).set_tcp_cork(false) {
         debug!(%err, "cannot uncork the socket");
     }
-}
-
-/// Apply the rate limit to one client frame. Returns false when the frame must be dropped
-/// (the client has been told, or is being closed).
-fn check_rate(
-    node: &Node,
-    session: &Session,
-    rate: &mut MessageRate,
-    id: Option<&RequestId>,
-) -> bool {
-    match rate.check() {
-        RateDecision::Allowed => true,
-        RateDecision::Limited => {
-            node.metrics().rate_limited.inc();
-            node.metrics().dropped(DropReason::RateLimited, 1);
-            let err = CommandError::new(ErrorCode::RateLimited, "rate limit exceeded");
-            session.outbox.reply(protocol::error(&err, id));
-            false
-        }
-        RateDecision::Exceeded => {
-            node.metrics().rate_limited.inc();
-            node.metrics().dropped(DropReason::RateLimited, 1);
-            session.outbox.closer().close(Disconnect::RateLimited);
-            false
-        }
-    }
-}
-
-async fn handle_text(node: &Node, session: &mut Session, rate: &mut MessageRate, text: &str) {
-    if text == "ping" {
-        if check_rate(node, session, rate, None) {
-            node.metrics().received(CommandKind::TextPing);
-            session.outbox.reply(Frame::plain_pong());
-        }
-        return;
-    }
-    let decoded = protocol::decode_command(text);
-    let id = decoded.id.as_ref();
-    if !check_rate(node, session, rate, id) {
-        return;
-    }
-    let command = match decoded.result {
-        Ok(command) => command,
-        Err(err) => {
-            node.metrics().received(CommandKind::Invalid);
-            reply_error(node, session, &err, id);
-            return;
-        }
-    };
-    node.metrics().received(command.kind());
-    let reply = match command {
-        Command::Join {
-            room,
-            since,
-            history,
-        } => match node.join(session, &room, since.as_deref(), history).await {
-            Ok(outcome) => {
-                let joined = protocol::joined(&room, id, outcome.recovered, outcome.history);
-                session.outbox.reply(joined);
-                for frame in outcome.replay {
-                    session.outbox.reply(frame);
-                }
-                if let Some((gate, after)) = outcome.gate {
-                    node.open_gate(session, gate, after);
-                }
-                return;
-            }
-            Err(err) => Err(err),
-        },
-        Command::Leave { room } => node
-            .leave(session, &room)
-            .await
-            .map(|()| protocol::left(&room, id)),
-        Command::Publish {
-            room,
-            data,
-            echo,
-            key,
-        } => node
-            .publish_from_client(session, &room, data, echo, key)
-            .await
-            .map(|msg_id| protocol::ack(&room, &msg_id, id)),
-        Command::Ping => Ok(protocol::pong(id)),
-        Command::Presence { room } => node
-            .presence(session, &room)
-            .await
-            .map(|list| protocol::presence(&room, &list, id)),
-        Command::Refresh { token } => refresh(node, session, &token.0, id).await,
-    };
-    match reply {
-        Ok(frame) => {
-            session.outbox.reply(frame);
-        }
-        Err(err) => reply_error(node, session, &err, id),
-    }
-}
-
-/// `refresh`: the rooms the new token no longer allows are left (`left` with reason
-/// `forbidden`) before the reply, so a client that reads `refreshed` knows its rooms.
-async fn refresh(
-    node: &Node,
-    session: &mut Session,
-    token: &str,
-    id: Option<&RequestId>,
-) -> Result<Frame, CommandError> {
-    let refreshed = node.refresh(session, token).await?;
-    for room in &refreshed.left {
-        session
-            .outbox
-            .reply(protocol::left_because(room, ErrorCode::Forbidden.as_str()));
-    }
-    Ok(protocol::refreshed(refreshed.exp, id))
-}
-
-fn reply_error(node: &Node, session: &Session, err: &CommandError, id: Option<&RequestId>) {
-    node.metrics().invalid(err.code);
-    if err.code == ErrorCode::BadRequest {
-        node.metrics().dropped(DropReason::Invalid, 1);
-    }
-    session.outbox.reply(protocol::error(err, id));
 }
 
 /// Map a read error to why the connection ends.

@@ -16,8 +16,6 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio_tungstenite::tungstenite::http::HeaderMap;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
 
 pub use socket::{ClientSocket, InflateError};
 
@@ -113,19 +111,6 @@ pub fn compress(text: &[u8]) -> Option<Bytes> {
         out.truncate(out.len() - SYNC_TAIL.len());
         (out.len() < text.len()).then(|| Bytes::from(out))
     })
-}
-
-/// The wire frame of a compressed text message: RSV1 set, never fragmented.
-pub fn compressed_text_frame(payload: Bytes) -> WireFrame {
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: true,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(Data::Text),
-        mask: None,
-    };
-    WireFrame::from_payload(header, payload)
 }
 
 /// Inflate one message's compressed payload (the sync tail already appended). At most

@@ -4,7 +4,9 @@
 //!
 //! Owns the frame parsing that inflating needs (headers, masks, fragments); every other check
 //! of a frame (masking, control frames, sizes, UTF-8) stays tungstenite's, on what comes out.
-//! Writing passes straight through: compressed frames are written as such by the connection.
+//! Writing: the connection encodes its frames itself (compressed ones as such) into the
+//! socket's unsent bytes, which leave before anything tungstenite writes after them (its close
+//! frame behind a write the close interrupted), so the stream stays whole.
 
 use std::io;
 use std::pin::Pin;
@@ -45,6 +47,8 @@ impl From<InflateError> for io::Error {
 pub struct ClientSocket {
     tcp: TcpStream,
     negotiated: Option<Box<Negotiated>>,
+    /// Frames the connection encoded and the kernel has not taken yet; freed once written.
+    unsent: Vec<u8>,
 }
 
 /// A connection's permessage-deflate state: the inflater of its messages, and the frames
@@ -60,7 +64,29 @@ impl ClientSocket {
         ClientSocket {
             tcp,
             negotiated: None,
+            unsent: Vec::new(),
         }
+    }
+
+    /// Where the connection encodes frames to write ([`ClientSocket::poll_write_unsent`]).
+    pub fn unsent(&mut self) -> &mut Vec<u8> {
+        &mut self.unsent
+    }
+
+    /// Write the unsent bytes, all of them, then free their buffer: a connection keeps no
+    /// write buffer between writes.
+    pub fn poll_write_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.unsent.is_empty() {
+            let written = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.unsent))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.unsent.drain(..written);
+        }
+        if self.unsent.capacity() > 0 {
+            self.unsent = Vec::new();
+        }
+        Poll::Ready(Ok(()))
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -115,7 +141,9 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        ready!(this.poll_write_unsent(cx))?;
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -123,7 +151,9 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        ready!(this.poll_write_unsent(cx))?;
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -131,11 +161,15 @@ impl AsyncWrite for ClientSocket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_unsent(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_unsent(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 
