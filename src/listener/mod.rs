@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::auth::{AuthFailure, Authenticator, Identity, token_from_cookies, token_from_request};
 use crate::config::trusted_proxy_addrs;
@@ -131,8 +131,10 @@ impl Listener {
             match accepted {
                 Ok((tcp, peer)) => {
                     // Every log line of the connection names it; `connection::open` fills in
-                    // the ids once the node has registered it.
-                    let span = info_span!("conn", %peer, conn = Empty, user = Empty);
+                    // the ids once the node has registered it. At debug level: an enabled span
+                    // costs every connection ~0.6 KB for its life in the subscriber's tables
+                    // (BENCHMARKS.md, idle memory), about a fifth of all it holds.
+                    let span = debug_span!("conn", %peer, conn = Empty, user = Empty);
                     tracker.spawn(this.clone().handle(tcp, peer).instrument(span));
                 }
                 Err(err) => {
