@@ -290,8 +290,12 @@ async fn finish(
         None => idle_state.map(|(session, _)| session),
     };
     // What was queued before the close still goes out first (the coalescing window may
-    // have held it), except to a client too slow to take what it had.
-    if closer.reason() != Some(Disconnect::SlowConsumer) {
+    // have held it), except to a client too slow to take what it had, or one that is gone or
+    // closed first (nothing may follow the close tungstenite echoed to it).
+    if !matches!(
+        closer.reason(),
+        Some(Disconnect::SlowConsumer | Disconnect::PeerGone)
+    ) {
         write_queued(node, ws, outbox).await;
     }
     close_handshake(

@@ -68,6 +68,8 @@ impl Listener {
         // long as it needs.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.server.read_buffer_bytes)
+            // tungstenite writes only its close frames and pong replies; the connection
+            // writes data frames itself (connection/wire.rs), with the same threshold.
             .write_buffer_size(config.server.write_buffer_bytes)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
@@ -133,7 +135,8 @@ impl Listener {
                     // Every log line of the connection names it; `connection::open` fills in
                     // the ids once the node has registered it. At debug level: an enabled span
                     // costs every connection ~0.6 KB for its life in the subscriber's tables
-                    // (BENCHMARKS.md, idle memory), about a fifth of all it holds.
+                    // (BENCHMARKS.md, idle memory), about a fifth of all it holds
+                    // (`RUST_LOG=info,roomcast::listener=debug` turns it on).
                     let span = debug_span!("conn", %peer, conn = Empty, user = Empty);
                     tracker.spawn(this.clone().handle(tcp, peer).instrument(span));
                 }

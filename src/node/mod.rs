@@ -85,7 +85,8 @@ impl Session {
     }
 
     /// Name the connection in the current tracing span (its `conn` and `user` fields), once
-    /// the node has registered it: every later log line of the socket then says whose it is.
+    /// the node has registered it: while the span is on (debug level), every later log line of
+    /// the socket then says whose it is.
     pub fn name_in_span(&self) {
         let span = tracing::Span::current();
         span.record("conn", self.conn_id.as_str());

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::MaybeTlsStream;
@@ -208,4 +208,41 @@ async fn held_frames_are_written_before_the_shutdown_close() {
     let m = member.recv_type("message").await;
     assert_eq!(m["data"], "last words");
     member.expect_close(1001).await;
+}
+
+/// A client that closes gets the close echoed and nothing after it, even with a frame held in
+/// its window (RFC 6455 §5.5.1: no data after a close frame): the held frame is dropped with
+/// the connection the client ended.
+#[tokio::test]
+async fn nothing_follows_the_close_echoed_to_a_client_that_closed() {
+    let node = TestNode::start(config(10_000)).await;
+    let mut member = node.connect().await;
+    member.join("leaving").await;
+    // `joined` opened the window: this one is held.
+    admin_post(
+        &node,
+        "/api/publish",
+        json!({"room": "leaving", "data": "too late"}),
+    )
+    .await;
+    member.ws.close(None).await.expect("send close");
+    let mut after_close = Vec::new();
+    let mut echoed = false;
+    let ended = timeout(WAIT, async {
+        while let Some(item) = member.ws.next().await {
+            match item {
+                Ok(Message::Close(_)) => echoed = true,
+                Ok(other) if echoed => after_close.push(format!("{other:?}")),
+                Ok(_) => {}
+                Err(err) => {
+                    after_close.push(format!("{err:?}"));
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server ends the connection in time");
+    assert!(echoed, "the close is echoed");
+    assert!(after_close.is_empty(), "after the close: {after_close:?}");
 }
