@@ -227,12 +227,30 @@ fn drive<K: Send + 'static>(
                 Step::Go => Flow::Go,
                 Step::Stop => Flow::Stop,
                 Step::Tick => {
+                    // The ping and the warning go straight to the socket, not through the
+                    // outbox: neither answers a command, so neither has a place in the order
+                    // of replies. Boxed, like the outbox's write: rare (a ping per interval),
+                    // and unboxed their state would size every connection's task.
                     let flow = match on_timer(&mut beat, closer) {
                         Due::Nothing => Flow::Go,
                         Due::Close => Flow::Stop,
-                        // Boxed, like the outbox's write: rare (a ping per interval), and
-                        // unboxed its state would size every connection's task.
-                        due => Box::pin(send_due(&mut ws, due, closer, closed.as_mut())).await,
+                        Due::Ping => {
+                            let ping = Bytes::new();
+                            Box::pin(send_due(&mut ws, wire::PING, ping, closer, closed.as_mut()))
+                                .await
+                        }
+                        Due::Warning { in_ms } => {
+                            let warning = protocol::token_expiring(in_ms).into_utf8_bytes();
+                            let warning = Bytes::from(warning);
+                            Box::pin(send_due(
+                                &mut ws,
+                                wire::TEXT,
+                                warning,
+                                closer,
+                                closed.as_mut(),
+                            ))
+                            .await
+                        }
                     };
                     timer.as_mut().reset(beat.deadline());
                     flow
@@ -315,15 +333,8 @@ async fn write_queued(
     outbox: &OutboxReceiver,
 ) {
     let close_timeout = Duration::from_millis(node.config().limits.close_timeout_ms);
-    let _ = tokio::time::timeout(close_timeout, async {
-        let write_at = node.config().server.write_buffer_bytes;
-        while let Ok(frame) = outbox.try_recv() {
-            let (first_byte, payload) = wire_form(node, ws.get_mut(), frame);
-            wire::push(ws, first_byte, &payload, write_at).await?;
-        }
-        wire::write_unsent(ws).await
-    })
-    .await;
+    let queued = std::iter::from_fn(|| outbox.try_recv().ok());
+    let _ = tokio::time::timeout(close_timeout, write_frames(node, ws, queued)).await;
     count_compressed(node, ws);
 }
 
@@ -392,31 +403,19 @@ enum Flow {
     Stop,
 }
 
-/// The timer said a frame is due: send it.
+/// Send the ping or the token warning the timer said is due.
 async fn send_due<F>(
     ws: &mut WebSocketStream<ClientSocket>,
-    due: Due,
+    first_byte: u8,
+    payload: Bytes,
     closer: &Closer,
     closed: Pin<&mut F>,
 ) -> Flow
 where
     F: Future<Output = ()>,
 {
-    match due {
-        Due::Nothing => Flow::Go,
-        Due::Close => Flow::Stop,
-        Due::Ping => {
-            let ping = std::pin::pin!(wire::write_one(ws, wire::PING, &[]));
-            write_unless_closed(ping, closer, closed).await
-        }
-        Due::Warning { in_ms } => {
-            // Straight to the socket, like the ping: it answers no command, so it has no place
-            // in the order of replies.
-            let frame = protocol::token_expiring(in_ms);
-            let warn = std::pin::pin!(wire::write_one(ws, wire::TEXT, frame.text().as_bytes()));
-            write_unless_closed(warn, closer, closed).await
-        }
-    }
+    let write = std::pin::pin!(wire::write_one(ws, first_byte, &payload));
+    write_unless_closed(write, closer, closed).await
 }
 
 /// Wait for a write unless the connection closes first; a failed write means the peer is gone.
@@ -457,14 +456,7 @@ where
         return Flow::Stop;
     }
     {
-        let write = std::pin::pin!(async {
-            let write_at = node.config().server.write_buffer_bytes;
-            for frame in batch.drain(..) {
-                let (first_byte, payload) = wire_form(node, ws.get_mut(), frame);
-                wire::push(ws, first_byte, &payload, write_at).await?;
-            }
-            wire::write_unsent(ws).await
-        });
+        let write = std::pin::pin!(write_frames(node, ws, batch.drain(..)));
         if let Flow::Stop = write_unless_closed(write, closer, closed).await {
             return Flow::Stop;
         }
@@ -474,6 +466,20 @@ where
         batch.shrink_to(IDLE_BATCH_CAPACITY);
     }
     Flow::Go
+}
+
+/// Write `frames` in order, in writes of `server.write_buffer_bytes`, the last one at the end.
+async fn write_frames(
+    node: &Node,
+    ws: &mut WebSocketStream<ClientSocket>,
+    frames: impl Iterator<Item = Frame>,
+) -> Result<(), WsError> {
+    let write_at = node.config().server.write_buffer_bytes;
+    for frame in frames {
+        let (first_byte, payload) = wire_form(node, ws.get_mut(), frame);
+        wire::push(ws, first_byte, &payload, write_at).await?;
+    }
+    wire::write_unsent(ws).await
 }
 
 /// A frame as it goes on the wire, as the first byte of its header and its payload: compressed
